@@ -1,0 +1,42 @@
+// The canvas: draws the document image into its on-screen rectangle (pan and zoom), over a
+// checkerboard where the image is transparent. The viewport is the canvas widget's rectangle.
+
+struct View {
+    // Image rectangle in the viewport's normalized device coordinates: min.xy, max.xy.
+    image_ndc: vec4<f32>,
+    // x: 1.0 to sample nearest (zoomed in past 100%), 0.0 to filter; y: checker size in pixels.
+    params: vec4<f32>,
+};
+
+@group(0) @binding(0) var<uniform> view: View;
+@group(0) @binding(1) var image_texture: texture_2d<f32>;
+@group(0) @binding(2) var linear_sampler: sampler;
+@group(0) @binding(3) var nearest_sampler: sampler;
+
+struct VertexOut {
+    @builtin(position) position: vec4<f32>,
+    @location(0) uv: vec2<f32>,
+};
+
+@vertex
+fn vs_main(@builtin(vertex_index) index: u32) -> VertexOut {
+    // A triangle strip of four corners: (0,0) (1,0) (0,1) (1,1) in image UV.
+    let uv = vec2<f32>(f32(index & 1u), f32((index >> 1u) & 1u));
+    let x = mix(view.image_ndc.x, view.image_ndc.z, uv.x);
+    let y = mix(view.image_ndc.y, view.image_ndc.w, uv.y);
+    var out: VertexOut;
+    out.position = vec4<f32>(x, y, 0.0, 1.0);
+    out.uv = uv;
+    return out;
+}
+
+@fragment
+fn fs_main(in: VertexOut) -> @location(0) vec4<f32> {
+    let filtered = textureSample(image_texture, linear_sampler, in.uv);
+    let nearest = textureSample(image_texture, nearest_sampler, in.uv);
+    let color = select(filtered, nearest, view.params.x > 0.5);
+    let cell = floor(in.position.xy / max(view.params.y, 1.0));
+    let checker = select(0.55, 0.75, (i32(cell.x + cell.y) & 1) == 0);
+    let rgb = mix(vec3<f32>(checker), color.rgb, color.a);
+    return vec4<f32>(rgb, 1.0);
+}

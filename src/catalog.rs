@@ -1,0 +1,99 @@
+//! Where the studio looks for models, and what it finds there: diffusers folders (a
+//! `model_index.json` inside) and single `.safetensors` checkpoints.
+
+use std::path::{Path, PathBuf};
+
+/// Environment variable naming an extra models folder.
+pub const MODELS_ENV: &str = "DIFFUSION_STUDIO_MODELS";
+
+/// A model found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundModel {
+    pub path: PathBuf,
+    pub kind: ModelFileKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFileKind {
+    DiffusersFolder,
+    SafetensorsFile,
+}
+
+/// The folders searched, in order: `$DIFFUSION_STUDIO_MODELS`, `./assets/models`, and the
+/// `assets/models` of the source tree the binary was built from.
+pub fn search_folders() -> Vec<PathBuf> {
+    let mut folders = Vec::new();
+    if let Some(extra) = std::env::var_os(MODELS_ENV) {
+        folders.push(PathBuf::from(extra));
+    }
+    folders.push(PathBuf::from("assets/models"));
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models");
+    if !folders.iter().any(|f| same_folder(f, &built_from)) {
+        folders.push(built_from);
+    }
+    folders
+}
+
+fn same_folder(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Models directly inside `folder`.
+pub fn models_in(folder: &Path) -> Vec<FoundModel> {
+    let Ok(entries) = std::fs::read_dir(folder) else { return Vec::new() };
+    let mut found: Vec<FoundModel> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter_map(|path| {
+            if path.join("model_index.json").is_file() {
+                Some(FoundModel { path, kind: ModelFileKind::DiffusersFolder })
+            } else if path.is_file() && path.extension().is_some_and(|e| e == "safetensors") {
+                Some(FoundModel { path, kind: ModelFileKind::SafetensorsFile })
+            } else {
+                None
+            }
+        })
+        .collect();
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
+}
+
+/// Every model in every search folder.
+pub fn find_models() -> Vec<FoundModel> {
+    let mut all: Vec<FoundModel> = Vec::new();
+    for folder in search_folders() {
+        for model in models_in(&folder) {
+            if !all.iter().any(|m| same_folder(&m.path, &model.path)) {
+                all.push(model);
+            }
+        }
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_diffusers_folders_and_safetensors_files_only() {
+        let root = std::env::temp_dir().join(format!("ds-catalog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("tiny")).expect("mkdir");
+        std::fs::write(root.join("tiny/model_index.json"), "{}").expect("write");
+        std::fs::create_dir_all(root.join("not-a-model")).expect("mkdir");
+        std::fs::write(root.join("v1.safetensors"), b"x").expect("write");
+        std::fs::write(root.join("v1.ckpt"), b"x").expect("write");
+        let found = models_in(&root);
+        assert_eq!(
+            found,
+            vec![
+                FoundModel { path: root.join("tiny"), kind: ModelFileKind::DiffusersFolder },
+                FoundModel { path: root.join("v1.safetensors"), kind: ModelFileKind::SafetensorsFile },
+            ]
+        );
+    }
+}

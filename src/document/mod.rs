@@ -1,0 +1,160 @@
+//! What the user edits: for now the source image, its file and its revision. Plain data — no
+//! tch, no egui — so the UI, the CLI and tests share it. Reading and writing images live here too.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Largest side the studio opens, in pixels; larger images are refused with a message.
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
+/// The image being edited.
+#[derive(Clone)]
+pub struct ImageLayer {
+    pub image: Arc<image::RgbaImage>,
+    /// The file it came from or was last saved to.
+    pub path: Option<PathBuf>,
+    /// Changes whenever the pixels change (the canvas re-uploads its texture then).
+    pub revision: u64,
+}
+
+/// The document the studio works on.
+#[derive(Default)]
+pub struct Document {
+    pub image: Option<ImageLayer>,
+    next_revision: u64,
+    /// Whether there are changes not yet saved to `image.path`.
+    pub modified: bool,
+}
+
+impl Document {
+    /// Replaces the image with one read from `path`.
+    pub fn set_opened_image(&mut self, image: image::RgbaImage, path: PathBuf) {
+        self.next_revision += 1;
+        self.image = Some(ImageLayer { image: Arc::new(image), path: Some(path), revision: self.next_revision });
+        self.modified = false;
+    }
+
+    /// Replaces the pixels with a result (e.g. from the engine), keeping the file name.
+    pub fn set_result_image(&mut self, image: image::RgbaImage) {
+        self.next_revision += 1;
+        let path = self.image.as_ref().and_then(|layer| layer.path.clone());
+        self.image = Some(ImageLayer { image: Arc::new(image), path, revision: self.next_revision });
+        self.modified = true;
+    }
+
+    /// A fresh revision number for images shown but not kept (previews).
+    pub fn take_revision(&mut self) -> u64 {
+        self.next_revision += 1;
+        self.next_revision
+    }
+}
+
+/// Why an image could not be opened or saved: says which file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageFileError {
+    #[error("could not read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not an image the studio can open ({reason}); use PNG, JPEG, WebP, BMP, GIF or TIFF")]
+    Format { path: PathBuf, reason: String },
+    #[error("{path} is damaged or cut short ({reason}); open another copy of it")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path} is {width}×{height}; the studio opens images up to {MAX_IMAGE_SIDE} pixels a side — scale it down first")]
+    TooLarge { path: PathBuf, width: u32, height: u32 },
+    #[error("could not write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// Reads and decodes an image file to RGBA.
+pub fn read_image(path: &Path) -> Result<image::RgbaImage, ImageFileError> {
+    let bytes = std::fs::read(path).map_err(|source| ImageFileError::Read { path: path.into(), source })?;
+    let format = image::guess_format(&bytes).map_err(|error| ImageFileError::Format {
+        path: path.into(),
+        reason: error.to_string(),
+    })?;
+    let reader = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format);
+    let (width, height) = reader.into_dimensions().map_err(|error| ImageFileError::Corrupt {
+        path: path.into(),
+        reason: error.to_string(),
+    })?;
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Err(ImageFileError::TooLarge { path: path.into(), width, height });
+    }
+    let decoded = image::load_from_memory_with_format(&bytes, format).map_err(|error| match error {
+        image::ImageError::Unsupported(_) => ImageFileError::Format { path: path.into(), reason: error.to_string() },
+        _ => ImageFileError::Corrupt { path: path.into(), reason: error.to_string() },
+    })?;
+    Ok(decoded.into_rgba8())
+}
+
+/// Writes `image` as PNG atomically: to a temporary file beside `path`, then renamed over it, so
+/// a crash never leaves a half-written file.
+pub fn write_png_atomic(image: &image::RgbaImage, path: &Path) -> Result<(), ImageFileError> {
+    let write_error = |reason: String| ImageFileError::Write { path: path.into(), reason };
+    let mut encoded = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut encoded), image::ImageFormat::Png)
+        .map_err(|error| write_error(error.to_string()))?;
+    write_atomic(path, &encoded).map_err(|error| write_error(error.to_string()))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = folder.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = std::fs::write(&temporary, bytes).and_then(|()| std::fs::rename(&temporary, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ds-doc-{}-{name}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn png_round_trip_is_exact() {
+        let dir = scratch("round");
+        let mut image = image::RgbaImage::new(7, 5);
+        for (x, y, pixel) in image.enumerate_pixels_mut() {
+            *pixel = image::Rgba([x as u8 * 30, y as u8 * 40, 200, 255 - x as u8]);
+        }
+        let path = dir.join("a.png");
+        write_png_atomic(&image, &path).expect("write");
+        assert_eq!(read_image(&path).expect("read"), image);
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).expect("dir").flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_text_file_is_not_an_image() {
+        let path = scratch("text").join("notes.png");
+        std::fs::write(&path, "hello, this is text").expect("write");
+        let error = read_image(&path).expect_err("must fail").to_string();
+        assert!(error.contains("notes.png") && error.contains("not an image"), "{error}");
+    }
+
+    #[test]
+    fn a_truncated_png_is_reported_as_damaged() {
+        let dir = scratch("trunc");
+        let path = dir.join("cut.png");
+        write_png_atomic(&image::RgbaImage::from_pixel(64, 64, image::Rgba([1, 2, 3, 255])), &path).expect("write");
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+        let error = read_image(&path).expect_err("must fail").to_string();
+        assert!(error.contains("cut.png") && error.contains("damaged"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_file_names_the_path() {
+        let error = read_image(Path::new("/nonexistent/x.png")).expect_err("must fail").to_string();
+        assert!(error.contains("/nonexistent/x.png"), "{error}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Methods: each a small strategy over the engine's loop (see ARCHITECTURE in README.md).
+
+pub mod forward_noise;

@@ -1,0 +1,407 @@
+//! The engine thread: the only place that imports `tch`. It owns the device and the models, runs
+//! one job at a time from its queue, and answers every job with `Done`, `Failed` or `Cancelled`:
+//! a panic inside a job is caught and reported, and the thread goes on serving.
+
+pub mod device;
+pub mod image_tensor;
+pub mod methods;
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use crate::protocol::{
+    DeviceChoice, DeviceReport, EngineEvent, EngineRequest, ImageData, Job, JobId, JobOutput,
+};
+
+/// Called after every event the engine sends, so that the UI repaints (egui's
+/// `Context::request_repaint`); the CLI passes a no-op.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// How a job ends other than with an output.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("cancelled")]
+    Cancelled,
+    /// Says what happened and what to do about it.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<tch::TchError> for JobError {
+    fn from(error: tch::TchError) -> Self {
+        JobError::Failed(format!("tensor operation failed: {error}"))
+    }
+}
+
+/// What runs jobs on the engine thread. The real one is [`TorchRunner`]; tests plug in others to
+/// exercise the queue, cancellation and panic handling.
+pub trait JobRunner {
+    fn device_report(&self) -> DeviceReport;
+    fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError>;
+}
+
+/// A running job's line to the outside: progress events, and cancellation checks between steps.
+pub struct JobContext<'a> {
+    id: JobId,
+    requests: &'a Receiver<EngineRequest>,
+    queue: &'a mut VecDeque<(JobId, Job)>,
+    events: &'a EventSink,
+    shutdown_requested: bool,
+}
+
+impl JobContext<'_> {
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// Reports that `step` of `of` is done, with an optional preview image.
+    pub fn progress(&self, step: usize, of: usize, preview: Option<ImageData>) {
+        self.events.send(EngineEvent::Progress { job: self.id, step, of, preview });
+    }
+
+    /// Reads the requests that arrived meanwhile; returns `Err(Cancelled)` if this job was
+    /// cancelled or the engine is shutting down. Jobs call this between steps.
+    pub fn checkpoint(&mut self) -> Result<(), JobError> {
+        loop {
+            match self.requests.try_recv() {
+                Ok(request) => {
+                    let effect = handle_request(request, self.queue, self.events);
+                    match effect {
+                        RequestEffect::Cancel(id) if id == self.id => return Err(JobError::Cancelled),
+                        RequestEffect::Shutdown => {
+                            self.shutdown_requested = true;
+                            return Err(JobError::Cancelled);
+                        }
+                        _ => {}
+                    }
+                }
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => {
+                    self.shutdown_requested = true;
+                    return Err(JobError::Cancelled);
+                }
+            }
+        }
+    }
+}
+
+/// Sends events and wakes whoever listens.
+struct EventSink {
+    sender: Sender<EngineEvent>,
+    waker: Waker,
+}
+
+impl EventSink {
+    fn send(&self, event: EngineEvent) {
+        // The receiver is gone only when the UI or CLI has ended; nothing is left to tell.
+        let _ = self.sender.send(event);
+        (self.waker)();
+    }
+}
+
+enum RequestEffect {
+    None,
+    Cancel(JobId),
+    Shutdown,
+}
+
+/// Applies a request to the queue; a cancel of a queued job is answered here.
+fn handle_request(
+    request: EngineRequest,
+    queue: &mut VecDeque<(JobId, Job)>,
+    events: &EventSink,
+) -> RequestEffect {
+    match request {
+        EngineRequest::Run { id, job } => {
+            queue.push_back((id, job));
+            RequestEffect::None
+        }
+        EngineRequest::Cancel(id) => {
+            if let Some(position) = queue.iter().position(|(queued, _)| *queued == id) {
+                queue.remove(position);
+                events.send(EngineEvent::Cancelled { job: id });
+            }
+            RequestEffect::Cancel(id)
+        }
+        EngineRequest::Shutdown => RequestEffect::Shutdown,
+    }
+}
+
+/// The UI's or CLI's handle on the engine thread.
+pub struct EngineHandle {
+    requests: Sender<EngineRequest>,
+    events: Receiver<EngineEvent>,
+    next_id: AtomicU64,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread with libtorch on `device`.
+    pub fn spawn(device: DeviceChoice, waker: Waker) -> Self {
+        Self::spawn_with(move || TorchRunner::new(device), waker)
+    }
+
+    /// Starts the engine thread with the runner that `make_runner` builds on that thread.
+    pub fn spawn_with<R, F>(make_runner: F, waker: Waker) -> Self
+    where
+        R: JobRunner,
+        F: FnOnce() -> (R, Option<String>) + Send + 'static,
+    {
+        let (request_tx, request_rx) = crossbeam_channel::unbounded();
+        let (event_tx, event_rx) = crossbeam_channel::unbounded();
+        let sink = EventSink { sender: event_tx, waker };
+        let thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || worker(make_runner, request_rx, sink))
+            .ok();
+        Self { requests: request_tx, events: event_rx, next_id: AtomicU64::new(1), thread }
+    }
+
+    /// Queues `job` and returns its id.
+    pub fn submit(&self, job: Job) -> JobId {
+        let id = JobId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        self.send(EngineRequest::Run { id, job });
+        id
+    }
+
+    pub fn cancel(&self, id: JobId) {
+        self.send(EngineRequest::Cancel(id));
+    }
+
+    fn send(&self, request: EngineRequest) {
+        if self.requests.send(request).is_err() {
+            tracing::error!("the engine thread has ended; request dropped");
+        }
+    }
+
+    /// The events, in order. Drain with `try_recv` (UI) or `recv` (CLI).
+    pub fn events(&self) -> &Receiver<EngineEvent> {
+        &self.events
+    }
+
+    /// Whether the engine thread is still running.
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Asks the engine to stop after its current step and waits for it.
+    pub fn shutdown(mut self) {
+        let _ = self.requests.send(EngineRequest::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        let _ = self.requests.send(EngineRequest::Shutdown);
+    }
+}
+
+fn worker<R, F>(make_runner: F, requests: Receiver<EngineRequest>, events: EventSink)
+where
+    R: JobRunner,
+    F: FnOnce() -> (R, Option<String>),
+{
+    let (mut runner, warning) = make_runner();
+    if let Some(message) = warning {
+        events.send(EngineEvent::DeviceWarning { message });
+    }
+    events.send(EngineEvent::Ready { device: runner.device_report() });
+    let mut queue: VecDeque<(JobId, Job)> = VecDeque::new();
+    loop {
+        // 1. wait for work, applying cancels to the queue
+        while queue.is_empty() {
+            let Ok(request) = requests.recv() else { return };
+            if let RequestEffect::Shutdown = handle_request(request, &mut queue, &events) {
+                return;
+            }
+        }
+        let Some((id, job)) = queue.pop_front() else { continue };
+        // 2. run it, turning panics into failures
+        events.send(EngineEvent::Started { job: id });
+        let mut ctx = JobContext {
+            id,
+            requests: &requests,
+            queue: &mut queue,
+            events: &events,
+            shutdown_requested: false,
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| runner.run(&job, &mut ctx)));
+        let shutdown = ctx.shutdown_requested;
+        // 3. answer
+        let event = match result {
+            Ok(Ok(output)) => EngineEvent::Done { job: id, output },
+            Ok(Err(JobError::Cancelled)) => EngineEvent::Cancelled { job: id },
+            Ok(Err(JobError::Failed(message))) => EngineEvent::Failed { job: id, message },
+            Err(panic) => EngineEvent::Failed {
+                job: id,
+                message: format!(
+                    "{} failed with an internal error: {}. The engine is still running; \
+                     please report this with the steps that led to it.",
+                    job.label(),
+                    panic_message(panic.as_ref())
+                ),
+            },
+        };
+        events.send(event);
+        if shutdown {
+            return;
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+/// Runs jobs with libtorch on one device.
+pub struct TorchRunner {
+    device: tch::Device,
+}
+
+impl TorchRunner {
+    /// Sets up `choice`, falling back to the CPU with a warning when it is not available.
+    pub fn new(choice: DeviceChoice) -> (Self, Option<String>) {
+        match device::select(choice) {
+            Ok(device) => (Self { device }, None),
+            Err(message) => (Self { device: tch::Device::Cpu }, Some(message)),
+        }
+    }
+}
+
+impl JobRunner for TorchRunner {
+    fn device_report(&self) -> DeviceReport {
+        device::report(self.device)
+    }
+
+    fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
+        let _no_grad = tch::no_grad_guard();
+        match job {
+            Job::ForwardNoise { image, strength, steps, seed } => {
+                methods::forward_noise::run(self.device, image, *strength, *steps, *seed, ctx)
+                    .map(JobOutput::Image)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A runner whose jobs do `steps` steps of nothing, or panic when `strength` is negative.
+    struct FakeRunner;
+
+    impl JobRunner for FakeRunner {
+        fn device_report(&self) -> DeviceReport {
+            DeviceReport { name: "fake".into(), description: "fake".into() }
+        }
+
+        fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
+            let Job::ForwardNoise { image, strength, steps, .. } = job;
+            assert!(*strength >= 0.0, "negative strength reached the runner");
+            for step in 1..=*steps {
+                ctx.checkpoint()?;
+                std::thread::sleep(Duration::from_millis(20));
+                ctx.progress(step, *steps, None);
+            }
+            Ok(JobOutput::Image(image.clone()))
+        }
+    }
+
+    fn job(strength: f32, steps: usize) -> Job {
+        let image = ImageData::new(1, 1, vec![0, 0, 0, 255]).expect("1×1 image");
+        Job::ForwardNoise { image, strength, steps, seed: 0 }
+    }
+
+    fn final_event(engine: &EngineHandle, id: JobId) -> EngineEvent {
+        loop {
+            let event = engine
+                .events()
+                .recv_timeout(Duration::from_secs(10))
+                .expect("engine answered in time");
+            if event.job() == Some(id) && event.is_final() {
+                return event;
+            }
+        }
+    }
+
+    fn fake_engine() -> EngineHandle {
+        EngineHandle::spawn_with(|| (FakeRunner, None), Arc::new(|| {}))
+    }
+
+    #[test]
+    fn a_panicking_job_fails_and_the_next_job_succeeds() {
+        let engine = fake_engine();
+        let bad = engine.submit(job(-1.0, 1));
+        let good = engine.submit(job(0.5, 2));
+        match final_event(&engine, bad) {
+            EngineEvent::Failed { message, .. } => {
+                assert!(message.contains("negative strength"), "{message}");
+                assert!(message.contains("still running"), "{message}");
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        assert!(matches!(final_event(&engine, good), EngineEvent::Done { .. }));
+        assert!(engine.is_alive());
+        engine.shutdown();
+    }
+
+    #[test]
+    fn cancel_stops_a_running_job_within_one_step() {
+        let engine = fake_engine();
+        let id = engine.submit(job(0.5, 1000));
+        // wait for the first progress event, then cancel
+        loop {
+            let event = engine.events().recv_timeout(Duration::from_secs(10)).expect("event");
+            if matches!(event, EngineEvent::Progress { .. }) {
+                break;
+            }
+        }
+        engine.cancel(id);
+        let mut steps_after_cancel = 0;
+        loop {
+            let event = engine.events().recv_timeout(Duration::from_secs(10)).expect("event");
+            match event {
+                EngineEvent::Progress { .. } => steps_after_cancel += 1,
+                EngineEvent::Cancelled { .. } => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(steps_after_cancel <= 1, "{steps_after_cancel} steps ran after cancel");
+        engine.shutdown();
+    }
+
+    #[test]
+    fn cancel_removes_a_queued_job() {
+        let engine = fake_engine();
+        let running = engine.submit(job(0.5, 10));
+        let queued = engine.submit(job(0.5, 10));
+        engine.cancel(queued);
+        assert!(matches!(final_event(&engine, queued), EngineEvent::Cancelled { .. }));
+        assert!(matches!(final_event(&engine, running), EngineEvent::Done { .. }));
+        engine.shutdown();
+    }
+
+    #[test]
+    fn ready_comes_first() {
+        let engine = fake_engine();
+        let first = engine.events().recv_timeout(Duration::from_secs(10)).expect("event");
+        assert!(matches!(first, EngineEvent::Ready { .. }), "{first:?}");
+        engine.shutdown();
+    }
+}

@@ -1,0 +1,161 @@
+//! The `diffusion-studio` command: with no subcommand it opens the studio window; each
+//! subcommand runs one job headless on the same engine, through the same requests.
+#![allow(clippy::print_stdout)] // the CLI's output is its stdout
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use diffusion_studio::catalog;
+use diffusion_studio::document;
+use diffusion_studio::engine::{EngineHandle, device};
+use diffusion_studio::protocol::{DeviceChoice, EngineEvent, ImageData, Job, JobOutput};
+
+#[derive(Parser, Debug)]
+#[command(name = "diffusion-studio", version, about = "An editing studio for diffusion models")]
+struct Cli {
+    /// Where tensors run: auto (CUDA when present), cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]
+    device: DeviceChoice,
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// An image to open in the studio.
+    image: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the version, libtorch, CPU threads, CUDA devices, audio output and models found.
+    Info,
+    /// Noise an image along the diffusion forward process (what img2img starts from).
+    Noise {
+        /// The image to noise.
+        #[arg(long)]
+        image: PathBuf,
+        /// Fraction of the noise schedule, in (0, 1].
+        #[arg(long, default_value_t = 0.5)]
+        strength: f32,
+        /// Stages to run (progress steps).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where to write the PNG.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn parse_device(text: &str) -> Result<DeviceChoice, String> {
+    match text {
+        "auto" => Ok(DeviceChoice::Auto),
+        "cpu" => Ok(DeviceChoice::Cpu),
+        "cuda" => Ok(DeviceChoice::Cuda(0)),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|index| index.parse().ok())
+            .map(DeviceChoice::Cuda)
+            .ok_or_else(|| format!("'{other}' is not a device: use auto, cpu, cuda or cuda:N")),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => diffusion_studio::ui::run_studio(cli.device, cli.image),
+        Some(Command::Info) => {
+            info();
+            Ok(())
+        }
+        Some(Command::Noise { image, strength, steps, seed, out }) => {
+            noise(cli.device, &image, strength, steps, seed, &out)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn info() {
+    let report = device::system_report();
+    println!("diffusion-studio {}", env!("CARGO_PKG_VERSION"));
+    println!("libtorch {} ({})", report.libtorch_version, report.libtorch_lib_dir);
+    println!("CPU threads: {}", report.cpu_threads);
+    println!("libtorch_cuda linked: {}", report.cuda_linked);
+    if report.cuda_devices.is_empty() {
+        println!("CUDA devices: no CUDA device");
+    } else {
+        for gpu in &report.cuda_devices {
+            println!("CUDA device {}: {}", gpu.index, gpu.description());
+        }
+        if let Some(version) = report.cudnn_version {
+            println!("cuDNN {version}");
+        }
+    }
+    println!("audio output: {}", diffusion_studio::audio::describe_output());
+    let models = catalog::find_models();
+    let folders: Vec<String> = catalog::search_folders().iter().map(|f| f.display().to_string()).collect();
+    if models.is_empty() {
+        println!("models: none found (searched {})", folders.join(", "));
+    } else {
+        println!("models:");
+        for model in models {
+            println!("  {} ({:?})", model.path.display(), model.kind);
+        }
+    }
+}
+
+fn noise(
+    device: DeviceChoice,
+    image_path: &std::path::Path,
+    strength: f32,
+    steps: usize,
+    seed: u64,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let image = document::read_image(image_path)?;
+    let engine = EngineHandle::spawn(device, std::sync::Arc::new(|| {}));
+    let id = engine.submit(Job::ForwardNoise { image: ImageData::from_rgba_image(&image), strength, steps, seed });
+    let bar = indicatif::ProgressBar::new(steps as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message("noise");
+    loop {
+        let event = engine
+            .events()
+            .recv_timeout(Duration::from_secs(600))
+            .context("the engine stopped answering")?;
+        match event {
+            EngineEvent::DeviceWarning { message } => bar.println(format!("warning: {message}")),
+            EngineEvent::Progress { job, step, .. } if job == id => bar.set_position(step as u64),
+            EngineEvent::Done { job, output: JobOutput::Image(result) } if job == id => {
+                bar.finish_and_clear();
+                let result = result.to_rgba_image().context("the engine returned a malformed image")?;
+                document::write_png_atomic(&result, out)?;
+                eprintln!("wrote {}", out.display());
+                return Ok(());
+            }
+            EngineEvent::Failed { job, message } if job == id => {
+                bar.abandon();
+                bail!("{message}");
+            }
+            EngineEvent::Cancelled { job } if job == id => bail!("cancelled"),
+            _ => {}
+        }
+    }
+}

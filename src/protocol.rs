@@ -1,0 +1,157 @@
+//! The messages between the UI (or CLI) and the engine thread: plain data, no tch, no egui.
+//! Every feature of the studio is an [`EngineRequest`]; everything the engine says is an
+//! [`EngineEvent`]. See ARCHITECTURE in README.md.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Identifies one job for its whole life: progress, result, failure, cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job {}", self.0)
+    }
+}
+
+/// An 8-bit RGBA image as plain bytes, shared without copying between threads.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImageData {
+    pub width: u32,
+    pub height: u32,
+    /// Row-major RGBA, `width * height * 4` bytes.
+    pub rgba: Arc<Vec<u8>>,
+}
+
+impl ImageData {
+    /// Wraps RGBA bytes, checking that their length fits `width × height`.
+    pub fn new(width: u32, height: u32, rgba: Vec<u8>) -> Result<Self, String> {
+        let expected = width as usize * height as usize * 4;
+        if rgba.len() != expected {
+            return Err(format!(
+                "image buffer holds {} bytes, a {width}×{height} RGBA image needs {expected}",
+                rgba.len()
+            ));
+        }
+        Ok(Self { width, height, rgba: Arc::new(rgba) })
+    }
+
+    pub fn from_rgba_image(image: &image::RgbaImage) -> Self {
+        Self {
+            width: image.width(),
+            height: image.height(),
+            rgba: Arc::new(image.as_raw().clone()),
+        }
+    }
+
+    pub fn to_rgba_image(&self) -> Option<image::RgbaImage> {
+        image::RgbaImage::from_raw(self.width, self.height, self.rgba.as_ref().clone())
+    }
+}
+
+impl fmt::Debug for ImageData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ImageData({}×{}, {} bytes)", self.width, self.height, self.rgba.len())
+    }
+}
+
+/// Where the engine runs its tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// CUDA device 0 when one is present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+/// A unit of work for the engine thread.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// Runs an image forward through the DDPM noising process (Ho et al. 2020, linear betas
+    /// 0.00085…0.012 over 1000 steps as Stable Diffusion) up to `strength` × 1000 steps, showing
+    /// each of `steps` stages: what img2img / SDEdit starts from at that strength.
+    ForwardNoise {
+        image: ImageData,
+        /// Fraction of the schedule to noise to, in (0, 1].
+        strength: f32,
+        /// How many stages to show (progress events).
+        steps: usize,
+        seed: u64,
+    },
+}
+
+impl Job {
+    /// A short name for job lists and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Job::ForwardNoise { .. } => "forward noise",
+        }
+    }
+}
+
+/// What the UI or CLI asks of the engine.
+#[derive(Debug, Clone)]
+pub enum EngineRequest {
+    /// Queue a job; its events carry `id`.
+    Run { id: JobId, job: Job },
+    /// Cancel a queued or running job; a running one stops before its next step.
+    Cancel(JobId),
+    /// Finish the current step, drop the queue and end the engine thread.
+    Shutdown,
+}
+
+/// What a finished job produced.
+#[derive(Debug, Clone)]
+pub enum JobOutput {
+    Image(ImageData),
+}
+
+/// The device the engine settled on, for status bars and `info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceReport {
+    /// "cpu" or "cuda:0".
+    pub name: String,
+    /// A person-readable line, e.g. "CPU, 2 threads" or "CUDA 0: NVIDIA H100 (80 GiB)".
+    pub description: String,
+}
+
+/// What the engine tells the UI or CLI. Every `Run` ends in exactly one of
+/// `Done`, `Failed` or `Cancelled`.
+#[derive(Debug, Clone)]
+pub enum EngineEvent {
+    /// The engine thread is up and owns `device`.
+    Ready { device: DeviceReport },
+    /// The device could not be set up; the engine fell back to the CPU and says why.
+    DeviceWarning { message: String },
+    Started { job: JobId },
+    /// `step` of `of` is done; `preview` is a downscaled look at the work so far.
+    Progress { job: JobId, step: usize, of: usize, preview: Option<ImageData> },
+    Done { job: JobId, output: JobOutput },
+    /// The job failed; `message` says what happened and what to do. The engine goes on serving.
+    Failed { job: JobId, message: String },
+    Cancelled { job: JobId },
+}
+
+impl EngineEvent {
+    /// The job an event belongs to, if any.
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            EngineEvent::Ready { .. } | EngineEvent::DeviceWarning { .. } => None,
+            EngineEvent::Started { job }
+            | EngineEvent::Progress { job, .. }
+            | EngineEvent::Done { job, .. }
+            | EngineEvent::Failed { job, .. }
+            | EngineEvent::Cancelled { job } => Some(*job),
+        }
+    }
+
+    /// Whether this event ends its job.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            EngineEvent::Done { .. } | EngineEvent::Failed { .. } | EngineEvent::Cancelled { .. }
+        )
+    }
+}

@@ -1,0 +1,43 @@
+//! The studio's user interface: egui only, never tch (a test enforces it).
+
+pub mod app;
+pub mod canvas;
+
+pub use app::{StudioApp, UiCommand};
+
+use crate::engine::EngineHandle;
+use crate::protocol::DeviceChoice;
+
+/// Whether a display server is reachable through the environment.
+pub fn display_available() -> bool {
+    ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
+/// Opens the studio window and runs until it is closed; `open` is an image to show first.
+pub fn run_studio(device: DeviceChoice, open: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    if !display_available() {
+        anyhow::bail!("no display: set DISPLAY, or use the CLI subcommands (diffusion-studio --help)");
+    }
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("diffusion-studio")
+            .with_app_id("diffusion-studio")
+            .with_inner_size([1280.0, 800.0])
+            .with_drag_and_drop(true),
+        renderer: eframe::Renderer::Wgpu,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "diffusion-studio",
+        options,
+        Box::new(move |cc| {
+            let engine = EngineHandle::spawn(device, StudioApp::repaint_waker(&cc.egui_ctx));
+            let mut app = StudioApp::new(cc, engine);
+            if let Some(path) = open {
+                app.open(path);
+            }
+            Ok(Box::new(app))
+        }),
+    )
+    .map_err(|error| anyhow::anyhow!("could not open the studio window: {error}"))
+}
