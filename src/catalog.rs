@@ -61,6 +61,15 @@ pub fn models_in(folder: &Path) -> Vec<FoundModel> {
     found
 }
 
+/// The demo image the studio opens on when given none: `assets/samples/shapes.png` beside the
+/// working folder, or in the source tree the binary was built from.
+pub fn sample_image() -> Option<PathBuf> {
+    let relative = Path::new("assets/samples/shapes.png");
+    [relative.to_path_buf(), Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)]
+        .into_iter()
+        .find(|path| path.is_file())
+}
+
 /// Every model in every search folder.
 pub fn find_models() -> Vec<FoundModel> {
     let mut all: Vec<FoundModel> = Vec::new();

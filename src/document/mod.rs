@@ -24,22 +24,62 @@ pub struct Document {
     next_revision: u64,
     /// Whether there are changes not yet saved to `image.path`.
     pub modified: bool,
+    /// Earlier images, newest last, restored by [`Document::undo`].
+    undo_stack: Vec<ImageLayer>,
+    /// Images undone, newest last, restored by [`Document::redo`].
+    redo_stack: Vec<ImageLayer>,
 }
 
 impl Document {
-    /// Replaces the image with one read from `path`.
+    /// Replaces the image with one read from `path`; the previous one can be had back by undo.
     pub fn set_opened_image(&mut self, image: image::RgbaImage, path: PathBuf) {
-        self.next_revision += 1;
-        self.image = Some(ImageLayer { image: Arc::new(image), path: Some(path), revision: self.next_revision });
+        self.replace_image(image, Some(path));
         self.modified = false;
     }
 
-    /// Replaces the pixels with a result (e.g. from the engine), keeping the file name.
+    /// Replaces the pixels with a result (e.g. from the engine), keeping the file name; the
+    /// previous pixels can be had back by undo.
     pub fn set_result_image(&mut self, image: image::RgbaImage) {
-        self.next_revision += 1;
         let path = self.image.as_ref().and_then(|layer| layer.path.clone());
-        self.image = Some(ImageLayer { image: Arc::new(image), path, revision: self.next_revision });
+        self.replace_image(image, path);
         self.modified = true;
+    }
+
+    fn replace_image(&mut self, image: image::RgbaImage, path: Option<PathBuf>) {
+        self.next_revision += 1;
+        let new = ImageLayer { image: Arc::new(image), path, revision: self.next_revision };
+        if let Some(old) = self.image.replace(new) {
+            self.undo_stack.push(old);
+        }
+        self.redo_stack.clear();
+    }
+
+    pub fn can_undo(&self) -> bool {
+        !self.undo_stack.is_empty()
+    }
+
+    pub fn can_redo(&self) -> bool {
+        !self.redo_stack.is_empty()
+    }
+
+    /// Goes back to the previous image; returns whether there was one.
+    pub fn undo(&mut self) -> bool {
+        let Some(previous) = self.undo_stack.pop() else { return false };
+        if let Some(current) = self.image.replace(previous) {
+            self.redo_stack.push(current);
+        }
+        self.modified = true;
+        true
+    }
+
+    /// Re-applies the last undone image; returns whether there was one.
+    pub fn redo(&mut self) -> bool {
+        let Some(next) = self.redo_stack.pop() else { return false };
+        if let Some(current) = self.image.replace(next) {
+            self.undo_stack.push(current);
+        }
+        self.modified = true;
+        true
     }
 
     /// A fresh revision number for images shown but not kept (previews).
@@ -117,6 +157,24 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ds-doc-{}-{name}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn undo_and_redo_walk_the_image_history() {
+        let mut document = Document::default();
+        let pixel = |v: u8| image::RgbaImage::from_pixel(1, 1, image::Rgba([v, v, v, 255]));
+        let value = |d: &Document| d.image.as_ref().map(|l| l.image.get_pixel(0, 0)[0]);
+        document.set_opened_image(pixel(1), PathBuf::from("a.png"));
+        document.set_result_image(pixel(2));
+        document.set_result_image(pixel(3));
+        assert!(document.undo() && document.undo());
+        assert_eq!(value(&document), Some(1));
+        assert!(!document.undo(), "nothing before the first image");
+        assert!(document.redo());
+        assert_eq!(value(&document), Some(2));
+        document.set_result_image(pixel(4));
+        assert!(!document.can_redo(), "a new result clears redo");
+        assert_eq!(document.image.as_ref().and_then(|l| l.path.clone()), Some(PathBuf::from("a.png")));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub enum UiCommand {
     FitToView,
     ActualSize,
     ZoomBy(f32),
+    Undo,
+    Redo,
     RunForwardNoise,
     Cancel(JobId),
     DismissError(usize),
@@ -134,6 +136,16 @@ impl StudioApp {
             UiCommand::FitToView => self.view.fit_pending = true,
             UiCommand::ActualSize => self.view.actual_size(),
             UiCommand::ZoomBy(factor) => self.view.zoom_at_centre(factor),
+            UiCommand::Undo => {
+                if self.document.undo() {
+                    self.status = "Undone".into();
+                }
+            }
+            UiCommand::Redo => {
+                if self.document.redo() {
+                    self.status = "Redone".into();
+                }
+            }
             UiCommand::RunForwardNoise => self.run_forward_noise(),
             UiCommand::Cancel(id) => self.engine.cancel(id),
             UiCommand::DismissError(index) => {
@@ -277,13 +289,13 @@ impl StudioApp {
                 }
             }
             EngineEvent::Done { job, output } => {
-                self.jobs.remove(&job);
+                let label = self.jobs.remove(&job).map_or("job", |state| state.label);
                 self.preview = None;
                 match output {
                     JobOutput::Image(data) => match data.to_rgba_image() {
                         Some(image) => {
                             self.document.set_result_image(image);
-                            self.status = format!("{job} done");
+                            self.status = format!("{label} done ({job}); Ctrl+Z to undo");
                         }
                         None => self.errors.push(format!("{job} returned a malformed image")),
                     },
@@ -316,6 +328,14 @@ impl StudioApp {
                 ui.separator();
                 if ui.button("Quit").clicked() {
                     ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+                }
+            });
+            ui.menu_button("Edit", |ui| {
+                if ui.add_enabled(self.document.can_undo(), egui::Button::new("Undo")).clicked() {
+                    commands.push(UiCommand::Undo);
+                }
+                if ui.add_enabled(self.document.can_redo(), egui::Button::new("Redo")).clicked() {
+                    commands.push(UiCommand::Redo);
                 }
             });
             ui.menu_button("View", |ui| {
@@ -371,7 +391,12 @@ impl StudioApp {
         for (id, job) in &self.jobs {
             ui.horizontal(|ui| {
                 let fraction = if job.of > 0 { job.step as f32 / job.of as f32 } else { 0.0 };
-                ui.add(egui::ProgressBar::new(fraction).text(format!("{} {}/{}", job.label, job.step, job.of)));
+                let bar_width = (ui.available_width() - 70.0).max(60.0);
+                ui.add(
+                    egui::ProgressBar::new(fraction)
+                        .desired_width(bar_width)
+                        .text(format!("{} {}/{}", job.label, job.step, job.of)),
+                );
                 if ui.button("Cancel").clicked() {
                     commands.push(UiCommand::Cancel(*id));
                 }
@@ -469,6 +494,9 @@ impl eframe::App for StudioApp {
             }
             if input.modifiers.command && input.key_pressed(egui::Key::S) {
                 commands.push(UiCommand::ShowSaveDialog);
+            }
+            if input.modifiers.command && input.key_pressed(egui::Key::Z) {
+                commands.push(if input.modifiers.shift { UiCommand::Redo } else { UiCommand::Undo });
             }
             if input.key_pressed(egui::Key::Escape) {
                 commands.extend(self.jobs.keys().map(|id| UiCommand::Cancel(*id)));

@@ -13,11 +13,13 @@ pub fn display_available() -> bool {
     ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
 
-/// Opens the studio window and runs until it is closed; `open` is an image to show first.
+/// Opens the studio window and runs until it is closed; `open` is an image to show first (the
+/// bundled sample when none is given).
 pub fn run_studio(device: DeviceChoice, open: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     if !display_available() {
         anyhow::bail!("no display: set DISPLAY, or use the CLI subcommands (diffusion-studio --help)");
     }
+    let open = open.or_else(crate::catalog::sample_image);
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("diffusion-studio")
