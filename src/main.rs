@@ -127,6 +127,9 @@ fn noise(
     seed: u64,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
+    // An explicit device that is not there is an error on the command line (the studio falls
+    // back to the CPU and says so instead).
+    device::select(device).map_err(anyhow::Error::msg)?;
     let image = document::read_image(image_path)?;
     let engine = EngineHandle::spawn(device, std::sync::Arc::new(|| {}));
     let id = engine.submit(Job::ForwardNoise { image: ImageData::from_rgba_image(&image), strength, steps, seed });

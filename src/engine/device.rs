@@ -13,12 +13,11 @@ pub fn select(choice: DeviceChoice) -> Result<tch::Device, String> {
         DeviceChoice::Cuda(index) if index < cuda_count => Ok(tch::Device::Cuda(index)),
         DeviceChoice::Cuda(index) if cuda_count == 0 => Err(format!(
             "CUDA device {index} was asked for, but libtorch sees no CUDA device \
-             (no NVIDIA driver or GPU on this machine); running on the CPU instead. \
-             Use --device cpu to say so."
+             (no NVIDIA driver or GPU on this machine); use --device cpu or auto"
         )),
         DeviceChoice::Cuda(index) => Err(format!(
             "CUDA device {index} was asked for, but there are only {cuda_count} \
-             (0…{}); running on the CPU instead.",
+             (0…{}); choose one of those",
             cuda_count - 1
         )),
     }

@@ -277,7 +277,7 @@ impl TorchRunner {
     pub fn new(choice: DeviceChoice) -> (Self, Option<String>) {
         match device::select(choice) {
             Ok(device) => (Self { device }, None),
-            Err(message) => (Self { device: tch::Device::Cpu }, Some(message)),
+            Err(message) => (Self { device: tch::Device::Cpu }, Some(format!("{message}; running on the CPU instead"))),
         }
     }
 }

@@ -109,7 +109,7 @@ impl StudioApp {
             gpu_canvas,
             device: None,
             errors: Vec::new(),
-            status: "Open an image to begin: File → Open…, or drop a file on the window".into(),
+            status: "Open an image to begin: File > Open…, or drop a file on the window".into(),
             jobs: BTreeMap::new(),
             preview: None,
             noise: NoiseSettings::default(),
@@ -352,7 +352,7 @@ impl StudioApp {
     fn errors_ui(&self, ui: &mut egui::Ui, commands: &mut Vec<UiCommand>) {
         for (index, message) in self.errors.iter().enumerate() {
             ui.horizontal(|ui| {
-                ui.label(RichText::new(format!("⚠ {message}")).color(Color32::from_rgb(255, 140, 120)));
+                ui.label(RichText::new(format!("Error: {message}")).color(Color32::from_rgb(255, 140, 120)));
                 if ui.button("Dismiss").clicked() {
                     commands.push(UiCommand::DismissError(index));
                 }
@@ -376,8 +376,8 @@ impl StudioApp {
         ui.add(egui::Slider::new(&mut self.noise.strength, 0.01..=1.0).text("strength"));
         ui.add(egui::Slider::new(&mut self.noise.steps, 1..=50).text("stages"));
         ui.horizontal(|ui| {
-            ui.label("seed");
-            ui.add(egui::DragValue::new(&mut self.noise.seed));
+            let label = ui.label("seed");
+            ui.add(egui::DragValue::new(&mut self.noise.seed)).labelled_by(label.id);
         });
         let has_image = self.document.image.is_some();
         if ui.add_enabled(has_image, egui::Button::new("Add noise")).clicked() {
@@ -426,7 +426,7 @@ impl StudioApp {
             ui.painter().text(
                 canvas.center(),
                 egui::Align2::CENTER_CENTER,
-                "Open an image: File → Open…, or drop a file here",
+                "Open an image: File > Open…, or drop a file here",
                 egui::FontId::proportional(18.0),
                 ui.visuals().weak_text_color(),
             );

@@ -1,0 +1,127 @@
+//! The binary as a person runs it: `info` with an empty environment, the window with no display,
+//! the `noise` job end to end, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_diffusion-studio"));
+    command.env_clear();
+    command
+}
+
+fn sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/samples/shapes.png")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ds-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir.join(name)
+}
+
+#[test]
+fn info_runs_with_no_environment_variables() {
+    let output = binary().arg("info").output().expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(&format!("diffusion-studio {}", env!("CARGO_PKG_VERSION"))), "{stdout}");
+    assert!(stdout.contains("libtorch 2.11.0"), "{stdout}");
+    assert!(stdout.contains("CPU threads: "), "{stdout}");
+    assert!(stdout.contains("CUDA device"), "{stdout}");
+    assert!(stdout.contains("audio output: "), "{stdout}");
+    assert!(stdout.contains("models: "), "{stdout}");
+}
+
+#[test]
+fn the_binary_needs_libtorch_cuda_when_libtorch_has_it() {
+    let lib_dir = Path::new(env!("LIBTORCH_LIB_DIR"));
+    let output = Command::new("readelf").args(["-d", env!("CARGO_BIN_EXE_diffusion-studio")]).output().expect("readelf (binutils)");
+    let dynamic = String::from_utf8_lossy(&output.stdout);
+    assert!(dynamic.contains("[libtorch_cpu.so]"), "{dynamic}");
+    assert!(dynamic.contains(&lib_dir.display().to_string()), "an rpath to libtorch:\n{dynamic}");
+    if lib_dir.join("libtorch_cuda.so").exists() {
+        assert!(dynamic.contains("[libtorch_cuda.so]"), "libtorch_cuda.so must be NEEDED:\n{dynamic}");
+    }
+}
+
+#[test]
+fn with_no_display_the_studio_says_so_and_fails() {
+    let output = binary().output().expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no display: set DISPLAY, or use the CLI subcommands"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn noise_writes_a_noised_png_of_the_same_size() {
+    let out = scratch("noised.png");
+    let output = binary()
+        .args(["noise", "--image"])
+        .arg(sample())
+        .args(["--strength", "0.3", "--steps", "3", "--seed", "7", "--out"])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let noised = image::open(&out).expect("a PNG").into_rgba8();
+    let original = image::open(sample()).expect("sample").into_rgba8();
+    assert_eq!(noised.dimensions(), original.dimensions());
+    let mean_abs_diff = noised
+        .as_raw()
+        .iter()
+        .zip(original.as_raw())
+        .map(|(a, b)| f64::from(a.abs_diff(*b)))
+        .sum::<f64>()
+        / noised.as_raw().len() as f64;
+    // At strength 0.3 (t = 299) the noise term sqrt(1 - ᾱ) ≈ 0.62 of unit noise: clearly noisy,
+    // yet the image still dominates on average.
+    assert!(mean_abs_diff > 10.0 && mean_abs_diff < 100.0, "mean |Δ| = {mean_abs_diff}");
+}
+
+#[test]
+fn noise_is_reproducible_from_its_seed() {
+    let run = |seed: &str, name: &str| {
+        let out = scratch(name);
+        let status = binary()
+            .args(["noise", "--steps", "1", "--seed", seed, "--image"])
+            .arg(sample())
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .expect("runs");
+        assert!(status.success());
+        std::fs::read(out).expect("written")
+    };
+    assert_eq!(run("5", "a.png"), run("5", "b.png"));
+    assert_ne!(run("5", "c.png"), run("6", "d.png"));
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_naming_the_file_or_field() {
+    let text = scratch("words.png");
+    std::fs::write(&text, "words, not pixels").expect("write");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--image".into(), text.display().to_string()], "words.png is not an image"),
+        (vec!["--image".into(), "/nonexistent/cat.png".into()], "could not read /nonexistent/cat.png"),
+        (vec!["--image".into(), sample().display().to_string(), "--strength".into(), "0".into()], "strength must be in (0, 1]"),
+        (vec!["--image".into(), sample().display().to_string(), "--steps".into(), "0".into()], "steps must be at least 1"),
+        (vec!["--image".into(), sample().display().to_string(), "--device".into(), "tpu".into()], "'tpu' is not a device"),
+        (vec!["--image".into(), sample().display().to_string(), "--device".into(), "cuda:7".into()], "CUDA device 7 was asked for"),
+    ];
+    for (args, expected) in cases {
+        let output = binary()
+            .arg("noise")
+            .args(&args)
+            .arg("--out")
+            .arg(scratch("never.png"))
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(expected), "{args:?}: expected «{expected}» in:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(!scratch("never.png").exists());
+}
