@@ -9,7 +9,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export DIFFUSION_STUDIO_CACHE := $(CACHE_DIR)
 BIN := target/release/diffusion-studio
 
-.PHONY: setup build run test lint unit window-test bench clean
+.PHONY: setup build run test lint unit window-test clean
 
 setup:
 	@bash scripts/setup.sh >/dev/null

@@ -132,17 +132,16 @@ fn noise(
     device::select(device).map_err(anyhow::Error::msg)?;
     let image = document::read_image(image_path)?;
     let engine = EngineHandle::spawn(device, std::sync::Arc::new(|| {}));
-    let id = engine.submit(Job::ForwardNoise { image: ImageData::from_rgba_image(&image), strength, steps, seed });
+    let id =
+        engine.submit(Job::ForwardNoise { image: ImageData::from_rgba_image(&image), strength, steps, seed });
     let bar = indicatif::ProgressBar::new(steps as u64).with_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_message("noise");
     loop {
-        let event = engine
-            .events()
-            .recv_timeout(Duration::from_secs(600))
-            .context("the engine stopped answering")?;
+        let event =
+            engine.events().recv_timeout(Duration::from_secs(600)).context("the engine stopped answering")?;
         match event {
             EngineEvent::DeviceWarning { message } => bar.println(format!("warning: {message}")),
             EngineEvent::Progress { job, step, .. } if job == id => bar.set_position(step as u64),

@@ -38,11 +38,7 @@ impl ImageData {
     }
 
     pub fn from_rgba_image(image: &image::RgbaImage) -> Self {
-        Self {
-            width: image.width(),
-            height: image.height(),
-            rgba: Arc::new(image.as_raw().clone()),
-        }
+        Self { width: image.width(), height: image.height(), rgba: Arc::new(image.as_raw().clone()) }
     }
 
     pub fn to_rgba_image(&self) -> Option<image::RgbaImage> {
@@ -122,16 +118,35 @@ pub struct DeviceReport {
 #[derive(Debug, Clone)]
 pub enum EngineEvent {
     /// The engine thread is up and owns `device`.
-    Ready { device: DeviceReport },
+    Ready {
+        device: DeviceReport,
+    },
     /// The device could not be set up; the engine fell back to the CPU and says why.
-    DeviceWarning { message: String },
-    Started { job: JobId },
+    DeviceWarning {
+        message: String,
+    },
+    Started {
+        job: JobId,
+    },
     /// `step` of `of` is done; `preview` is a downscaled look at the work so far.
-    Progress { job: JobId, step: usize, of: usize, preview: Option<ImageData> },
-    Done { job: JobId, output: JobOutput },
+    Progress {
+        job: JobId,
+        step: usize,
+        of: usize,
+        preview: Option<ImageData>,
+    },
+    Done {
+        job: JobId,
+        output: JobOutput,
+    },
     /// The job failed; `message` says what happened and what to do. The engine goes on serving.
-    Failed { job: JobId, message: String },
-    Cancelled { job: JobId },
+    Failed {
+        job: JobId,
+        message: String,
+    },
+    Cancelled {
+        job: JobId,
+    },
 }
 
 impl EngineEvent {
@@ -149,9 +164,6 @@ impl EngineEvent {
 
     /// Whether this event ends its job.
     pub fn is_final(&self) -> bool {
-        matches!(
-            self,
-            EngineEvent::Done { .. } | EngineEvent::Failed { .. } | EngineEvent::Cancelled { .. }
-        )
+        matches!(self, EngineEvent::Done { .. } | EngineEvent::Failed { .. } | EngineEvent::Cancelled { .. })
     }
 }

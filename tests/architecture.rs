@@ -9,7 +9,12 @@ fn tch_uses(text: &str) -> Vec<(usize, String)> {
         .enumerate()
         .filter(|(_, line)| {
             let code = line.split("//").next().unwrap_or("");
-            names_tch_path(code) || code.split_whitespace().collect::<Vec<_>>().windows(2).any(|w| w[0] == "use" && w[1].starts_with("tch"))
+            names_tch_path(code)
+                || code
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .any(|w| w[0] == "use" && w[1].starts_with("tch"))
         })
         .map(|(index, line)| (index + 1, line.trim().to_string()))
         .collect()

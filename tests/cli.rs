@@ -36,7 +36,10 @@ fn info_runs_with_no_environment_variables() {
 #[test]
 fn the_binary_needs_libtorch_cuda_when_libtorch_has_it() {
     let lib_dir = Path::new(env!("LIBTORCH_LIB_DIR"));
-    let output = Command::new("readelf").args(["-d", env!("CARGO_BIN_EXE_diffusion-studio")]).output().expect("readelf (binutils)");
+    let output = Command::new("readelf")
+        .args(["-d", env!("CARGO_BIN_EXE_diffusion-studio")])
+        .output()
+        .expect("readelf (binutils)");
     let dynamic = String::from_utf8_lossy(&output.stdout);
     assert!(dynamic.contains("[libtorch_cpu.so]"), "{dynamic}");
     assert!(dynamic.contains(&lib_dir.display().to_string()), "an rpath to libtorch:\n{dynamic}");
@@ -68,13 +71,9 @@ fn noise_writes_a_noised_png_of_the_same_size() {
     let noised = image::open(&out).expect("a PNG").into_rgba8();
     let original = image::open(sample()).expect("sample").into_rgba8();
     assert_eq!(noised.dimensions(), original.dimensions());
-    let mean_abs_diff = noised
-        .as_raw()
-        .iter()
-        .zip(original.as_raw())
-        .map(|(a, b)| f64::from(a.abs_diff(*b)))
-        .sum::<f64>()
-        / noised.as_raw().len() as f64;
+    let mean_abs_diff =
+        noised.as_raw().iter().zip(original.as_raw()).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>()
+            / noised.as_raw().len() as f64;
     // At strength 0.3 (t = 299) the noise term sqrt(1 - ᾱ) ≈ 0.62 of unit noise: clearly noisy,
     // yet the image still dominates on average.
     assert!(mean_abs_diff > 10.0 && mean_abs_diff < 100.0, "mean |Δ| = {mean_abs_diff}");
@@ -105,19 +104,26 @@ fn bad_input_gets_a_clear_error_naming_the_file_or_field() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["--image".into(), text.display().to_string()], "words.png is not an image"),
         (vec!["--image".into(), "/nonexistent/cat.png".into()], "could not read /nonexistent/cat.png"),
-        (vec!["--image".into(), sample().display().to_string(), "--strength".into(), "0".into()], "strength must be in (0, 1]"),
-        (vec!["--image".into(), sample().display().to_string(), "--steps".into(), "0".into()], "steps must be at least 1"),
-        (vec!["--image".into(), sample().display().to_string(), "--device".into(), "tpu".into()], "'tpu' is not a device"),
-        (vec!["--image".into(), sample().display().to_string(), "--device".into(), "cuda:7".into()], "CUDA device 7 was asked for"),
+        (
+            vec!["--image".into(), sample().display().to_string(), "--strength".into(), "0".into()],
+            "strength must be in (0, 1]",
+        ),
+        (
+            vec!["--image".into(), sample().display().to_string(), "--steps".into(), "0".into()],
+            "steps must be at least 1",
+        ),
+        (
+            vec!["--image".into(), sample().display().to_string(), "--device".into(), "tpu".into()],
+            "'tpu' is not a device",
+        ),
+        (
+            vec!["--image".into(), sample().display().to_string(), "--device".into(), "cuda:7".into()],
+            "CUDA device 7 was asked for",
+        ),
     ];
     for (args, expected) in cases {
-        let output = binary()
-            .arg("noise")
-            .args(&args)
-            .arg("--out")
-            .arg(scratch("never.png"))
-            .output()
-            .expect("runs");
+        let output =
+            binary().arg("noise").args(&args).arg("--out").arg(scratch("never.png")).output().expect("runs");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} should fail");
         assert!(stderr.contains(expected), "{args:?}: expected «{expected}» in:\n{stderr}");

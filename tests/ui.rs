@@ -171,3 +171,41 @@ fn the_canvas_shader_draws_the_image() {
     let red = rendered.get_pixel((600.0 * ppp) as u32, (400.0 * ppp) as u32).0;
     assert!(red[0] > 150 && red[1] < 90 && red[2] < 90, "expected the sample's red disc, got {red:?}");
 }
+
+/// A file as the window system hands it over on drop.
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn dropping_a_file_on_the_window_opens_it() {
+    let mut harness = studio();
+    harness.input_mut().dropped_files.push(std::sync::Arc::new(Dropped(sample())));
+    harness.step();
+    settle(&mut harness, |app| app.pending_io == 0 && app.document.image.is_some());
+    let layer = harness.state().document.image.as_ref().expect("opened");
+    assert_eq!(layer.path.as_deref(), Some(sample().as_path()));
+    assert_eq!(centre_pixel(harness.state()), [214, 40, 40, 255]);
+}
+
+#[test]
+fn save_as_writes_the_image_and_keeps_its_pixels() {
+    let mut harness = studio();
+    opened(&mut harness, sample());
+    let out = std::env::temp_dir().join(format!("ds-ui-{}-saved.png", std::process::id()));
+    harness.state_mut().execute(diffusion_studio::ui::UiCommand::SaveAs(out.clone()));
+    settle(&mut harness, |app| app.pending_io == 0);
+    harness.get_by_label_contains("Saved");
+    let saved = image::open(&out).expect("a PNG").into_rgba8();
+    let original = image::open(sample()).expect("sample").into_rgba8();
+    assert_eq!(saved, original);
+}

@@ -98,7 +98,9 @@ pub enum ImageFileError {
     Format { path: PathBuf, reason: String },
     #[error("{path} is damaged or cut short ({reason}); open another copy of it")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("{path} is {width}×{height}; the studio opens images up to {MAX_IMAGE_SIDE} pixels a side — scale it down first")]
+    #[error(
+        "{path} is {width}×{height}; the studio opens images up to {MAX_IMAGE_SIDE} pixels a side — scale it down first"
+    )]
     TooLarge { path: PathBuf, width: u32, height: u32 },
     #[error("could not write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
@@ -107,20 +109,19 @@ pub enum ImageFileError {
 /// Reads and decodes an image file to RGBA.
 pub fn read_image(path: &Path) -> Result<image::RgbaImage, ImageFileError> {
     let bytes = std::fs::read(path).map_err(|source| ImageFileError::Read { path: path.into(), source })?;
-    let format = image::guess_format(&bytes).map_err(|error| ImageFileError::Format {
-        path: path.into(),
-        reason: error.to_string(),
-    })?;
+    let format = image::guess_format(&bytes)
+        .map_err(|error| ImageFileError::Format { path: path.into(), reason: error.to_string() })?;
     let reader = image::ImageReader::with_format(std::io::Cursor::new(&bytes), format);
-    let (width, height) = reader.into_dimensions().map_err(|error| ImageFileError::Corrupt {
-        path: path.into(),
-        reason: error.to_string(),
-    })?;
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|error| ImageFileError::Corrupt { path: path.into(), reason: error.to_string() })?;
     if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
         return Err(ImageFileError::TooLarge { path: path.into(), width, height });
     }
     let decoded = image::load_from_memory_with_format(&bytes, format).map_err(|error| match error {
-        image::ImageError::Unsupported(_) => ImageFileError::Format { path: path.into(), reason: error.to_string() },
+        image::ImageError::Unsupported(_) => {
+            ImageFileError::Format { path: path.into(), reason: error.to_string() }
+        }
         _ => ImageFileError::Corrupt { path: path.into(), reason: error.to_string() },
     })?;
     Ok(decoded.into_rgba8())
@@ -187,7 +188,11 @@ mod tests {
         let path = dir.join("a.png");
         write_png_atomic(&image, &path).expect("write");
         assert_eq!(read_image(&path).expect("read"), image);
-        let leftovers: Vec<_> = std::fs::read_dir(&dir).expect("dir").flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
         assert!(leftovers.is_empty());
     }
 
@@ -203,7 +208,8 @@ mod tests {
     fn a_truncated_png_is_reported_as_damaged() {
         let dir = scratch("trunc");
         let path = dir.join("cut.png");
-        write_png_atomic(&image::RgbaImage::from_pixel(64, 64, image::Rgba([1, 2, 3, 255])), &path).expect("write");
+        write_png_atomic(&image::RgbaImage::from_pixel(64, 64, image::Rgba([1, 2, 3, 255])), &path)
+            .expect("write");
         let bytes = std::fs::read(&path).expect("read");
         std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
         let error = read_image(&path).expect_err("must fail").to_string();

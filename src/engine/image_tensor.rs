@@ -62,7 +62,8 @@ pub fn preview_from_tensor(tensor: &Tensor, max_side: i64) -> Result<ImageData, 
         return image_from_tensor(tensor);
     }
     let scale = max_side as f64 / longer as f64;
-    let target = [((height as f64 * scale).round() as i64).max(1), ((width as f64 * scale).round() as i64).max(1)];
+    let target =
+        [((height as f64 * scale).round() as i64).max(1), ((width as f64 * scale).round() as i64).max(1)];
     let batched = if tensor.dim() == 3 { tensor.f_unsqueeze(0)? } else { tensor.shallow_clone() };
     image_from_tensor(&batched.f_adaptive_avg_pool2d(target)?)
 }

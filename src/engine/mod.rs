@@ -277,7 +277,9 @@ impl TorchRunner {
     pub fn new(choice: DeviceChoice) -> (Self, Option<String>) {
         match device::select(choice) {
             Ok(device) => (Self { device }, None),
-            Err(message) => (Self { device: tch::Device::Cpu }, Some(format!("{message}; running on the CPU instead"))),
+            Err(message) => {
+                (Self { device: tch::Device::Cpu }, Some(format!("{message}; running on the CPU instead")))
+            }
         }
     }
 }
@@ -330,10 +332,8 @@ mod tests {
 
     fn final_event(engine: &EngineHandle, id: JobId) -> EngineEvent {
         loop {
-            let event = engine
-                .events()
-                .recv_timeout(Duration::from_secs(10))
-                .expect("engine answered in time");
+            let event =
+                engine.events().recv_timeout(Duration::from_secs(10)).expect("engine answered in time");
             if event.job() == Some(id) && event.is_final() {
                 return event;
             }

@@ -39,8 +39,14 @@ pub enum UiCommand {
 
 /// What background file work reports back.
 enum IoResult {
-    Opened { path: PathBuf, result: Result<image::RgbaImage, String> },
-    Saved { path: PathBuf, result: Result<(), String> },
+    Opened {
+        path: PathBuf,
+        result: Result<image::RgbaImage, String>,
+    },
+    Saved {
+        path: PathBuf,
+        result: Result<(), String>,
+    },
     /// The dialog's choice; `None` when it was closed without one.
     DialogChose(Option<UiCommand>),
 }
@@ -437,7 +443,9 @@ impl StudioApp {
             self.view.fit(image_size, canvas);
         }
         // 1. navigation: drag pans, the wheel zooms about the cursor
-        if response.dragged_by(egui::PointerButton::Primary) || response.dragged_by(egui::PointerButton::Middle) {
+        if response.dragged_by(egui::PointerButton::Primary)
+            || response.dragged_by(egui::PointerButton::Middle)
+        {
             self.view.pan(response.drag_delta());
         }
         if response.hovered() {
@@ -450,13 +458,16 @@ impl StudioApp {
         }
         // 2. draw: the preview of a running job, else the document image
         let image_rect = self.view.image_rect(image_size, canvas);
-        let shown = self.preview.clone().unwrap_or_else(|| CanvasImage {
-            revision: layer.revision,
-            image: Arc::clone(&layer.image),
-        });
+        let shown = self
+            .preview
+            .clone()
+            .unwrap_or_else(|| CanvasImage { revision: layer.revision, image: Arc::clone(&layer.image) });
         if self.gpu_canvas {
-            let callback = CanvasCallback::new(shown, image_rect, canvas, self.view.zoom, ui.ctx().pixels_per_point());
-            ui.painter().with_clip_rect(canvas).add(eframe::egui_wgpu::Callback::new_paint_callback(canvas, callback));
+            let callback =
+                CanvasCallback::new(shown, image_rect, canvas, self.view.zoom, ui.ctx().pixels_per_point());
+            ui.painter()
+                .with_clip_rect(canvas)
+                .add(eframe::egui_wgpu::Callback::new_paint_callback(canvas, callback));
         } else {
             ui.painter().rect_filled(image_rect.intersect(canvas), 0.0, Color32::DARK_GRAY);
         }
@@ -501,7 +512,13 @@ impl eframe::App for StudioApp {
             if input.key_pressed(egui::Key::Escape) {
                 commands.extend(self.jobs.keys().map(|id| UiCommand::Cancel(*id)));
             }
-            if let Some(path) = input.raw.dropped_files.iter().map(|file| file.path().to_path_buf()).find(|path| !path.as_os_str().is_empty()) {
+            if let Some(path) = input
+                .raw
+                .dropped_files
+                .iter()
+                .map(|file| file.path().to_path_buf())
+                .find(|path| !path.as_os_str().is_empty())
+            {
                 commands.push(UiCommand::Open(path));
             }
         });
@@ -513,7 +530,9 @@ impl eframe::App for StudioApp {
         });
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
         egui::Panel::left("tools").default_size(170.0).show(ui, |ui| self.tools_ui(ui));
-        egui::Panel::right("inspector").default_size(240.0).show(ui, |ui| self.inspector_ui(ui, &mut commands));
+        egui::Panel::right("inspector")
+            .default_size(240.0)
+            .show(ui, |ui| self.inspector_ui(ui, &mut commands));
         egui::CentralPanel::default()
             .frame(egui::Frame::new().fill(Color32::from_gray(32)))
             .show(ui, |ui| self.canvas_ui(ui));

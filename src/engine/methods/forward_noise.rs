@@ -19,13 +19,9 @@ const PREVIEW_SIDE: i64 = 256;
 
 /// ᾱ_t for t in 0..1000 of the scaled-linear schedule: betas = linspace(√β₀, √β₁, T)².
 pub fn alphas_cumprod() -> Result<Tensor, JobError> {
-    let betas = Tensor::f_linspace(
-        BETA_START.sqrt(),
-        BETA_END.sqrt(),
-        TRAIN_TIMESTEPS,
-        (Kind::Double, Device::Cpu),
-    )?
-    .f_square()?;
+    let betas =
+        Tensor::f_linspace(BETA_START.sqrt(), BETA_END.sqrt(), TRAIN_TIMESTEPS, (Kind::Double, Device::Cpu))?
+            .f_square()?;
     let alphas = betas.f_neg()?.f_add_scalar(1.0)?;
     Ok(alphas.f_cumprod(0, Kind::Double)?)
 }
@@ -54,7 +50,8 @@ pub fn run(
     tch::manual_seed(seed as i64);
     let noise = Tensor::f_randn(x0.size(), (Kind::Float, Device::Cpu))?.f_to_device(device)?;
     let alphas_cumprod = alphas_cumprod()?;
-    let last_t = ((f64::from(strength) * TRAIN_TIMESTEPS as f64).round() as i64).clamp(1, TRAIN_TIMESTEPS) - 1;
+    let last_t =
+        ((f64::from(strength) * TRAIN_TIMESTEPS as f64).round() as i64).clamp(1, TRAIN_TIMESTEPS) - 1;
     // 3. one stage per step, each further along the schedule
     let mut noisy = x0.shallow_clone();
     for step in 1..=steps {
