@@ -178,6 +178,14 @@ impl StudioApp {
 
     /// Opens the native file dialog on its own thread, so the UI keeps drawing.
     fn spawn_dialog(&mut self, save: bool) {
+        if !desktop_bus_reachable() {
+            self.errors.push(
+                "No file dialog is available here (no desktop session bus for xdg-desktop-portal). \
+                 Drop an image on the window, or pass it on the command line: diffusion-studio IMAGE"
+                    .into(),
+            );
+            return;
+        }
         let suggested = self
             .document
             .image
@@ -472,6 +480,14 @@ impl StudioApp {
             ui.painter().rect_filled(image_rect.intersect(canvas), 0.0, Color32::DARK_GRAY);
         }
     }
+}
+
+/// Whether a D-Bus session bus, through which rfd reaches the desktop's file dialog portal, is
+/// there to talk to.
+fn desktop_bus_reachable() -> bool {
+    std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some_and(|a| !a.is_empty())
+        || std::env::var_os("XDG_RUNTIME_DIR")
+            .is_some_and(|dir| std::path::Path::new(&dir).join("bus").exists())
 }
 
 /// The zoom factor a frame's wheel and pinch events ask for: ×e per 500 points of wheel.
