@@ -286,10 +286,7 @@ impl StudioApp {
 
     fn on_engine_event(&mut self, event: EngineEvent) {
         match event {
-            EngineEvent::Ready { device } => {
-                self.status = format!("Engine ready on {}", device.description);
-                self.device = Some(device);
-            }
+            EngineEvent::Ready { device } => self.device = Some(device),
             EngineEvent::DeviceWarning { message } => self.errors.push(message),
             EngineEvent::Started { job } => self.status = format!("Running {job}"),
             EngineEvent::Progress { job, step, of, preview } => {
@@ -365,8 +362,9 @@ impl StudioApp {
 
     fn errors_ui(&self, ui: &mut egui::Ui, commands: &mut Vec<UiCommand>) {
         for (index, message) in self.errors.iter().enumerate() {
-            ui.horizontal(|ui| {
-                ui.label(RichText::new(format!("Error: {message}")).color(Color32::from_rgb(255, 140, 120)));
+            ui.horizontal_wrapped(|ui| {
+                let text = RichText::new(format!("Error: {message}")).color(Color32::from_rgb(255, 140, 120));
+                ui.add(egui::Label::new(text).wrap());
                 if ui.button("Dismiss").clicked() {
                     commands.push(UiCommand::DismissError(index));
                 }
