@@ -9,7 +9,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export DIFFUSION_STUDIO_CACHE := $(CACHE_DIR)
 BIN := target/release/diffusion-studio
 
-.PHONY: setup build run test lint unit window-test clean
+.PHONY: setup build run test lint unit window-test fixtures clean
 
 setup:
 	@bash scripts/setup.sh >/dev/null
@@ -31,6 +31,11 @@ window-test: build
 	bash scripts/window-test.sh $(BIN)
 
 test: lint unit window-test
+
+# Regenerates tests/fixtures/ with diffusers as the oracle (pinned versions, into the same venv).
+fixtures: setup
+	$(VENV)/bin/python -m pip install --quiet diffusers==0.42.1
+	$(VENV)/bin/python tests/fixtures/make_fixtures.py
 
 clean:
 	cargo clean

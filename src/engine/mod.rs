@@ -5,6 +5,7 @@
 pub mod device;
 pub mod image_tensor;
 pub mod methods;
+pub mod schedulers;
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -35,6 +36,12 @@ pub enum JobError {
 impl From<tch::TchError> for JobError {
     fn from(error: tch::TchError) -> Self {
         JobError::Failed(format!("tensor operation failed: {error}"))
+    }
+}
+
+impl From<schedulers::SchedulerError> for JobError {
+    fn from(error: schedulers::SchedulerError) -> Self {
+        JobError::Failed(error.to_string())
     }
 }
 

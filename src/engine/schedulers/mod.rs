@@ -1,0 +1,312 @@
+//! Noise schedulers: one trait, one file per scheduler, numerically following diffusers
+//! (<https://github.com/huggingface/diffusers/tree/main/src/diffusers/schedulers>) and checked
+//! against trajectories it recorded (`tests/fixtures/schedulers.json`).
+//!
+//! Schedule values are computed in f32 as diffusers does (its betas are float32 tensors), so the
+//! same timesteps and coefficients come out.
+
+pub mod config;
+pub mod ddim;
+pub mod ddpm;
+pub mod euler;
+
+use tch::{Device, Kind, Tensor};
+
+use config::BetaSchedule;
+pub use config::{PredictionType, SchedulerConfig, TimestepSpacing};
+
+/// Why a scheduler could not be built or stepped.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// A configuration field is wrong; the message names the file and field.
+    #[error("{0}")]
+    Config(String),
+    #[error("tensor operation failed in the scheduler: {0}")]
+    Tensor(#[from] tch::TchError),
+}
+
+/// The schedulers a user can choose (CLI names in [`SchedulerKind::from_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulerKind {
+    Ddim,
+    /// DDIM run backwards, image → noise (for inversion).
+    DdimInverse,
+    Ddpm,
+    Euler,
+    EulerAncestral,
+}
+
+impl SchedulerKind {
+    pub const NAMES: &'static str = "ddim, ddpm, euler, euler-a";
+
+    /// From a CLI/UI name.
+    pub fn from_name(name: &str) -> Result<Self, SchedulerError> {
+        match name {
+            "ddim" => Ok(Self::Ddim),
+            "ddpm" => Ok(Self::Ddpm),
+            "euler" => Ok(Self::Euler),
+            "euler-a" | "euler_a" => Ok(Self::EulerAncestral),
+            other => Err(SchedulerError::Config(format!(
+                "unknown scheduler \"{other}\"; choose one of {}",
+                Self::NAMES
+            ))),
+        }
+    }
+
+    /// diffusers' class name.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Self::Ddim => "DDIMScheduler",
+            Self::DdimInverse => "DDIMInverseScheduler",
+            Self::Ddpm => "DDPMScheduler",
+            Self::Euler => "EulerDiscreteScheduler",
+            Self::EulerAncestral => "EulerAncestralDiscreteScheduler",
+        }
+    }
+}
+
+/// Where a scheduler's fresh noise comes from. The engine draws on the CPU from libtorch's
+/// default generator (seeded with `tch::manual_seed`, which matches
+/// `torch.Generator("cpu").manual_seed`) and moves it to the device, as diffusers does with a CPU
+/// generator.
+pub trait NoiseSource {
+    fn randn(&mut self, size: &[i64], device: Device) -> Result<Tensor, SchedulerError>;
+}
+
+/// Standard normal noise from libtorch's default CPU generator.
+pub struct CpuGeneratorNoise;
+
+impl NoiseSource for CpuGeneratorNoise {
+    fn randn(&mut self, size: &[i64], device: Device) -> Result<Tensor, SchedulerError> {
+        Ok(Tensor::f_randn(size, (Kind::Float, Device::Cpu))?.f_to_device(device)?)
+    }
+}
+
+/// A denoising schedule and its update rule.
+pub trait Scheduler: Send {
+    /// Chooses `steps` inference steps.
+    fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError>;
+    /// The model's timestep at each step index (fractional for Karras sigmas).
+    fn timesteps(&self) -> &[f64];
+    /// The scale of the initial noise (1 for DDIM/DDPM, σ_max-based for Euler).
+    fn init_noise_sigma(&self) -> f64;
+    /// Scales the sample before the model sees it at `step_index` (identity for DDIM/DDPM).
+    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor, SchedulerError>;
+    /// One update from `sample` given the model's output at `step_index`.
+    /// sample, model_output: (batch, channels, height, width).
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor, SchedulerError>;
+}
+
+/// Builds the scheduler of `kind` from a resolved configuration.
+pub fn build(kind: SchedulerKind, config: SchedulerConfig) -> Result<Box<dyn Scheduler>, SchedulerError> {
+    Ok(match kind {
+        SchedulerKind::Ddim => Box::new(ddim::DdimScheduler::new(config)?),
+        SchedulerKind::DdimInverse => Box::new(ddim::DdimInverseScheduler::new(config)?),
+        SchedulerKind::Ddpm => Box::new(ddpm::DdpmScheduler::new(config)?),
+        SchedulerKind::Euler => Box::new(euler::EulerScheduler::new(config, false)?),
+        SchedulerKind::EulerAncestral => Box::new(euler::EulerScheduler::new(config, true)?),
+    })
+}
+
+/// The training betas (f32, as diffusers' float32 tensors).
+pub fn betas(config: &SchedulerConfig) -> Result<Vec<f32>, SchedulerError> {
+    let n = config.num_train_timesteps;
+    let betas: Vec<f32> = if let Some(betas) = &config.trained_betas {
+        betas.clone()
+    } else {
+        match config.beta_schedule {
+            BetaSchedule::Linear => linspace_f32(config.beta_start, config.beta_end, n)?,
+            BetaSchedule::ScaledLinear => linspace_f32(config.beta_start.sqrt(), config.beta_end.sqrt(), n)?
+                .into_iter()
+                .map(|b| b * b)
+                .collect(),
+            BetaSchedule::SquaredCosCapV2 => {
+                // Nichol & Dhariwal 2021, eq. 17, with betas capped at 0.999 (computed in f64).
+                let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+                (0..n)
+                    .map(|i| {
+                        let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+                        (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+                    })
+                    .collect()
+            }
+        }
+    };
+    Ok(if config.rescale_betas_zero_snr { rescale_zero_terminal_snr(&betas) } else { betas })
+}
+
+/// `torch.linspace(start, end, n, dtype=float32)`, bit for bit.
+fn linspace_f32(start: f64, end: f64, n: usize) -> Result<Vec<f32>, SchedulerError> {
+    let values = Tensor::f_linspace(start, end, n as i64, (Kind::Float, Device::Cpu))?;
+    Ok(Vec::<f32>::try_from(&values)?)
+}
+
+/// ᾱ_t = Π(1 − β), accumulated in f32 as `torch.cumprod` does on CPU.
+pub fn alphas_cumprod(betas: &[f32]) -> Result<Vec<f32>, SchedulerError> {
+    let alphas: Vec<f32> = betas.iter().map(|b| 1.0 - b).collect();
+    let cumprod = Tensor::f_from_slice(&alphas)?.f_cumprod(0, Kind::Float)?;
+    Ok(Vec::<f32>::try_from(&cumprod)?)
+}
+
+/// Lin et al. 2023 (<https://arxiv.org/abs/2305.08891>), algorithm 1: shift and scale √ᾱ so
+/// that the last step has zero SNR while the first is unchanged.
+fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
+    let mut cumulative = 1.0f32;
+    let mut sqrt_bar: Vec<f32> = betas
+        .iter()
+        .map(|b| {
+            cumulative *= 1.0 - b;
+            cumulative.sqrt()
+        })
+        .collect();
+    let (first, last) = (sqrt_bar[0], sqrt_bar[sqrt_bar.len() - 1]);
+    for value in &mut sqrt_bar {
+        *value -= last;
+        *value *= first / (first - last);
+    }
+    let bar: Vec<f32> = sqrt_bar.iter().map(|v| v * v).collect();
+    let mut rescaled = Vec::with_capacity(bar.len());
+    rescaled.push(1.0 - bar[0]);
+    for pair in bar.windows(2) {
+        rescaled.push(1.0 - pair[1] / pair[0]);
+    }
+    rescaled
+}
+
+/// Inference timesteps, largest first (DDIM, DDPM, Euler's spacings). "linspace" values are
+/// fractional; `integer` rounds them as DDIM and DDPM do (Euler keeps them, as float32).
+pub fn spaced_timesteps(
+    config: &SchedulerConfig,
+    steps: usize,
+    integer: bool,
+) -> Result<Vec<f64>, SchedulerError> {
+    let train = config.num_train_timesteps;
+    if steps == 0 || steps > train {
+        return Err(SchedulerError::Config(format!(
+            "steps must be between 1 and num_train_timesteps ({train}), got {steps}"
+        )));
+    }
+    Ok(match config.timestep_spacing {
+        TimestepSpacing::Linspace => {
+            // np.linspace(0, T − 1, n)[::-1]
+            let last = (train - 1) as f64;
+            let step = if steps > 1 { last / (steps - 1) as f64 } else { 0.0 };
+            (0..steps)
+                .rev()
+                .map(|i| if i + 1 == steps && steps > 1 { last } else { i as f64 * step })
+                .map(|t| if integer { round_half_even(t) } else { f64::from(t as f32) })
+                .collect()
+        }
+        TimestepSpacing::Leading => {
+            let ratio = train / steps;
+            (0..steps).rev().map(|i| (i * ratio + config.steps_offset) as f64).collect()
+        }
+        TimestepSpacing::Trailing => {
+            // np.round(np.arange(T, 0, −T/n)) − 1
+            let ratio = train as f64 / steps as f64;
+            (0..)
+                .map(|i| train as f64 - i as f64 * ratio)
+                .take_while(|t| *t > 0.0)
+                .map(|t| round_half_even(t) - 1.0)
+                .collect()
+        }
+    })
+}
+
+/// numpy's `round`: halves to even.
+fn round_half_even(x: f64) -> f64 {
+    let rounded = x.round();
+    if (x - x.trunc()).abs() == 0.5 && rounded % 2.0 != 0.0 { rounded - x.signum() } else { rounded }
+}
+
+/// x₀ and ε from a model output, for the DDPM-family schedulers (all in f32 scalars).
+pub(crate) fn predicted_original_and_epsilon(
+    prediction: PredictionType,
+    model_output: &Tensor,
+    sample: &Tensor,
+    alpha_prod_t: f32,
+) -> Result<(Tensor, Tensor), SchedulerError> {
+    let beta_prod_t = 1.0 - alpha_prod_t;
+    let (sqrt_alpha, sqrt_beta) = (f64::from(alpha_prod_t.sqrt()), f64::from(beta_prod_t.sqrt()));
+    Ok(match prediction {
+        PredictionType::Epsilon => (
+            sample.f_sub(&model_output.f_mul_scalar(sqrt_beta)?)?.f_div_scalar(sqrt_alpha)?,
+            model_output.shallow_clone(),
+        ),
+        PredictionType::Sample => (
+            model_output.shallow_clone(),
+            sample.f_sub(&model_output.f_mul_scalar(sqrt_alpha)?)?.f_div_scalar(sqrt_beta)?,
+        ),
+        PredictionType::VPrediction => (
+            sample.f_mul_scalar(sqrt_alpha)?.f_sub(&model_output.f_mul_scalar(sqrt_beta)?)?,
+            model_output.f_mul_scalar(sqrt_alpha)?.f_add(&sample.f_mul_scalar(sqrt_beta)?)?,
+        ),
+    })
+}
+
+/// The step index's timestep, or an error naming both numbers.
+pub(crate) fn timestep_at(timesteps: &[f64], step_index: usize) -> Result<f64, SchedulerError> {
+    timesteps.get(step_index).copied().ok_or_else(|| {
+        SchedulerError::Config(format!(
+            "step {step_index} asked for, but the scheduler has {} steps (call set_timesteps first)",
+            timesteps.len()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spacings_match_diffusers_tables() {
+        let mut config = SchedulerConfig::stable_diffusion(SchedulerKind::Ddim);
+        // Values printed by diffusers 0.42.1's set_timesteps for these configs.
+        assert_eq!(spaced_timesteps(&config, 4, true).expect("leading"), vec![751.0, 501.0, 251.0, 1.0]);
+        config.timestep_spacing = TimestepSpacing::Trailing;
+        assert_eq!(spaced_timesteps(&config, 3, true).expect("trailing"), vec![999.0, 666.0, 332.0]);
+        config.timestep_spacing = TimestepSpacing::Linspace;
+        assert_eq!(spaced_timesteps(&config, 4, true).expect("linspace"), vec![999.0, 666.0, 333.0, 0.0]);
+        assert_eq!(spaced_timesteps(&config, 7, true).expect("linspace")[..3], [999.0, 832.0, 666.0]);
+        assert_eq!(spaced_timesteps(&config, 7, false).expect("linspace")[..3], [999.0, 832.5, 666.0]);
+        assert!(spaced_timesteps(&config, 0, true).is_err());
+        assert!(spaced_timesteps(&config, 1001, true).is_err());
+    }
+
+    #[test]
+    fn zero_snr_rescale_ends_at_zero_and_keeps_the_start() {
+        let config = SchedulerConfig {
+            rescale_betas_zero_snr: true,
+            ..SchedulerConfig::stable_diffusion(SchedulerKind::Ddim)
+        };
+        let plain =
+            alphas_cumprod(&betas(&SchedulerConfig::stable_diffusion(SchedulerKind::Ddim)).expect("betas"))
+                .expect("cumprod");
+        let rescaled = alphas_cumprod(&betas(&config).expect("betas")).expect("cumprod");
+        assert!((rescaled[0] - plain[0]).abs() < 1e-6);
+        assert!(rescaled[999].abs() < 1e-9, "{}", rescaled[999]);
+    }
+
+    #[test]
+    fn unknown_names_and_fields_are_clear_errors() {
+        let error = SchedulerKind::from_name("plms").expect_err("unknown").to_string();
+        assert!(error.contains("plms") && error.contains("ddim"), "{error}");
+        let error =
+            SchedulerConfig::from_json(SchedulerKind::Ddim, r#"{"beta_schedule": "cubic"}"#, "x.json")
+                .expect_err("bad schedule")
+                .to_string();
+        assert!(
+            error.contains("x.json") && error.contains("beta_schedule") && error.contains("cubic"),
+            "{error}"
+        );
+        let error =
+            SchedulerConfig::from_json(SchedulerKind::Ddim, "[1, 2]", "y.json").expect_err("not an object");
+        assert!(error.to_string().contains("y.json"));
+    }
+}
