@@ -25,6 +25,9 @@ fn kind_of(class: &str) -> Option<SchedulerKind> {
         SchedulerKind::Ddpm,
         SchedulerKind::Euler,
         SchedulerKind::EulerAncestral,
+        SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::Heun,
+        SchedulerKind::Lcm,
     ]
     .into_iter()
     .find(|kind| kind.class_name() == class)
@@ -114,7 +117,7 @@ fn schedulers_match_diffusers_trajectories() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(checked.len() >= 14, "only {} cases checked: {checked:?}", checked.len());
+    assert!(checked.len() >= 19, "only {} cases checked: {checked:?}", checked.len());
     eprintln!("matched diffusers on: {}", checked.join(", "));
 }
 

@@ -41,6 +41,13 @@ pub enum VarianceType {
     FixedLarge,
 }
 
+/// DPM-Solver's second-order update rule (Lu et al. 2022b, appendix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SolverType {
+    Midpoint,
+    Heun,
+}
+
 /// A scheduler configuration with every field resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerConfig {
@@ -65,6 +72,17 @@ pub struct SchedulerConfig {
     /// Sigma-based schedulers: the Karras et al. 2022 sigma schedule (ρ = 7).
     pub use_karras_sigmas: bool,
     pub variance_type: VarianceType,
+    /// DPM-Solver: order of the multistep solver (1 or 2).
+    pub solver_order: usize,
+    pub solver_type: SolverType,
+    /// DPM-Solver: first-order final step(s) when there are fewer than 15 steps.
+    pub lower_order_final: bool,
+    /// DPM-Solver: always finish with a first-order (Euler) step.
+    pub euler_at_final: bool,
+    /// LCM: the teacher's step count the consistency model was distilled for (50).
+    pub original_inference_steps: usize,
+    /// LCM: the boundary-condition scaling of the timestep (10).
+    pub timestep_scaling: f64,
 }
 
 /// The fields as a file holds them; any may be missing, and unknown fields are ignored.
@@ -88,12 +106,28 @@ struct RawConfig {
     interpolation_type: Option<String>,
     timestep_type: Option<String>,
     final_sigmas_type: Option<String>,
+    solver_order: Option<usize>,
+    algorithm_type: Option<String>,
+    solver_type: Option<String>,
+    lower_order_final: Option<bool>,
+    euler_at_final: Option<bool>,
+    original_inference_steps: Option<usize>,
+    timestep_scaling: Option<f64>,
+    lambda_min_clipped: Option<f64>,
 }
 
 impl SchedulerConfig {
     /// diffusers' defaults for `kind` (its class's `__init__` arguments).
     pub fn defaults(kind: SchedulerKind) -> Self {
-        let sigma_based = matches!(kind, SchedulerKind::Euler | SchedulerKind::EulerAncestral);
+        let linspace_default = matches!(
+            kind,
+            SchedulerKind::Euler
+                | SchedulerKind::EulerAncestral
+                | SchedulerKind::Heun
+                | SchedulerKind::DpmSolverMultistep
+        );
+        let clips_by_default =
+            matches!(kind, SchedulerKind::Ddim | SchedulerKind::DdimInverse | SchedulerKind::Ddpm);
         Self {
             num_train_timesteps: 1000,
             beta_start: 0.0001,
@@ -101,14 +135,24 @@ impl SchedulerConfig {
             beta_schedule: BetaSchedule::Linear,
             trained_betas: None,
             prediction_type: PredictionType::Epsilon,
-            timestep_spacing: if sigma_based { TimestepSpacing::Linspace } else { TimestepSpacing::Leading },
+            timestep_spacing: if linspace_default {
+                TimestepSpacing::Linspace
+            } else {
+                TimestepSpacing::Leading
+            },
             steps_offset: 0,
-            clip_sample: true,
+            clip_sample: clips_by_default,
             clip_sample_range: 1.0,
             set_alpha_to_one: true,
             rescale_betas_zero_snr: false,
             use_karras_sigmas: false,
             variance_type: VarianceType::FixedSmall,
+            solver_order: 2,
+            solver_type: SolverType::Midpoint,
+            lower_order_final: true,
+            euler_at_final: false,
+            original_inference_steps: 50,
+            timestep_scaling: 10.0,
         }
     }
 
@@ -202,6 +246,44 @@ impl SchedulerConfig {
                 "fixed_large" => VarianceType::FixedLarge,
                 other => return Err(field_error("variance_type", other, "fixed_small, fixed_large")),
             };
+        }
+        if let Some(order) = raw.solver_order {
+            if !(1..=2).contains(&order) {
+                return Err(SchedulerError::Config(format!(
+                    "{source}: solver_order {order} is not supported; use 1 or 2"
+                )));
+            }
+            config.solver_order = order;
+        }
+        if let Some(value) = raw.solver_type.as_deref() {
+            config.solver_type = match value {
+                "midpoint" => SolverType::Midpoint,
+                "heun" => SolverType::Heun,
+                other => return Err(field_error("solver_type", other, "midpoint, heun")),
+            };
+        }
+        if let Some(value) = raw.algorithm_type.as_deref()
+            && value != "dpmsolver++"
+        {
+            return Err(field_error("algorithm_type", value, "dpmsolver++"));
+        }
+        config.lower_order_final = raw.lower_order_final.unwrap_or(config.lower_order_final);
+        config.euler_at_final = raw.euler_at_final.unwrap_or(config.euler_at_final);
+        if let Some(steps) = raw.original_inference_steps {
+            if steps == 0 || steps > config.num_train_timesteps {
+                return Err(SchedulerError::Config(format!(
+                    "{source}: original_inference_steps must be between 1 and num_train_timesteps, got {steps}"
+                )));
+            }
+            config.original_inference_steps = steps;
+        }
+        config.timestep_scaling = raw.timestep_scaling.unwrap_or(config.timestep_scaling);
+        if let Some(value) = raw.lambda_min_clipped
+            && value.is_finite()
+        {
+            return Err(SchedulerError::Config(format!(
+                "{source}: lambda_min_clipped {value} is not supported; remove it (no clipping)"
+            )));
         }
         // Options no SD 1.x/2.x checkpoint turns on: refuse rather than silently ignore.
         if raw.thresholding == Some(true) {

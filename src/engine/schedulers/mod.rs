@@ -8,12 +8,16 @@
 pub mod config;
 pub mod ddim;
 pub mod ddpm;
+pub mod dpm_solver;
 pub mod euler;
+pub mod heun;
+pub mod lcm;
+pub mod sigmas;
 
 use tch::{Device, Kind, Tensor};
 
 use config::BetaSchedule;
-pub use config::{PredictionType, SchedulerConfig, TimestepSpacing};
+pub use config::{PredictionType, SchedulerConfig, SolverType, TimestepSpacing};
 
 /// Why a scheduler could not be built or stepped.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +29,7 @@ pub enum SchedulerError {
     Tensor(#[from] tch::TchError),
 }
 
-/// The schedulers a user can choose (CLI names in [`SchedulerKind::from_name`]).
+/// The scheduler algorithms (CLI names in [`SchedulerChoice::from_name`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedulerKind {
     Ddim,
@@ -34,25 +38,56 @@ pub enum SchedulerKind {
     Ddpm,
     Euler,
     EulerAncestral,
+    /// DPM-Solver++ multistep (2M).
+    DpmSolverMultistep,
+    /// Heun's second-order method (Karras et al. 2022, algorithm 1).
+    Heun,
+    /// Latent consistency model sampling (Luo et al. 2023).
+    Lcm,
 }
 
-impl SchedulerKind {
-    pub const NAMES: &'static str = "ddim, ddpm, euler, euler-a";
+/// A scheduler as a person picks it: a kind, and whether to force the Karras σ schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerChoice {
+    pub kind: SchedulerKind,
+    /// `Some(true)` for the "-karras" names and Heun (the EDM sampler); `None` keeps the config's.
+    pub use_karras_sigmas: Option<bool>,
+}
+
+impl SchedulerChoice {
+    pub const NAMES: &'static str = "ddim, ddpm, euler, euler-a, dpm++2m, dpm++2m-karras, heun, lcm";
 
     /// From a CLI/UI name.
     pub fn from_name(name: &str) -> Result<Self, SchedulerError> {
-        match name {
-            "ddim" => Ok(Self::Ddim),
-            "ddpm" => Ok(Self::Ddpm),
-            "euler" => Ok(Self::Euler),
-            "euler-a" | "euler_a" => Ok(Self::EulerAncestral),
-            other => Err(SchedulerError::Config(format!(
-                "unknown scheduler \"{other}\"; choose one of {}",
-                Self::NAMES
-            ))),
-        }
+        let (kind, karras) = match name {
+            "ddim" => (SchedulerKind::Ddim, None),
+            "ddpm" => (SchedulerKind::Ddpm, None),
+            "euler" => (SchedulerKind::Euler, None),
+            "euler-a" | "euler_a" => (SchedulerKind::EulerAncestral, None),
+            "dpm++2m" => (SchedulerKind::DpmSolverMultistep, Some(false)),
+            "dpm++2m-karras" => (SchedulerKind::DpmSolverMultistep, Some(true)),
+            "heun" => (SchedulerKind::Heun, Some(true)),
+            "lcm" => (SchedulerKind::Lcm, None),
+            other => {
+                return Err(SchedulerError::Config(format!(
+                    "unknown scheduler \"{other}\"; choose one of {}",
+                    Self::NAMES
+                )));
+            }
+        };
+        Ok(Self { kind, use_karras_sigmas: karras })
     }
 
+    /// Builds the scheduler from a model's configuration.
+    pub fn build(self, mut config: SchedulerConfig) -> Result<Box<dyn Scheduler>, SchedulerError> {
+        if let Some(karras) = self.use_karras_sigmas {
+            config.use_karras_sigmas = karras;
+        }
+        build(self.kind, config)
+    }
+}
+
+impl SchedulerKind {
     /// diffusers' class name.
     pub fn class_name(self) -> &'static str {
         match self {
@@ -61,6 +96,9 @@ impl SchedulerKind {
             Self::Ddpm => "DDPMScheduler",
             Self::Euler => "EulerDiscreteScheduler",
             Self::EulerAncestral => "EulerAncestralDiscreteScheduler",
+            Self::DpmSolverMultistep => "DPMSolverMultistepScheduler",
+            Self::Heun => "HeunDiscreteScheduler",
+            Self::Lcm => "LCMScheduler",
         }
     }
 }
@@ -111,6 +149,9 @@ pub fn build(kind: SchedulerKind, config: SchedulerConfig) -> Result<Box<dyn Sch
         SchedulerKind::Ddpm => Box::new(ddpm::DdpmScheduler::new(config)?),
         SchedulerKind::Euler => Box::new(euler::EulerScheduler::new(config, false)?),
         SchedulerKind::EulerAncestral => Box::new(euler::EulerScheduler::new(config, true)?),
+        SchedulerKind::DpmSolverMultistep => Box::new(dpm_solver::DpmSolverMultistepScheduler::new(config)?),
+        SchedulerKind::Heun => Box::new(heun::HeunScheduler::new(config)?),
+        SchedulerKind::Lcm => Box::new(lcm::LcmScheduler::new(config)?),
     })
 }
 
@@ -200,7 +241,7 @@ pub fn spaced_timesteps(
             (0..steps)
                 .rev()
                 .map(|i| if i + 1 == steps && steps > 1 { last } else { i as f64 * step })
-                .map(|t| if integer { round_half_even(t) } else { f64::from(t as f32) })
+                .map(|t| if integer { t.round_ties_even() } else { f64::from(t as f32) })
                 .collect()
         }
         TimestepSpacing::Leading => {
@@ -213,16 +254,10 @@ pub fn spaced_timesteps(
             (0..)
                 .map(|i| train as f64 - i as f64 * ratio)
                 .take_while(|t| *t > 0.0)
-                .map(|t| round_half_even(t) - 1.0)
+                .map(|t| t.round_ties_even() - 1.0)
                 .collect()
         }
     })
-}
-
-/// numpy's `round`: halves to even.
-fn round_half_even(x: f64) -> f64 {
-    let rounded = x.round();
-    if (x - x.trunc()).abs() == 0.5 && rounded % 2.0 != 0.0 { rounded - x.signum() } else { rounded }
 }
 
 /// x₀ and ε from a model output, for the DDPM-family schedulers (all in f32 scalars).
@@ -295,7 +330,7 @@ mod tests {
 
     #[test]
     fn unknown_names_and_fields_are_clear_errors() {
-        let error = SchedulerKind::from_name("plms").expect_err("unknown").to_string();
+        let error = SchedulerChoice::from_name("plms").expect_err("unknown").to_string();
         assert!(error.contains("plms") && error.contains("ddim"), "{error}");
         let error =
             SchedulerConfig::from_json(SchedulerKind::Ddim, r#"{"beta_schedule": "cubic"}"#, "x.json")
