@@ -7,4 +7,5 @@ pub mod catalog;
 pub mod document;
 pub mod engine;
 pub mod protocol;
+pub mod text;
 pub mod ui;
