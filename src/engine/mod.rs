@@ -4,7 +4,9 @@
 
 pub mod device;
 pub mod image_tensor;
+pub mod loading;
 pub mod methods;
+pub mod models;
 pub mod schedulers;
 
 use std::collections::VecDeque;

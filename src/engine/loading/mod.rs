@@ -1,0 +1,155 @@
+//! Weights from disk into modules: `.safetensors` files only (pickle formats can run code and are
+//! refused), every key and shape checked, errors that name the file, the key, both shapes and
+//! what to do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use tch::{Kind, Tensor};
+
+/// Why weights could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("could not read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{path}: pickle checkpoints (.ckpt, .bin, .pt, .pth) can run arbitrary code when loaded and are refused; \
+         convert it to .safetensors first (e.g. with diffusers' scripts/convert_original_stable_diffusion_to_diffusers.py \
+         or safetensors' convert tool) on a machine you trust"
+    )]
+    Pickle { path: PathBuf },
+    #[error(
+        "{path} is not a valid safetensors file ({reason}); it may be truncated or damaged — download it again"
+    )]
+    Format { path: PathBuf, reason: String },
+    #[error(
+        "{path}: key {key} has dtype {dtype:?}, which the studio does not load (use f32, f16 or bf16 weights)"
+    )]
+    Dtype { path: PathBuf, key: String, dtype: Dtype },
+    #[error("{path}: key {key} has shape {file_shape:?}, the model expects {model_shape:?}{hint}")]
+    Shape { path: PathBuf, key: String, file_shape: Vec<i64>, model_shape: Vec<i64>, hint: String },
+    #[error(
+        "{path}: {count} weights the model needs are missing, e.g. {examples} — is this the right file for this part of the model?"
+    )]
+    Missing { path: PathBuf, count: usize, examples: String },
+    #[error(
+        "{path}: {count} weights the model does not have, e.g. {examples} — the config.json may not match the weights"
+    )]
+    Unexpected { path: PathBuf, count: usize, examples: String },
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("tensor operation failed while loading: {0}")]
+    Tensor(#[from] tch::TchError),
+}
+
+/// Refuses pickle formats by their extension, before anything reads them.
+pub fn refuse_pickle(path: &Path) -> Result<(), LoadError> {
+    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        Some("ckpt" | "bin" | "pt" | "pth" | "pkl") => Err(LoadError::Pickle { path: path.into() }),
+        _ => Ok(()),
+    }
+}
+
+/// Every tensor of a `.safetensors` file, on the CPU, in the file's dtype.
+pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, LoadError> {
+    refuse_pickle(path)?;
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|error| LoadError::Format { path: path.into(), reason: error.to_string() })?;
+    let mut tensors = BTreeMap::new();
+    for (key, view) in file.tensors() {
+        let kind = match view.dtype() {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            Dtype::I64 => Kind::Int64,
+            Dtype::I32 => Kind::Int,
+            dtype => return Err(LoadError::Dtype { path: path.into(), key, dtype }),
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|d| *d as i64).collect();
+        tensors.insert(key, Tensor::f_from_data_size(view.data(), &shape, kind)?);
+    }
+    Ok(tensors)
+}
+
+/// Copies `weights` into the variables of `vs` (names equal to checkpoint keys once
+/// `strip_prefix` is removed), converting dtypes; `ignored` keys (buffers such as
+/// `position_ids`) may be present without a variable. Every variable must be filled.
+pub fn load_into(
+    vs: &tch::nn::VarStore,
+    weights: BTreeMap<String, Tensor>,
+    source: &Path,
+    strip_prefix: &str,
+    ignored: &[&str],
+) -> Result<(), LoadError> {
+    let mut variables: HashMap<String, Tensor> = vs.variables();
+    let mut unexpected = Vec::new();
+    let _guard = tch::no_grad_guard();
+    for (key, tensor) in weights {
+        let name = key.strip_prefix(strip_prefix).unwrap_or(&key).to_string();
+        let Some(mut variable) = variables.remove(&name) else {
+            if !ignored.iter().any(|suffix| name.ends_with(suffix)) {
+                unexpected.push(key);
+            }
+            continue;
+        };
+        if variable.size() != tensor.size() {
+            return Err(LoadError::Shape {
+                path: source.into(),
+                key,
+                file_shape: tensor.size(),
+                model_shape: variable.size(),
+                hint: String::new(),
+            });
+        }
+        variable.f_copy_(&tensor)?;
+    }
+    let examples = |keys: &mut Vec<String>| {
+        keys.sort();
+        keys.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+    };
+    if !variables.is_empty() {
+        let mut missing: Vec<String> = variables.into_keys().map(|k| format!("{strip_prefix}{k}")).collect();
+        return Err(LoadError::Missing {
+            path: source.into(),
+            count: missing.len(),
+            examples: examples(&mut missing),
+        });
+    }
+    if !unexpected.is_empty() {
+        return Err(LoadError::Unexpected {
+            path: source.into(),
+            count: unexpected.len(),
+            examples: examples(&mut unexpected),
+        });
+    }
+    Ok(())
+}
+
+/// The single `.safetensors` weight file of a diffusers component folder: `<stem>.safetensors`,
+/// else its `.fp16` variant.
+pub fn component_weights(folder: &Path, stems: &[&str]) -> Result<PathBuf, LoadError> {
+    for stem in stems {
+        for name in [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")] {
+            let path = folder.join(name);
+            if path.is_file() {
+                return Ok(path);
+            }
+        }
+    }
+    for stem in stems {
+        for pickle in ["bin", "ckpt", "pt"] {
+            let path = folder.join(format!("{stem}.{pickle}"));
+            if path.is_file() {
+                return Err(LoadError::Pickle { path });
+            }
+        }
+    }
+    Err(LoadError::Read {
+        path: folder.join(format!("{}.safetensors", stems.first().copied().unwrap_or("model"))),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no .safetensors weights in this folder"),
+    })
+}

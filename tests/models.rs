@@ -1,0 +1,125 @@
+//! Models against transformers/diffusers outputs on tiny random configurations recorded by
+//! `tests/fixtures/make_fixtures.py`; loading errors on damaged files.
+
+use std::path::{Path, PathBuf};
+
+use diffusion_studio::engine::loading::{self, LoadError};
+use diffusion_studio::engine::models::clip::ClipTextModel;
+use serde_json::Value;
+use tch::{Device, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn max_relative_error(ours: &Tensor, expected: &[f64]) -> f64 {
+    let ours = Vec::<f32>::try_from(&ours.flatten(0, -1)).expect("f32");
+    assert_eq!(ours.len(), expected.len());
+    let scale = expected.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+    ours.iter().zip(expected).fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs())) / scale
+}
+
+fn numbers(value: &Value) -> Vec<f64> {
+    value.as_array().expect("array").iter().map(|v| v.as_f64().expect("number")).collect()
+}
+
+#[test]
+fn clip_text_encoders_match_transformers() {
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("clip.json")).expect("fixture")).expect("json");
+    let ids: Vec<Vec<i64>> = record["input_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|row| row.as_array().expect("row").iter().map(|v| v.as_i64().expect("id")).collect())
+        .collect();
+    let input = Tensor::stack(&ids.iter().map(|row| Tensor::from_slice(row)).collect::<Vec<_>>(), 0);
+    for name in ["tiny_clip_sd1", "tiny_clip_sd2"] {
+        let model = ClipTextModel::from_folder(&fixture(name), Device::Cpu).expect("loads");
+        let expected = &record["models"][name];
+        let last = model.forward(&input, 0).expect("forward");
+        let error = max_relative_error(&last, &numbers(&expected["last_hidden_state"]));
+        assert!(error < 1e-4, "{name}: last_hidden_state differs by {error:e}");
+        let skipped = model.forward(&input, 1).expect("forward");
+        let error = max_relative_error(&skipped, &numbers(&expected["clip_skip_1"]));
+        assert!(error < 1e-4, "{name}: clip skip 1 differs by {error:e}");
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ds-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch");
+    dir.join(name)
+}
+
+#[test]
+fn damaged_safetensors_files_are_clear_errors() {
+    let good = std::fs::read(fixture("tiny_clip_sd1/model.safetensors")).expect("fixture");
+    // truncated
+    let truncated = scratch("truncated.safetensors");
+    std::fs::write(&truncated, &good[..good.len() / 2]).expect("write");
+    let error = loading::read_safetensors(&truncated).expect_err("truncated");
+    assert!(
+        matches!(error, LoadError::Format { .. }) && error.to_string().contains("truncated.safetensors"),
+        "{error}"
+    );
+    // a header that lies about offsets: grow one end offset past the data
+    let header_len = u64::from_le_bytes(good[..8].try_into().expect("8 bytes")) as usize;
+    let header = String::from_utf8(good[8..8 + header_len].to_vec()).expect("utf8 header");
+    let mut json: Value = serde_json::from_str(&header).expect("json header");
+    let first_key =
+        json.as_object().expect("object").keys().find(|k| *k != "__metadata__").cloned().expect("a key");
+    json[&first_key]["data_offsets"][1] = Value::from(10_000_000u64);
+    let lying_header = json.to_string().into_bytes();
+    let mut lying = (lying_header.len() as u64).to_le_bytes().to_vec();
+    lying.extend(&lying_header);
+    lying.extend(&good[8 + header_len..]);
+    let lying_path = scratch("lying.safetensors");
+    std::fs::write(&lying_path, lying).expect("write");
+    let error = loading::read_safetensors(&lying_path).expect_err("lying header");
+    assert!(matches!(error, LoadError::Format { .. }), "{error}");
+    // pickle formats are refused by name, before reading
+    let error = loading::read_safetensors(Path::new("/models/v1-5.ckpt")).expect_err("pickle");
+    assert!(error.to_string().contains("can run arbitrary code"), "{error}");
+}
+
+#[test]
+fn a_config_that_does_not_fit_the_weights_names_the_key_and_both_shapes() {
+    let folder = scratch("mismatch");
+    std::fs::create_dir_all(&folder).expect("dir");
+    std::fs::copy(fixture("tiny_clip_sd1/model.safetensors"), folder.join("model.safetensors"))
+        .expect("copy");
+    let config = std::fs::read_to_string(fixture("tiny_clip_sd1/config.json")).expect("config");
+    std::fs::write(
+        folder.join("config.json"),
+        config.replace("\"intermediate_size\": 37", "\"intermediate_size\": 40"),
+    )
+    .expect("write");
+    let error = ClipTextModel::from_folder(&folder, Device::Cpu).err().expect("mismatch");
+    let message = error.to_string();
+    assert!(message.contains("mlp.fc1") && message.contains("[37") && message.contains("[40"), "{message}");
+    assert!(message.contains("model.safetensors"), "{message}");
+    // fewer layers in the config: the file has weights the model does not
+    std::fs::write(
+        folder.join("config.json"),
+        std::fs::read_to_string(fixture("tiny_clip_sd1/config.json"))
+            .expect("config")
+            .replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 2"),
+    )
+    .expect("write");
+    let error = ClipTextModel::from_folder(&folder, Device::Cpu).err().expect("extra keys");
+    assert!(error.to_string().contains("encoder.layers.2"), "{error}");
+    // more layers: weights missing
+    std::fs::write(
+        folder.join("config.json"),
+        std::fs::read_to_string(fixture("tiny_clip_sd1/config.json"))
+            .expect("config")
+            .replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 4"),
+    )
+    .expect("write");
+    let error = ClipTextModel::from_folder(&folder, Device::Cpu).err().expect("missing keys");
+    assert!(
+        matches!(error, LoadError::Missing { .. }) && error.to_string().contains("encoder.layers.3"),
+        "{error}"
+    );
+}
