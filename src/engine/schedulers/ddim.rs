@@ -47,14 +47,6 @@ impl Scheduler for DdimScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, _step_index: usize) -> Result<Tensor, SchedulerError> {
-        Ok(sample.shallow_clone())
-    }
-
     fn step(
         &mut self,
         model_output: &Tensor,
@@ -68,12 +60,9 @@ impl Scheduler for DdimScheduler {
         let alpha_prod_t = self.alpha_at(timestep);
         let alpha_prod_t_prev = self.alpha_at(previous);
         // 2. predicted x₀ and ε (Song et al. eq. 12)
-        let (mut original, epsilon) =
+        let (original, epsilon) =
             predicted_original_and_epsilon(self.config.prediction_type, model_output, sample, alpha_prod_t)?;
-        if self.config.clip_sample {
-            let range = self.config.clip_sample_range;
-            original = original.f_clamp(-range, range)?;
-        }
+        let original = self.config.clip(original)?;
         // 3. σ_t(η) and the direction pointing to x_t
         let beta_prod_t = 1.0 - alpha_prod_t;
         let beta_prod_t_prev = 1.0 - alpha_prod_t_prev;
@@ -127,14 +116,6 @@ impl Scheduler for DdimInverseScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, _step_index: usize) -> Result<Tensor, SchedulerError> {
-        Ok(sample.shallow_clone())
-    }
-
     fn step(
         &mut self,
         model_output: &Tensor,
@@ -148,12 +129,9 @@ impl Scheduler for DdimInverseScheduler {
         let alpha_prod_t =
             if current >= 0 { self.alphas_cumprod[current as usize] } else { self.initial_alpha_cumprod };
         let alpha_prod_t_next = self.alphas_cumprod[target as usize];
-        let (mut original, epsilon) =
+        let (original, epsilon) =
             predicted_original_and_epsilon(self.config.prediction_type, model_output, sample, alpha_prod_t)?;
-        if self.config.clip_sample {
-            let range = self.config.clip_sample_range;
-            original = original.f_clamp(-range, range)?;
-        }
+        let original = self.config.clip(original)?;
         Ok(original
             .f_mul_scalar(f64::from(alpha_prod_t_next.sqrt()))?
             .f_add(&epsilon.f_mul_scalar(f64::from((1.0 - alpha_prod_t_next).sqrt()))?)?)

@@ -32,14 +32,6 @@ impl Scheduler for DdpmScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, _step_index: usize) -> Result<Tensor, SchedulerError> {
-        Ok(sample.shallow_clone())
-    }
-
     fn step(
         &mut self,
         model_output: &Tensor,
@@ -59,12 +51,9 @@ impl Scheduler for DdpmScheduler {
         let current_alpha_t = alpha_prod_t / alpha_prod_t_prev;
         let current_beta_t = 1.0 - current_alpha_t;
         // 2. predicted x₀
-        let (mut original, _) =
+        let (original, _) =
             predicted_original_and_epsilon(self.config.prediction_type, model_output, sample, alpha_prod_t)?;
-        if self.config.clip_sample {
-            let range = self.config.clip_sample_range;
-            original = original.f_clamp(-range, range)?;
-        }
+        let original = self.config.clip(original)?;
         // 3. the posterior mean μ̃(x_t, x₀) (Ho et al. eq. 7)
         let original_coeff = alpha_prod_t_prev.sqrt() * current_beta_t / beta_prod_t;
         let sample_coeff = current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t;

@@ -8,6 +8,7 @@ use super::config::BetaSchedule;
 use super::sigmas::{self, TrainSigmas};
 use super::{
     NoiseSource, PredictionType, Scheduler, SchedulerConfig, SchedulerError, SolverType, TimestepSpacing,
+    past_the_end,
 };
 
 pub struct DpmSolverMultistepScheduler {
@@ -128,14 +129,6 @@ impl Scheduler for DpmSolverMultistepScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, _step_index: usize) -> Result<Tensor, SchedulerError> {
-        Ok(sample.shallow_clone())
-    }
-
     fn step(
         &mut self,
         model_output: &Tensor,
@@ -146,10 +139,7 @@ impl Scheduler for DpmSolverMultistepScheduler {
         let (Some(&sigma_s0), Some(&sigma_next)) =
             (self.sigmas.get(step_index), self.sigmas.get(step_index + 1))
         else {
-            return Err(SchedulerError::Config(format!(
-                "step {step_index} asked for, but the scheduler has {} steps (call set_timesteps first)",
-                self.timesteps.len()
-            )));
+            return Err(past_the_end(step_index, self.timesteps.len()));
         };
         // 1. the data prediction, kept for the next step
         let x0 = self.data_prediction(model_output, sample, sigma_s0)?;

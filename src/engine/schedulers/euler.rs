@@ -6,7 +6,7 @@
 use tch::Tensor;
 
 use super::sigmas::{self, TrainSigmas};
-use super::{NoiseSource, Scheduler, SchedulerConfig, SchedulerError, spaced_timesteps};
+use super::{NoiseSource, Scheduler, SchedulerConfig, SchedulerError, past_the_end, spaced_timesteps};
 
 pub struct EulerScheduler {
     config: SchedulerConfig,
@@ -32,10 +32,7 @@ impl EulerScheduler {
     fn sigma(&self, step_index: usize) -> Result<(f32, f32), SchedulerError> {
         match (self.sigmas.get(step_index), self.sigmas.get(step_index + 1)) {
             (Some(sigma), Some(next)) => Ok((*sigma, *next)),
-            _ => Err(SchedulerError::Config(format!(
-                "step {step_index} asked for, but the scheduler has {} steps (call set_timesteps first)",
-                self.timesteps.len()
-            ))),
+            _ => Err(past_the_end(step_index, self.timesteps.len())),
         }
     }
 }

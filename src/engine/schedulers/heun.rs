@@ -5,7 +5,7 @@
 use tch::Tensor;
 
 use super::sigmas::{self, TrainSigmas};
-use super::{NoiseSource, Scheduler, SchedulerConfig, SchedulerError, spaced_timesteps};
+use super::{NoiseSource, Scheduler, SchedulerConfig, SchedulerError, past_the_end, spaced_timesteps};
 
 pub struct HeunScheduler {
     config: SchedulerConfig,
@@ -71,21 +71,18 @@ impl Scheduler for HeunScheduler {
         _noise: &mut dyn NoiseSource,
     ) -> Result<Tensor, SchedulerError> {
         if step_index >= self.timesteps.len() {
-            return Err(SchedulerError::Config(format!(
-                "step {step_index} asked for, but the scheduler has {} steps (call set_timesteps first)",
-                self.timesteps.len()
-            )));
+            return Err(past_the_end(step_index, self.timesteps.len()));
         }
         match self.pending.take() {
             // 1. first evaluation: an Euler step, remembered
             None => {
                 let (sigma, sigma_next) = (self.sigmas[step_index], self.sigmas[step_index + 1]);
-                let mut original =
-                    sigmas::denoised(self.config.prediction_type, model_output, sample, sigma)?;
-                if self.config.clip_sample {
-                    original =
-                        original.f_clamp(-self.config.clip_sample_range, self.config.clip_sample_range)?;
-                }
+                let original = self.config.clip(sigmas::denoised(
+                    self.config.prediction_type,
+                    model_output,
+                    sample,
+                    sigma,
+                )?)?;
                 let derivative = sample.f_sub(&original)?.f_div_scalar(f64::from(sigma))?;
                 let dt = sigma_next - sigma;
                 let previous = sample.f_add(&derivative.f_mul_scalar(f64::from(dt))?)?;
@@ -95,12 +92,12 @@ impl Scheduler for HeunScheduler {
             // 2. second evaluation at σ_next: average the two slopes from the step's start
             Some((first_derivative, dt, start)) => {
                 let sigma_next = self.sigmas[step_index];
-                let mut original =
-                    sigmas::denoised(self.config.prediction_type, model_output, sample, sigma_next)?;
-                if self.config.clip_sample {
-                    original =
-                        original.f_clamp(-self.config.clip_sample_range, self.config.clip_sample_range)?;
-                }
+                let original = self.config.clip(sigmas::denoised(
+                    self.config.prediction_type,
+                    model_output,
+                    sample,
+                    sigma_next,
+                )?)?;
                 let derivative = sample.f_sub(&original)?.f_div_scalar(f64::from(sigma_next))?;
                 let average = first_derivative.f_add(&derivative)?.f_div_scalar(2.0)?;
                 Ok(start.f_add(&average.f_mul_scalar(f64::from(dt))?)?)

@@ -54,14 +54,6 @@ impl Scheduler for LcmScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, _step_index: usize) -> Result<Tensor, SchedulerError> {
-        Ok(sample.shallow_clone())
-    }
-
     fn step(
         &mut self,
         model_output: &Tensor,
@@ -78,11 +70,9 @@ impl Scheduler for LcmScheduler {
             _ => self.final_alpha_cumprod,
         };
         // 2. the consistency estimate of x₀
-        let (mut original, _) =
+        let (original, _) =
             predicted_original_and_epsilon(self.config.prediction_type, model_output, sample, alpha_prod_t)?;
-        if self.config.clip_sample {
-            original = original.f_clamp(-self.config.clip_sample_range, self.config.clip_sample_range)?;
-        }
+        let original = self.config.clip(original)?;
         let (c_skip, c_out) = self.scalings(t);
         let denoised = original.f_mul_scalar(c_out)?.f_add(&sample.f_mul_scalar(c_skip)?)?;
         // 3. re-noise to the next timestep, except after the last

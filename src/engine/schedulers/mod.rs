@@ -127,9 +127,13 @@ pub trait Scheduler: Send {
     /// The model's timestep at each step index (fractional for Karras sigmas).
     fn timesteps(&self) -> &[f64];
     /// The scale of the initial noise (1 for DDIM/DDPM, σ_max-based for Euler).
-    fn init_noise_sigma(&self) -> f64;
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
     /// Scales the sample before the model sees it at `step_index` (identity for DDIM/DDPM).
-    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor, SchedulerError>;
+    fn scale_model_input(&self, sample: &Tensor, _step_index: usize) -> Result<Tensor, SchedulerError> {
+        Ok(sample.shallow_clone())
+    }
     /// One update from `sample` given the model's output at `step_index`.
     /// sample, model_output: (batch, channels, height, width).
     fn step(
@@ -287,12 +291,25 @@ pub(crate) fn predicted_original_and_epsilon(
 
 /// The step index's timestep, or an error naming both numbers.
 pub(crate) fn timestep_at(timesteps: &[f64], step_index: usize) -> Result<f64, SchedulerError> {
-    timesteps.get(step_index).copied().ok_or_else(|| {
-        SchedulerError::Config(format!(
-            "step {step_index} asked for, but the scheduler has {} steps (call set_timesteps first)",
-            timesteps.len()
-        ))
-    })
+    timesteps.get(step_index).copied().ok_or_else(|| past_the_end(step_index, timesteps.len()))
+}
+
+/// The error for a step index beyond the schedule.
+pub(crate) fn past_the_end(step_index: usize, steps: usize) -> SchedulerError {
+    SchedulerError::Config(format!(
+        "step {step_index} asked for, but the scheduler has {steps} steps (call set_timesteps first)"
+    ))
+}
+
+impl SchedulerConfig {
+    /// Clamps a predicted x₀ to ±`clip_sample_range` when `clip_sample` is on.
+    pub(crate) fn clip(&self, original: Tensor) -> Result<Tensor, SchedulerError> {
+        if self.clip_sample {
+            Ok(original.f_clamp(-self.clip_sample_range, self.clip_sample_range)?)
+        } else {
+            Ok(original)
+        }
+    }
 }
 
 #[cfg(test)]
