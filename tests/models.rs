@@ -123,3 +123,25 @@ fn a_config_that_does_not_fit_the_weights_names_the_key_and_both_shapes() {
         "{error}"
     );
 }
+
+#[test]
+fn the_vae_encodes_and_decodes_like_diffusers() {
+    use diffusion_studio::engine::models::vae::AutoencoderKl;
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("vae.json")).expect("fixture")).expect("json");
+    let vae = AutoencoderKl::from_folder(&fixture("tiny_vae"), Device::Cpu).expect("loads");
+    assert_eq!(vae.config.scaling_factor, record["scaling_factor"].as_f64().expect("factor"));
+    let as_tensor = |key: &str, shape: &[i64]| {
+        let values: Vec<f32> = numbers(&record[key]).iter().map(|v| *v as f32).collect();
+        Tensor::from_slice(&values).reshape(shape)
+    };
+    let image = as_tensor("image", &[1, 3, 32, 32]);
+    let posterior = vae.encode(&image).expect("encode");
+    let error = max_relative_error(&posterior.mean, &numbers(&record["mean"]));
+    assert!(error < 1e-4, "mean differs by {error:e}");
+    let error = max_relative_error(&posterior.std, &numbers(&record["std"]));
+    assert!(error < 1e-4, "std differs by {error:e}");
+    let decoded = vae.decode(&as_tensor("latents", &[1, 4, 16, 16])).expect("decode");
+    let error = max_relative_error(&decoded, &numbers(&record["decoded"]));
+    assert!(error < 1e-4, "decode differs by {error:e}");
+}
