@@ -145,3 +145,27 @@ fn the_vae_encodes_and_decodes_like_diffusers() {
     let error = max_relative_error(&decoded, &numbers(&record["decoded"]));
     assert!(error < 1e-4, "decode differs by {error:e}");
 }
+
+#[test]
+fn unets_match_diffusers_for_sd1_sd2_and_inpainting_shapes() {
+    use diffusion_studio::engine::models::unet_2d_condition::UNet2DConditionModel;
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("unet.json")).expect("fixture")).expect("json");
+    for name in ["tiny_unet_sd1", "tiny_unet_sd2", "tiny_unet_inpaint"] {
+        let case = &record[name];
+        let unet = UNet2DConditionModel::from_folder(&fixture(name), Device::Cpu).expect("loads");
+        let shape: Vec<i64> = case["sample_shape"]
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|v| v.as_i64().expect("dim"))
+            .collect();
+        let floats = |key: &str| -> Vec<f32> { numbers(&case[key]).iter().map(|v| *v as f32).collect() };
+        let sample = Tensor::from_slice(&floats("sample")).reshape(&shape);
+        let context = Tensor::from_slice(&floats("context")).reshape([shape[0], 77, 32]);
+        let timestep = case["timestep"].as_f64().expect("t");
+        let output = unet.forward(&sample, timestep, &context).expect("forward");
+        let error = max_relative_error(&output, &numbers(&case["output"]));
+        assert!(error < 1e-4, "{name}: output differs by {error:e}");
+    }
+}

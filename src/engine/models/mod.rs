@@ -1,6 +1,8 @@
 //! Model modules in tch, named as diffusers/transformers name them so checkpoint keys load as
 //! they are.
 
+pub mod attention;
 pub mod blocks;
 pub mod clip;
+pub mod unet_2d_condition;
 pub mod vae;

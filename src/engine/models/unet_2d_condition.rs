@@ -1,0 +1,413 @@
+//! `UNet2DConditionModel` (Rombach et al. 2022) with diffusers' names and `config.json` fields:
+//! the denoiser of Stable Diffusion 1.x/2.x, including 8-channel (InstructPix2Pix) and 9-channel
+//! (inpainting) inputs.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::attention::{Transformer2DModel, TransformerOptions};
+use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm};
+use crate::engine::loading::{self, LoadError};
+
+/// An int or a per-block list, as `attention_head_dim` is in SD configs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PerBlock {
+    One(i64),
+    Each(Vec<i64>),
+}
+
+impl PerBlock {
+    fn get(&self, block: usize) -> i64 {
+        match self {
+            PerBlock::One(value) => *value,
+            PerBlock::Each(values) => values.get(block).or(values.last()).copied().unwrap_or(1),
+        }
+    }
+}
+
+/// diffusers' `UNet2DConditionModel` config (`unet/config.json`), the fields SD 1.x/2.x use.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UNet2DConditionConfig {
+    /// 4, 8 (InstructPix2Pix) or 9 (inpainting).
+    pub in_channels: i64,
+    pub out_channels: i64,
+    /// "CrossAttnDownBlock2D" or "DownBlock2D".
+    pub down_block_types: Vec<String>,
+    /// "CrossAttnUpBlock2D" or "UpBlock2D".
+    pub up_block_types: Vec<String>,
+    /// SD: [320, 640, 1280, 1280].
+    pub block_out_channels: Vec<i64>,
+    pub layers_per_block: usize,
+    /// Despite its name, the number of heads in diffusers' SD configs (8, or [5, 10, 20, 20]).
+    pub attention_head_dim: PerBlock,
+    /// When present, the number of heads (newer configs).
+    #[serde(default)]
+    pub num_attention_heads: Option<PerBlock>,
+    /// The text embedding width: 768 (SD 1.x) or 1024 (SD 2.x).
+    pub cross_attention_dim: i64,
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    #[serde(default)]
+    pub upcast_attention: bool,
+    #[serde(default = "default_groups")]
+    pub norm_num_groups: i64,
+    #[serde(default = "default_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "default_true")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: i64,
+    #[serde(default)]
+    pub mid_block_type: Option<String>,
+    #[serde(default)]
+    pub class_embed_type: Option<String>,
+    #[serde(default)]
+    pub addition_embed_type: Option<String>,
+    #[serde(default = "default_sample_size")]
+    pub sample_size: i64,
+}
+
+fn default_groups() -> i64 {
+    32
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_sample_size() -> i64 {
+    64
+}
+
+impl UNet2DConditionConfig {
+    /// runwayml/stable-diffusion-v1-5's `unet/config.json`.
+    pub fn sd_v1_5() -> Self {
+        Self {
+            in_channels: 4,
+            out_channels: 4,
+            down_block_types: [
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D",
+            ]
+            .map(String::from)
+            .to_vec(),
+            up_block_types: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+                .map(String::from)
+                .to_vec(),
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: 2,
+            attention_head_dim: PerBlock::One(8),
+            num_attention_heads: None,
+            cross_attention_dim: 768,
+            use_linear_projection: false,
+            upcast_attention: false,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            flip_sin_to_cos: true,
+            freq_shift: 0,
+            mid_block_type: None,
+            class_embed_type: None,
+            addition_embed_type: None,
+            sample_size: 64,
+        }
+    }
+
+    /// stabilityai/stable-diffusion-2-1's `unet/config.json`.
+    pub fn sd_v2_1() -> Self {
+        Self {
+            attention_head_dim: PerBlock::Each(vec![5, 10, 20, 20]),
+            cross_attention_dim: 1024,
+            use_linear_projection: true,
+            upcast_attention: true,
+            sample_size: 96,
+            ..Self::sd_v1_5()
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, LoadError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        let config: Self = serde_json::from_str(&text)
+            .map_err(|error| LoadError::Config { path: path.into(), reason: error.to_string() })?;
+        config.check().map_err(|reason| LoadError::Config { path: path.into(), reason })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let levels = self.block_out_channels.len();
+        if levels == 0 || self.down_block_types.len() != levels || self.up_block_types.len() != levels {
+            return Err(
+                "block_out_channels, down_block_types and up_block_types must have one entry per level"
+                    .into(),
+            );
+        }
+        for kind in &self.down_block_types {
+            if kind != "CrossAttnDownBlock2D" && kind != "DownBlock2D" {
+                return Err(format!(
+                    "down block type \"{kind}\" is not supported (CrossAttnDownBlock2D, DownBlock2D)"
+                ));
+            }
+        }
+        for kind in &self.up_block_types {
+            if kind != "CrossAttnUpBlock2D" && kind != "UpBlock2D" {
+                return Err(format!(
+                    "up block type \"{kind}\" is not supported (CrossAttnUpBlock2D, UpBlock2D)"
+                ));
+            }
+        }
+        if let Some(kind) = self.mid_block_type.as_deref()
+            && kind != "UNetMidBlock2DCrossAttn"
+        {
+            return Err(format!("mid_block_type \"{kind}\" is not supported (UNetMidBlock2DCrossAttn)"));
+        }
+        for (field, value) in
+            [("class_embed_type", &self.class_embed_type), ("addition_embed_type", &self.addition_embed_type)]
+        {
+            if let Some(value) = value {
+                return Err(format!("{field} \"{value}\" is not supported (SD 1.x/2.x have none)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Heads of the transformers at level `block`.
+    fn heads(&self, block: usize) -> i64 {
+        self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).get(block)
+    }
+}
+
+/// One level of the UNet: resnets, optional transformers, optional resampler.
+struct Level {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Transformer2DModel>,
+    downsample: Option<Downsample2D>,
+    upsample: Option<Upsample2D>,
+}
+
+/// The denoiser.
+pub struct UNet2DConditionModel {
+    time_linear_1: nn::Linear,
+    time_linear_2: nn::Linear,
+    conv_in: nn::Conv2D,
+    down_blocks: Vec<Level>,
+    mid_resnets: [ResnetBlock2D; 2],
+    mid_attention: Transformer2DModel,
+    up_blocks: Vec<Level>,
+    conv_norm_out: nn::GroupNorm,
+    conv_out: nn::Conv2D,
+    pub config: UNet2DConditionConfig,
+    vs: nn::VarStore,
+}
+
+impl UNet2DConditionModel {
+    pub fn new(config: UNet2DConditionConfig, device: tch::Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let channels = &config.block_out_channels;
+        let levels = channels.len();
+        let temb = channels[0] * 4;
+        let (groups, eps) = (config.norm_num_groups, config.norm_eps);
+        let options = |layers| TransformerOptions {
+            context_dim: config.cross_attention_dim,
+            use_linear_projection: config.use_linear_projection,
+            upcast_attention: config.upcast_attention,
+            groups,
+            layers,
+        };
+        // 1. down path
+        let mut input = channels[0];
+        let down_blocks = (0..levels)
+            .map(|i| {
+                let output = channels[i];
+                let block = &root / "down_blocks" / i;
+                let cross = config.down_block_types[i] == "CrossAttnDownBlock2D";
+                let resnets = (0..config.layers_per_block)
+                    .map(|j| {
+                        let in_channels = if j == 0 { input } else { output };
+                        ResnetBlock2D::new(
+                            &block / "resnets" / j,
+                            in_channels,
+                            output,
+                            Some(temb),
+                            groups,
+                            eps,
+                        )
+                    })
+                    .collect();
+                let attentions = if cross {
+                    (0..config.layers_per_block)
+                        .map(|j| {
+                            Transformer2DModel::new(
+                                &block / "attentions" / j,
+                                output,
+                                config.heads(i),
+                                options(1),
+                            )
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                input = output;
+                let downsample =
+                    (i + 1 < levels).then(|| Downsample2D::new(&block / "downsamplers" / 0, output, 1));
+                Level { resnets, attentions, downsample, upsample: None }
+            })
+            .collect();
+        // 2. middle
+        let last = channels[levels - 1];
+        let mid = &root / "mid_block";
+        let mid_resnet =
+            |j: i64| ResnetBlock2D::new(&mid / "resnets" / j, last, last, Some(temb), groups, eps);
+        let mid_resnets = [mid_resnet(0), mid_resnet(1)];
+        let mid_attention =
+            Transformer2DModel::new(&mid / "attentions" / 0, last, config.heads(levels - 1), options(1));
+        // 3. up path, with skip connections from the down path
+        let reversed: Vec<i64> = channels.iter().rev().copied().collect();
+        let mut output = reversed[0];
+        let up_blocks = (0..levels)
+            .map(|i| {
+                let previous_output = output;
+                output = reversed[i];
+                let input = reversed[(i + 1).min(levels - 1)];
+                let block = &root / "up_blocks" / i;
+                let cross = config.up_block_types[i] == "CrossAttnUpBlock2D";
+                let layers = config.layers_per_block + 1;
+                let resnets = (0..layers)
+                    .map(|j| {
+                        let skip = if j + 1 == layers { input } else { output };
+                        let resnet_in = if j == 0 { previous_output } else { output };
+                        ResnetBlock2D::new(
+                            &block / "resnets" / j,
+                            resnet_in + skip,
+                            output,
+                            Some(temb),
+                            groups,
+                            eps,
+                        )
+                    })
+                    .collect();
+                let heads = config.heads(levels - 1 - i);
+                let attentions = if cross {
+                    (0..layers)
+                        .map(|j| {
+                            Transformer2DModel::new(&block / "attentions" / j, output, heads, options(1))
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let upsample = (i + 1 < levels).then(|| Upsample2D::new(&block / "upsamplers" / 0, output));
+                Level { resnets, attentions, downsample: None, upsample }
+            })
+            .collect();
+        let time = &root / "time_embedding";
+        Self {
+            time_linear_1: nn::linear(&time / "linear_1", channels[0], temb, Default::default()),
+            time_linear_2: nn::linear(&time / "linear_2", temb, temb, Default::default()),
+            conv_in: conv2d(&root / "conv_in", config.in_channels, channels[0], 3, 1, 1),
+            down_blocks,
+            mid_resnets,
+            mid_attention,
+            up_blocks,
+            conv_norm_out: group_norm(&root / "conv_norm_out", groups, channels[0], eps),
+            conv_out: conv2d(&root / "conv_out", channels[0], config.out_channels, 3, 1, 1),
+            config,
+            vs,
+        }
+    }
+
+    /// Loads a diffusers `unet/` folder.
+    pub fn from_folder(folder: &Path, device: tch::Device) -> Result<Self, LoadError> {
+        let config = UNet2DConditionConfig::from_file(&folder.join("config.json"))?;
+        let weights_path = loading::component_weights(folder, &["diffusion_pytorch_model"])?;
+        let weights = loading::read_safetensors(&weights_path)?;
+        let model = Self::new(config, device);
+        loading::load_into(&model.vs, weights, &weights_path, "", &[])?;
+        Ok(model)
+    }
+
+    /// Sinusoidal timestep features (diffusers' `Timesteps`, `get_timestep_embedding`).
+    fn timestep_features(&self, timesteps: &Tensor) -> Result<Tensor, tch::TchError> {
+        let dim = self.config.block_out_channels[0];
+        let half = dim / 2;
+        let exponent = Tensor::f_arange(half, (Kind::Float, timesteps.device()))?
+            .f_mul_scalar(-(10000f64).ln())?
+            .f_div_scalar((half - self.config.freq_shift) as f64)?;
+        let angles =
+            timesteps.f_to_kind(Kind::Float)?.f_unsqueeze(1)?.f_mul(&exponent.f_exp()?.f_unsqueeze(0)?)?;
+        let (sin, cos) = (angles.f_sin()?, angles.f_cos()?);
+        if self.config.flip_sin_to_cos {
+            Tensor::f_cat(&[cos, sin], 1)
+        } else {
+            Tensor::f_cat(&[sin, cos], 1)
+        }
+    }
+
+    /// sample: (batch, in_channels, h, w); timestep: the scheduler's t (fractional allowed);
+    /// context: (batch, tokens, cross_attention_dim) → the model output (batch, out_channels, h, w).
+    pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor, tch::TchError> {
+        let _no_grad = tch::no_grad_guard();
+        let kind = self.vs.kind();
+        let (batch, _, height, width) = sample.size4()?;
+        let sample = sample.f_to_kind(kind)?;
+        let context = context.f_to_kind(kind)?;
+        // 1. time embedding
+        let timesteps = Tensor::f_full([batch], timestep, (Kind::Float, sample.device()))?;
+        let features = self.timestep_features(&timesteps)?.f_to_kind(kind)?;
+        let temb = self.time_linear_2.forward(&self.time_linear_1.forward(&features).f_silu()?);
+        // 2. down path, keeping every output for the skips
+        let mut h = self.conv_in.forward(&sample);
+        let mut skips = vec![h.shallow_clone()];
+        for level in &self.down_blocks {
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                h = resnet.forward(&h, Some(&temb))?;
+                if let Some(attention) = level.attentions.get(j) {
+                    h = attention.forward(&h, &context)?;
+                }
+                skips.push(h.shallow_clone());
+            }
+            if let Some(downsample) = &level.downsample {
+                h = downsample.forward(&h)?;
+                skips.push(h.shallow_clone());
+            }
+        }
+        // 3. middle
+        h = self.mid_resnets[0].forward(&h, Some(&temb))?;
+        h = self.mid_attention.forward(&h, &context)?;
+        h = self.mid_resnets[1].forward(&h, Some(&temb))?;
+        // 4. up path; upsample to the next skip's size (odd latent sizes)
+        let overall = 1i64 << (self.down_blocks.len() - 1);
+        let odd_size = height % overall != 0 || width % overall != 0;
+        for level in &self.up_blocks {
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| tch::TchError::Shape("the UNet ran out of skip connections".into()))?;
+                h = resnet.forward(&Tensor::f_cat(&[&h, &skip], 1)?, Some(&temb))?;
+                if let Some(attention) = level.attentions.get(j) {
+                    h = attention.forward(&h, &context)?;
+                }
+            }
+            if let Some(upsample) = &level.upsample {
+                let size = match (odd_size, skips.last()) {
+                    (true, Some(next)) => {
+                        let s = next.size();
+                        Some((s[2], s[3]))
+                    }
+                    _ => None,
+                };
+                h = upsample.forward(&h, size)?;
+            }
+        }
+        // 5. out
+        Ok(self.conv_out.forward(&self.conv_norm_out.forward(&h).f_silu()?))
+    }
+}
