@@ -11,8 +11,9 @@ use clap::{Parser, Subcommand};
 
 use diffusion_studio::catalog;
 use diffusion_studio::document;
+use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::{EngineHandle, device};
-use diffusion_studio::protocol::{DeviceChoice, EngineEvent, ImageData, Job, JobOutput};
+use diffusion_studio::protocol::{DeviceChoice, EngineEvent, GenerateParams, ImageData, Job, JobOutput};
 
 #[derive(Parser, Debug)]
 #[command(name = "diffusion-studio", version, about = "An editing studio for diffusion models")]
@@ -30,6 +31,35 @@ struct Cli {
 enum Command {
     /// Print the version, libtorch, CPU threads, CUDA devices, audio output and models found.
     Info,
+    /// Generate an image from a prompt with a Stable Diffusion model (a diffusers folder).
+    Generate {
+        /// A diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value = "")]
+        negative_prompt: String,
+        #[arg(long, default_value_t = 25)]
+        steps: usize,
+        /// ddim, ddpm, euler, euler-a, dpm++2m, dpm++2m-karras, heun, lcm.
+        #[arg(long, default_value = "dpm++2m-karras")]
+        scheduler: String,
+        #[arg(long, default_value_t = 7.5)]
+        guidance: f64,
+        /// Guidance rescale φ (Lin et al. 2023), 0 to 1.
+        #[arg(long, default_value_t = 0.0)]
+        guidance_rescale: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 512)]
+        width: u32,
+        #[arg(long, default_value_t = 512)]
+        height: u32,
+        /// Where to write the PNG (with the parameters in its "parameters" text chunk).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Noise an image along the diffusion forward process (what img2img starts from).
     Noise {
         /// The image to noise.
@@ -77,6 +107,34 @@ fn main() -> ExitCode {
             info();
             Ok(())
         }
+        Some(Command::Generate {
+            model,
+            prompt,
+            negative_prompt,
+            steps,
+            scheduler,
+            guidance,
+            guidance_rescale,
+            seed,
+            width,
+            height,
+            out,
+        }) => generate(
+            cli.device,
+            GenerateParams {
+                model,
+                prompt,
+                negative_prompt,
+                steps,
+                scheduler,
+                guidance_scale: guidance,
+                guidance_rescale,
+                seed,
+                width,
+                height,
+            },
+            &out,
+        ),
         Some(Command::Noise { image, strength, steps, seed, out }) => {
             noise(cli.device, &image, strength, steps, seed, &out)
         }
@@ -119,6 +177,64 @@ fn info() {
     }
 }
 
+/// Sizes the model cannot take are rounded down to a multiple of 8, and the user is told.
+fn generate(device: DeviceChoice, mut params: GenerateParams, out: &std::path::Path) -> anyhow::Result<()> {
+    device::select(device).map_err(anyhow::Error::msg)?;
+    SchedulerChoice::from_name(&params.scheduler).map_err(|e| anyhow::anyhow!("--scheduler: {e}"))?;
+    if !params.model.join("model_index.json").is_file() {
+        bail!(
+            "--model {}: not a diffusers folder (no model_index.json); single-file checkpoints are not supported yet",
+            params.model.display()
+        );
+    }
+    let (width, height) = (params.width / 8 * 8, params.height / 8 * 8);
+    if (width, height) != (params.width, params.height) {
+        eprintln!(
+            "note: {}×{} rounded down to {width}×{height} (multiples of 8)",
+            params.width, params.height
+        );
+        params.width = width;
+        params.height = height;
+    }
+    let infotext = params.to_infotext();
+    let steps = params.steps;
+    let image = run_job(device, Job::Generate(params), steps, "generate")?;
+    document::write_png_with_text_atomic(&image, out, "parameters", &infotext)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Runs one job on a fresh engine with a progress bar on stderr; returns its image.
+fn run_job(device: DeviceChoice, job: Job, steps: usize, label: &str) -> anyhow::Result<image::RgbaImage> {
+    let engine = EngineHandle::spawn(device, std::sync::Arc::new(|| {}));
+    let id = engine.submit(job);
+    let bar = indicatif::ProgressBar::new(steps as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(label.to_string());
+    loop {
+        let event = engine
+            .events()
+            .recv_timeout(Duration::from_secs(3600))
+            .context("the engine stopped answering")?;
+        match event {
+            EngineEvent::DeviceWarning { message } => bar.println(format!("warning: {message}")),
+            EngineEvent::Progress { job, step, .. } if job == id => bar.set_position(step as u64),
+            EngineEvent::Done { job, output: JobOutput::Image(result) } if job == id => {
+                bar.finish_and_clear();
+                return result.to_rgba_image().context("the engine returned a malformed image");
+            }
+            EngineEvent::Failed { job, message } if job == id => {
+                bar.abandon();
+                bail!("{message}");
+            }
+            EngineEvent::Cancelled { job } if job == id => bail!("cancelled"),
+            _ => {}
+        }
+    }
+}
+
 fn noise(
     device: DeviceChoice,
     image_path: &std::path::Path,
@@ -131,33 +247,9 @@ fn noise(
     // back to the CPU and says so instead).
     device::select(device).map_err(anyhow::Error::msg)?;
     let image = document::read_image(image_path)?;
-    let engine = EngineHandle::spawn(device, std::sync::Arc::new(|| {}));
-    let id =
-        engine.submit(Job::ForwardNoise { image: ImageData::from_rgba_image(&image), strength, steps, seed });
-    let bar = indicatif::ProgressBar::new(steps as u64).with_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message("noise");
-    loop {
-        let event =
-            engine.events().recv_timeout(Duration::from_secs(600)).context("the engine stopped answering")?;
-        match event {
-            EngineEvent::DeviceWarning { message } => bar.println(format!("warning: {message}")),
-            EngineEvent::Progress { job, step, .. } if job == id => bar.set_position(step as u64),
-            EngineEvent::Done { job, output: JobOutput::Image(result) } if job == id => {
-                bar.finish_and_clear();
-                let result = result.to_rgba_image().context("the engine returned a malformed image")?;
-                document::write_png_atomic(&result, out)?;
-                eprintln!("wrote {}", out.display());
-                return Ok(());
-            }
-            EngineEvent::Failed { job, message } if job == id => {
-                bar.abandon();
-                bail!("{message}");
-            }
-            EngineEvent::Cancelled { job } if job == id => bail!("cancelled"),
-            _ => {}
-        }
-    }
+    let job = Job::ForwardNoise { image: ImageData::from_rgba_image(&image), strength, steps, seed };
+    let result = run_job(device, job, steps, "noise")?;
+    document::write_png_atomic(&result, out)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
 }

@@ -62,6 +62,49 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+/// Text-to-image parameters (the `generate` command and the studio's txt2img).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateParams {
+    /// A diffusers folder.
+    pub model: std::path::PathBuf,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    /// A scheduler name: ddim, ddpm, euler, euler-a, dpm++2m, dpm++2m-karras, heun, lcm.
+    pub scheduler: String,
+    pub guidance_scale: f64,
+    /// φ of guidance rescale (0 = off).
+    pub guidance_rescale: f64,
+    pub seed: u64,
+    /// Pixels; multiples of the model's VAE factor (8 for SD).
+    pub width: u32,
+    pub height: u32,
+}
+
+impl GenerateParams {
+    /// The parameters as AUTOMATIC1111 writes them into a PNG's `parameters` text chunk.
+    pub fn to_infotext(&self) -> String {
+        let mut text = self.prompt.clone();
+        if !self.negative_prompt.is_empty() {
+            text.push_str(&format!("\nNegative prompt: {}", self.negative_prompt));
+        }
+        text.push_str(&format!(
+            "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+            self.steps,
+            self.scheduler,
+            self.guidance_scale,
+            self.seed,
+            self.width,
+            self.height,
+            self.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        if self.guidance_rescale > 0.0 {
+            text.push_str(&format!(", CFG rescale: {}", self.guidance_rescale));
+        }
+        text
+    }
+}
+
 /// A unit of work for the engine thread.
 #[derive(Debug, Clone)]
 pub enum Job {
@@ -76,6 +119,8 @@ pub enum Job {
         steps: usize,
         seed: u64,
     },
+    /// Text to image with a Stable Diffusion model (loaded once, kept for later jobs).
+    Generate(GenerateParams),
 }
 
 impl Job {
@@ -83,6 +128,7 @@ impl Job {
     pub fn label(&self) -> &'static str {
         match self {
             Job::ForwardNoise { .. } => "forward noise",
+            Job::Generate(_) => "generate",
         }
     }
 }

@@ -131,3 +131,67 @@ fn bad_input_gets_a_clear_error_naming_the_file_or_field() {
     }
     assert!(!scratch("never.png").exists());
 }
+
+#[test]
+fn generate_writes_a_png_with_its_parameters() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_sd_pipeline");
+    let out = scratch("generated.png");
+    let output = binary()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .args(["--prompt", "a red circle on a blue background", "--negative-prompt", "a green square"])
+        .args([
+            "--steps",
+            "3",
+            "--scheduler",
+            "euler-a",
+            "--seed",
+            "9",
+            "--width",
+            "20",
+            "--height",
+            "16",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("20×16 rounded down to 16×16"), "{stderr}");
+    let image = image::open(&out).expect("a PNG").into_rgba8();
+    assert_eq!(image.dimensions(), (16, 16));
+    let parameters =
+        diffusion_studio::document::read_png_text(&out, "parameters").expect("a parameters chunk");
+    assert!(
+        parameters.starts_with("a red circle on a blue background\nNegative prompt: a green square"),
+        "{parameters}"
+    );
+    assert!(
+        parameters.contains("Steps: 3, Sampler: euler-a, CFG scale: 7.5, Seed: 9, Size: 16x16"),
+        "{parameters}"
+    );
+}
+
+#[test]
+fn generate_names_a_bad_model_or_scheduler() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_sd_pipeline");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--model".into(), "/nonexistent/model".into()], "no model_index.json"),
+        (
+            vec!["--model".into(), model.display().to_string(), "--scheduler".into(), "plms".into()],
+            "--scheduler: unknown scheduler \"plms\"",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = binary()
+            .arg("generate")
+            .args(&args)
+            .args(["--prompt", "x", "--out"])
+            .arg(scratch("never-generated.png"))
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

@@ -138,6 +138,48 @@ pub fn write_png_atomic(image: &image::RgbaImage, path: &Path) -> Result<(), Ima
     write_atomic(path, &encoded).map_err(|error| write_error(error.to_string()))
 }
 
+/// Writes `image` as PNG with a `tEXt` chunk `key` = `text` (AUTOMATIC1111 keeps generation
+/// parameters under "parameters"), atomically.
+pub fn write_png_with_text_atomic(
+    image: &image::RgbaImage,
+    path: &Path,
+    key: &str,
+    text: &str,
+) -> Result<(), ImageFileError> {
+    let write_error = |reason: String| ImageFileError::Write { path: path.into(), reason };
+    let mut encoded = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut encoded, image.width(), image.height());
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        // tEXt holds Latin-1 only; other text goes in an iTXt (UTF-8) chunk, as PIL does.
+        let latin1 = text.chars().all(|c| u32::from(c) < 256);
+        let added = if latin1 {
+            encoder.add_text_chunk(key.to_string(), text.to_string())
+        } else {
+            encoder.add_itxt_chunk(key.to_string(), text.to_string())
+        };
+        added.map_err(|e| write_error(e.to_string()))?;
+        let mut writer = encoder.write_header().map_err(|e| write_error(e.to_string()))?;
+        writer.write_image_data(image.as_raw()).map_err(|e| write_error(e.to_string()))?;
+    }
+    write_atomic(path, &encoded).map_err(|error| write_error(error.to_string()))
+}
+
+/// Reads a PNG's `tEXt`/`iTXt` chunk `key`, if it has one.
+pub fn read_png_text(path: &Path, key: &str) -> Option<String> {
+    let file = std::fs::File::open(path).ok()?;
+    let reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().ok()?;
+    let info = reader.info();
+    info.uncompressed_latin1_text
+        .iter()
+        .find(|chunk| chunk.keyword == key)
+        .map(|chunk| chunk.text.clone())
+        .or_else(|| {
+            info.utf8_text.iter().find(|chunk| chunk.keyword == key).and_then(|chunk| chunk.get_text().ok())
+        })
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

@@ -7,6 +7,8 @@ pub mod image_tensor;
 pub mod loading;
 pub mod methods;
 pub mod models;
+pub mod pipeline;
+pub mod sampler;
 pub mod schedulers;
 
 use std::collections::VecDeque;
@@ -276,20 +278,35 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs jobs with libtorch on one device.
+/// Runs jobs with libtorch on one device, keeping the last model loaded.
 pub struct TorchRunner {
     device: tch::Device,
+    model: Option<pipeline::StableDiffusion>,
 }
 
 impl TorchRunner {
     /// Sets up `choice`, falling back to the CPU with a warning when it is not available.
     pub fn new(choice: DeviceChoice) -> (Self, Option<String>) {
         match device::select(choice) {
-            Ok(device) => (Self { device }, None),
-            Err(message) => {
-                (Self { device: tch::Device::Cpu }, Some(format!("{message}; running on the CPU instead")))
-            }
+            Ok(device) => (Self { device, model: None }, None),
+            Err(message) => (
+                Self { device: tch::Device::Cpu, model: None },
+                Some(format!("{message}; running on the CPU instead")),
+            ),
         }
+    }
+}
+
+impl TorchRunner {
+    /// The model at `folder`, loading it unless it is the one already loaded.
+    fn load_model(&mut self, folder: &std::path::Path) -> Result<&pipeline::StableDiffusion, JobError> {
+        if self.model.as_ref().is_none_or(|model| model.folder != folder) {
+            self.model = None; // free the old one first
+            let model = pipeline::StableDiffusion::from_folder(folder, self.device)
+                .map_err(|error| JobError::Failed(error.to_string()))?;
+            self.model = Some(model);
+        }
+        self.model.as_ref().ok_or_else(|| JobError::Failed("the model did not stay loaded".into()))
     }
 }
 
@@ -304,6 +321,9 @@ impl JobRunner for TorchRunner {
             Job::ForwardNoise { image, strength, steps, seed } => {
                 methods::forward_noise::run(self.device, image, *strength, *steps, *seed, ctx)
                     .map(JobOutput::Image)
+            }
+            Job::Generate(params) => {
+                self.load_model(&params.model)?.generate(params, ctx).map(JobOutput::Image)
             }
         }
     }
@@ -323,7 +343,9 @@ mod tests {
         }
 
         fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
-            let Job::ForwardNoise { image, strength, steps, .. } = job;
+            let Job::ForwardNoise { image, strength, steps, .. } = job else {
+                return Err(JobError::Failed("the fake runner only runs forward-noise jobs".into()));
+            };
             assert!(*strength >= 0.0, "negative strength reached the runner");
             for step in 1..=*steps {
                 ctx.checkpoint()?;

@@ -1,0 +1,88 @@
+//! Text-to-image through the engine against diffusers' `StableDiffusionPipeline` on a tiny model
+//! (`tests/fixtures/tiny_sd_pipeline`): same seed, prompt, scheduler and steps → the same image.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diffusion_studio::engine::EngineHandle;
+use diffusion_studio::protocol::{DeviceChoice, EngineEvent, GenerateParams, ImageData, Job, JobOutput};
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn run(engine: &EngineHandle, job: Job) -> Result<ImageData, String> {
+    let id = engine.submit(job);
+    loop {
+        match engine.events().recv_timeout(Duration::from_secs(120)).map_err(|e| e.to_string())? {
+            EngineEvent::Done { job, output: JobOutput::Image(image) } if job == id => return Ok(image),
+            EngineEvent::Failed { job, message } if job == id => return Err(message),
+            _ => {}
+        }
+    }
+}
+
+fn params(case: &Value) -> GenerateParams {
+    GenerateParams {
+        model: fixture("tiny_sd_pipeline"),
+        prompt: case["prompt"].as_str().expect("prompt").into(),
+        negative_prompt: case["negative_prompt"].as_str().expect("negative").into(),
+        steps: case["steps"].as_u64().expect("steps") as usize,
+        scheduler: case["scheduler"].as_str().expect("scheduler").into(),
+        guidance_scale: case["guidance"].as_f64().expect("guidance"),
+        guidance_rescale: 0.0,
+        seed: case["seed"].as_u64().expect("seed"),
+        width: case["width"].as_u64().expect("width") as u32,
+        height: case["height"].as_u64().expect("height") as u32,
+    }
+}
+
+#[test]
+fn generation_reproduces_diffusers_images_for_each_scheduler() {
+    let cases: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("pipeline.json")).expect("fixture"))
+            .expect("json");
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    for case in cases.as_array().expect("cases") {
+        let name = case["scheduler"].as_str().expect("name");
+        let image = run(&engine, Job::Generate(params(case))).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let expected: Vec<f64> =
+            case["image"].as_array().expect("image").iter().map(|v| v.as_f64().expect("float")).collect();
+        assert_eq!((image.width, image.height), (16, 16));
+        let mut worst = 0f64;
+        for (pixel, rgb) in image.rgba.chunks(4).zip(expected.chunks(3)) {
+            for channel in 0..3 {
+                worst = worst.max((f64::from(pixel[channel]) - rgb[channel] * 255.0).abs());
+            }
+        }
+        assert!(worst <= 2.0, "{name}: a pixel differs from diffusers by {worst:.2}/255");
+    }
+    // The model stays loaded: a second job with a bad parameter fails cleanly, the next succeeds.
+    let first = &cases[0];
+    let bad = GenerateParams { scheduler: "plms".into(), ..params(first) };
+    let message = run(&engine, Job::Generate(bad)).expect_err("unknown scheduler");
+    assert!(message.contains("plms"), "{message}");
+    let long = GenerateParams { prompt: "red circle ".repeat(500), ..params(first) };
+    run(&engine, Job::Generate(long)).expect("a 1000-word prompt is chunked, not refused");
+}
+
+#[test]
+fn a_folder_that_is_not_a_model_is_a_clear_failure() {
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let case = GenerateParams {
+        model: fixture("tiny_vae"),
+        prompt: "x".into(),
+        negative_prompt: String::new(),
+        steps: 2,
+        scheduler: "ddim".into(),
+        guidance_scale: 7.5,
+        guidance_rescale: 0.0,
+        seed: 0,
+        width: 16,
+        height: 16,
+    };
+    let message = run(&engine, Job::Generate(case)).expect_err("not a pipeline");
+    assert!(message.contains("model_index.json"), "{message}");
+}
