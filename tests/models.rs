@@ -169,3 +169,50 @@ fn unets_match_diffusers_for_sd1_sd2_and_inpainting_shapes() {
         assert!(error < 1e-4, "{name}: output differs by {error:e}");
     }
 }
+
+#[test]
+fn a_sharded_checkpoint_loads_like_a_single_file() {
+    use diffusion_studio::engine::models::unet_2d_condition::UNet2DConditionModel;
+    let source = fixture("tiny_unet_sd1");
+    let tensors =
+        loading::read_safetensors(&source.join("diffusion_pytorch_model.safetensors")).expect("reads");
+    let folder = scratch("sharded_unet");
+    std::fs::create_dir_all(&folder).expect("dir");
+    std::fs::copy(source.join("config.json"), folder.join("config.json")).expect("config");
+    let (first, second): (Vec<_>, Vec<_>) = tensors.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let mut weight_map = serde_json::Map::new();
+    for (name, shard) in [("part-1.safetensors", first), ("part-2.safetensors", second)] {
+        let named: Vec<(String, Tensor)> = shard.into_iter().map(|(_, kv)| kv).collect();
+        for (key, _) in &named {
+            weight_map.insert(key.clone(), Value::from(name));
+        }
+        Tensor::write_safetensors(&named, folder.join(name)).expect("writes a shard");
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(folder.join("diffusion_pytorch_model.safetensors.index.json"), index.to_string())
+        .expect("index");
+    let sharded = UNet2DConditionModel::from_folder(&folder, Device::Cpu).expect("sharded loads");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("unet.json")).expect("fixture")).expect("json");
+    let case = &record["tiny_unet_sd1"];
+    let floats = |key: &str| -> Vec<f32> { numbers(&case[key]).iter().map(|v| *v as f32).collect() };
+    let sample = Tensor::from_slice(&floats("sample")).reshape([2, 4, 8, 8]);
+    let context = Tensor::from_slice(&floats("context")).reshape([2, 77, 32]);
+    let output = sharded.forward(&sample, case["timestep"].as_f64().expect("t"), &context).expect("forward");
+    assert!(max_relative_error(&output, &numbers(&case["output"])) < 1e-4);
+}
+
+#[test]
+fn an_unknown_block_type_is_refused_by_name() {
+    use diffusion_studio::engine::models::unet_2d_condition::UNet2DConditionModel;
+    let folder = scratch("unknown_block");
+    std::fs::create_dir_all(&folder).expect("dir");
+    let config = std::fs::read_to_string(fixture("tiny_unet_sd1/config.json")).expect("config");
+    std::fs::write(
+        folder.join("config.json"),
+        config.replace("\"DownBlock2D\"", "\"SimpleCrossAttnDownBlock2D\""),
+    )
+    .expect("write");
+    let error = UNet2DConditionModel::from_folder(&folder, Device::Cpu).err().expect("refused");
+    assert!(error.to_string().contains("SimpleCrossAttnDownBlock2D"), "{error}");
+}

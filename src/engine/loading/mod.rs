@@ -129,14 +129,23 @@ pub fn load_into(
     Ok(())
 }
 
-/// The single `.safetensors` weight file of a diffusers component folder: `<stem>.safetensors`,
-/// else its `.fp16` variant.
-pub fn component_weights(folder: &Path, stems: &[&str]) -> Result<PathBuf, LoadError> {
+/// The weights of a diffusers component folder: `<stem>.safetensors`, its `.fp16` variant, or a
+/// sharded set named by `<stem>.safetensors.index.json`. Returns the path to name in errors and
+/// every tensor.
+pub fn read_component(
+    folder: &Path,
+    stems: &[&str],
+) -> Result<(PathBuf, BTreeMap<String, Tensor>), LoadError> {
     for stem in stems {
-        for name in [format!("{stem}.safetensors"), format!("{stem}.fp16.safetensors")] {
-            let path = folder.join(name);
-            if path.is_file() {
-                return Ok(path);
+        for variant in ["", ".fp16"] {
+            let single = folder.join(format!("{stem}{variant}.safetensors"));
+            if single.is_file() {
+                let tensors = read_safetensors(&single)?;
+                return Ok((single, tensors));
+            }
+            let index = folder.join(format!("{stem}{variant}.safetensors.index.json"));
+            if index.is_file() {
+                return read_sharded(&index);
             }
         }
     }
@@ -152,4 +161,38 @@ pub fn component_weights(folder: &Path, stems: &[&str]) -> Result<PathBuf, LoadE
         path: folder.join(format!("{}.safetensors", stems.first().copied().unwrap_or("model"))),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "no .safetensors weights in this folder"),
     })
+}
+
+/// Every tensor of a sharded checkpoint, from its `weight_map` index.
+fn read_sharded(index: &Path) -> Result<(PathBuf, BTreeMap<String, Tensor>), LoadError> {
+    let text =
+        std::fs::read_to_string(index).map_err(|source| LoadError::Read { path: index.into(), source })?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|error| LoadError::Config { path: index.into(), reason: error.to_string() })?;
+    let Some(map) = json["weight_map"].as_object() else {
+        return Err(LoadError::Config { path: index.into(), reason: "no weight_map object".into() });
+    };
+    let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    let folder = index.parent().unwrap_or(Path::new("."));
+    let mut tensors = BTreeMap::new();
+    for shard in shards {
+        if shard.contains('/') || shard.contains('\\') {
+            return Err(LoadError::Config {
+                path: index.into(),
+                reason: format!("shard name {shard} leaves the folder"),
+            });
+        }
+        tensors.extend(read_safetensors(&folder.join(shard))?);
+    }
+    for key in map.keys() {
+        if !tensors.contains_key(key) {
+            return Err(LoadError::Config {
+                path: index.into(),
+                reason: format!("key {key} is listed in the index but is in none of its shards"),
+            });
+        }
+    }
+    Ok((index.into(), tensors))
 }

@@ -188,8 +188,7 @@ impl ClipTextModel {
     /// both load.
     pub fn from_folder(folder: &Path, device: Device) -> Result<Self, LoadError> {
         let config = ClipTextConfig::from_file(&folder.join("config.json"))?;
-        let weights_path = loading::component_weights(folder, &["model"])?;
-        let weights = loading::read_safetensors(&weights_path)?;
+        let (weights_path, weights) = loading::read_component(folder, &["model"])?;
         let prefix = if weights.keys().any(|k| k.starts_with("text_model.")) { "text_model." } else { "" };
         let model = Self::new(config, device);
         loading::load_into(&model._vs, weights, &weights_path, prefix, BUFFERS)?;

@@ -282,8 +282,7 @@ impl AutoencoderKl {
     /// Loads a diffusers `vae/` folder.
     pub fn from_folder(folder: &Path, device: Device) -> Result<Self, LoadError> {
         let config = AutoencoderKlConfig::from_file(&folder.join("config.json"))?;
-        let weights_path = loading::component_weights(folder, &["diffusion_pytorch_model"])?;
-        let weights = loading::read_safetensors(&weights_path)?;
+        let (weights_path, weights) = loading::read_component(folder, &["diffusion_pytorch_model"])?;
         let model = Self::new(config, device);
         loading::load_into(&model.vs, weights, &weights_path, "", &[])?;
         Ok(model)
