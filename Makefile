@@ -9,7 +9,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export DIFFUSION_STUDIO_CACHE := $(CACHE_DIR)
 BIN := target/release/diffusion-studio
 
-.PHONY: setup build run test lint unit window-test fixtures clean
+.PHONY: setup build run test lint unit window-test fixtures bench clean
 
 setup:
 	@bash scripts/setup.sh >/dev/null
@@ -31,6 +31,11 @@ window-test: build
 	bash scripts/window-test.sh $(BIN)
 
 test: lint unit window-test
+
+# diffusion-studio against diffusers on this machine → BENCHMARKS.md (installs diffusers into the venv).
+bench: build
+	$(VENV)/bin/python -m pip install --quiet diffusers==0.42.1 transformers==5.23.0
+	PYTHON=$(VENV)/bin/python bash bench/run.sh $(BIN)
 
 # Regenerates tests/fixtures/ with diffusers as the oracle (pinned versions, into the same venv).
 fixtures: setup

@@ -60,6 +60,9 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Time engine parts for `make bench` (see bench/run.sh).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Noise an image along the diffusion forward process (what img2img starts from).
     Noise {
         /// The image to noise.
@@ -76,6 +79,31 @@ enum Command {
         /// Where to write the PNG.
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Forward passes of a randomly initialised UNet built from a config preset (speed does not
+    /// depend on weight values), batch 2 as under classifier-free guidance; prints seconds per pass.
+    Unet {
+        /// sd_v1_5 or sd_v2_1.
+        #[arg(long, default_value = "sd_v1_5")]
+        preset: String,
+        /// Latent height and width (64 for 512×512 images).
+        #[arg(long, default_value_t = 64)]
+        latent: i64,
+        #[arg(long, default_value_t = 3)]
+        passes: usize,
+    },
+    /// Text-to-image jobs on a diffusers folder at 16×16, after a warm-up job; prints seconds per job.
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
     },
 }
 
@@ -135,6 +163,16 @@ fn main() -> ExitCode {
             },
             &out,
         ),
+        Some(Command::Bench(BenchCommand::Unet { preset, latent, passes })) => {
+            diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes).map(|seconds| {
+                println!("unet {preset} latent {latent}x{latent} batch 2: {seconds:.4} s per pass ({passes} passes after 1 warm-up)");
+            })
+        }
+        Some(Command::Bench(BenchCommand::Generate { model, steps, runs })) => {
+            diffusion_studio::engine::bench::generate_runs(cli.device, &model, steps, runs).map(|seconds| {
+                println!("generate {} {steps} steps: {seconds:.4} s per image ({runs} runs after 1 warm-up)", model.display());
+            })
+        }
         Some(Command::Noise { image, strength, steps, seed, out }) => {
             noise(cli.device, &image, strength, steps, seed, &out)
         }

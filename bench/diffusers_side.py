@@ -1,0 +1,45 @@
+"""The diffusers side of `make bench`: the same work as diffusion-studio, timed the same way."""
+
+import sys
+import time
+
+import diffusers
+import torch
+
+
+def unet(latent: int, passes: int) -> float:
+    torch.manual_seed(0)
+    model = diffusers.UNet2DConditionModel(
+        block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    ).eval()
+    sample = torch.randn(2, 4, latent, latent)
+    context = torch.randn(2, 77, 768)
+    with torch.no_grad():
+        model(sample, 500, encoder_hidden_states=context)
+        start = time.perf_counter()
+        for _ in range(passes):
+            model(sample, 500, encoder_hidden_states=context)
+    return (time.perf_counter() - start) / passes
+
+
+def generate(model: str, steps: int, runs: int) -> float:
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(model, safety_checker=None, local_files_only=True)
+    pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True)
+    pipe.set_progress_bar_config(disable=True)
+    def once():
+        pipe("a red circle on a blue background", negative_prompt="a green square", num_inference_steps=steps,
+             guidance_scale=7.5, height=16, width=16, generator=torch.Generator("cpu").manual_seed(3))
+    once()
+    start = time.perf_counter()
+    for _ in range(runs):
+        once()
+    return (time.perf_counter() - start) / runs
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "unet":
+        print(f"{unet(int(sys.argv[2]), int(sys.argv[3])):.4f}")
+    else:
+        print(f"{generate(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])):.4f}")

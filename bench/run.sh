@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make bench`: diffusion-studio and diffusers side by side on this machine, same work, same
+# threads; writes the table into BENCHMARKS.md.
+#   1. a 20-step 16×16 generation on the tiny fixture pipeline (DPM++ 2M Karras, CFG 7.5);
+#   2. one forward pass of an SD 1.5-sized UNet (random weights, batch 2 as under CFG) at 64×64
+#      latents (512×512 images).
+set -euo pipefail
+BIN=${1:-target/release/diffusion-studio}
+PY=${PYTHON:-python}
+MODEL=tests/fixtures/tiny_sd_pipeline
+RUNS=${BENCH_RUNS:-10}
+PASSES=${BENCH_PASSES:-3}
+
+ours_generate=$("$BIN" --device cpu bench generate --model "$MODEL" --steps 20 --runs "$RUNS" | sed -E 's/.*: ([0-9.]+) s per image.*/\1/')
+theirs_generate=$(HF_HUB_OFFLINE=1 "$PY" bench/diffusers_side.py generate "$MODEL" 20 "$RUNS" 2>/dev/null | tail -1)
+ours_unet=$("$BIN" --device cpu bench unet --preset sd_v1_5 --latent 64 --passes "$PASSES" | sed -E 's/.*: ([0-9.]+) s per pass.*/\1/')
+theirs_unet=$(HF_HUB_OFFLINE=1 "$PY" bench/diffusers_side.py unet 64 "$PASSES" 2>/dev/null | tail -1)
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+table=$(cat <<TABLE
+## Model core on the CPU ($(nproc) cores: $cpu), $(date -u +%Y-%m-%d)
+
+| work | diffusion-studio | diffusers 0.42.1 | ratio (ours / diffusers) | target |
+|---|---|---|---|---|
+| tiny pipeline, 20 steps, 16×16, CFG (s per image) | $ours_generate | $theirs_generate | $(ratio "$ours_generate" "$theirs_generate") | ≤ 0.8 |
+| SD 1.5-sized UNet, batch 2, 64×64 latents (s per pass) | $ours_unet | $theirs_unet | $(ratio "$ours_unet" "$theirs_unet") | ≤ 1.05 |
+TABLE
+)
+echo "$table"
+{
+  echo "# Benchmarks"
+  echo
+  echo "Written by \`make bench\` (bench/run.sh); each row runs both sides on the same machine in one go."
+  echo
+  echo "$table"
+} > BENCHMARKS.md

@@ -1,0 +1,79 @@
+//! Timing helpers for `make bench` (bench/run.sh): engine parts run outside the job queue.
+
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::engine::device;
+use crate::engine::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
+use crate::protocol::DeviceChoice;
+
+/// Seconds per forward pass of a random-weight UNet from `preset` on (2, 4, latent, latent)
+/// latents and a (2, 77, cross_attention_dim) context, after one warm-up pass.
+pub fn unet_passes(choice: DeviceChoice, preset: &str, latent: i64, passes: usize) -> anyhow::Result<f64> {
+    let device = device::select(choice).map_err(anyhow::Error::msg)?;
+    let config = match preset {
+        "sd_v1_5" => UNet2DConditionConfig::sd_v1_5(),
+        "sd_v2_1" => UNet2DConditionConfig::sd_v2_1(),
+        other => anyhow::bail!("unknown preset {other}: use sd_v1_5 or sd_v2_1"),
+    };
+    let context_dim = config.cross_attention_dim;
+    let unet = UNet2DConditionModel::new(config, device);
+    tch::manual_seed(0);
+    let sample = Tensor::f_randn([2, 4, latent, latent], (Kind::Float, device))?;
+    let context = Tensor::f_randn([2, 77, context_dim], (Kind::Float, device))?;
+    let sync = || {
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    };
+    drop(unet.forward(&sample, 500.0, &context)?);
+    sync();
+    let start = Instant::now();
+    for _ in 0..passes.max(1) {
+        drop(unet.forward(&sample, 500.0, &context)?);
+    }
+    sync();
+    Ok(start.elapsed().as_secs_f64() / passes.max(1) as f64)
+}
+
+/// Seconds per text-to-image job on the engine (model loaded by a warm-up job first), 16×16
+/// with DPM++ 2M Karras and CFG 7.5, as bench/diffusers_side.py does it.
+pub fn generate_runs(
+    choice: DeviceChoice,
+    model: &std::path::Path,
+    steps: usize,
+    runs: usize,
+) -> anyhow::Result<f64> {
+    use crate::engine::EngineHandle;
+    use crate::protocol::{EngineEvent, GenerateParams, Job};
+    let engine = EngineHandle::spawn(choice, std::sync::Arc::new(|| {}));
+    let params = GenerateParams {
+        model: model.into(),
+        prompt: "a red circle on a blue background".into(),
+        negative_prompt: "a green square".into(),
+        steps,
+        scheduler: "dpm++2m-karras".into(),
+        guidance_scale: 7.5,
+        guidance_rescale: 0.0,
+        seed: 3,
+        width: 16,
+        height: 16,
+    };
+    let run_one = || -> anyhow::Result<()> {
+        let id = engine.submit(Job::Generate(params.clone()));
+        loop {
+            match engine.events().recv()? {
+                EngineEvent::Done { job, .. } if job == id => return Ok(()),
+                EngineEvent::Failed { job, message } if job == id => anyhow::bail!(message),
+                _ => {}
+            }
+        }
+    };
+    run_one()?;
+    let start = Instant::now();
+    for _ in 0..runs.max(1) {
+        run_one()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
+}
