@@ -216,3 +216,22 @@ fn an_unknown_block_type_is_refused_by_name() {
     let error = UNet2DConditionModel::from_folder(&folder, Device::Cpu).err().expect("refused");
     assert!(error.to_string().contains("SimpleCrossAttnDownBlock2D"), "{error}");
 }
+
+#[test]
+fn taesd_encodes_and_decodes_like_diffusers() {
+    use diffusion_studio::engine::models::taesd::AutoencoderTiny;
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("taesd.json")).expect("fixture"))
+            .expect("json");
+    let taesd = AutoencoderTiny::from_folder(&fixture("tiny_taesd"), Device::Cpu).expect("loads");
+    let as_tensor = |key: &str, shape: &[i64]| {
+        let values: Vec<f32> = numbers(&record[key]).iter().map(|v| *v as f32).collect();
+        Tensor::from_slice(&values).reshape(shape)
+    };
+    let encoded = taesd.encode(&as_tensor("image", &[1, 3, 32, 32])).expect("encode");
+    let error = max_relative_error(&encoded, &numbers(&record["encoded"]));
+    assert!(error < 1e-4, "encode differs by {error:e}");
+    let decoded = taesd.decode(&as_tensor("latents", &[1, 4, 4, 4])).expect("decode");
+    let error = max_relative_error(&decoded, &numbers(&record["decoded"]));
+    assert!(error < 1e-4, "decode differs by {error:e}");
+}

@@ -4,5 +4,6 @@
 pub mod attention;
 pub mod blocks;
 pub mod clip;
+pub mod taesd;
 pub mod unet_2d_condition;
 pub mod vae;
