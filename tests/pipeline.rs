@@ -26,7 +26,7 @@ fn run(engine: &EngineHandle, job: Job) -> Result<ImageData, String> {
 
 fn params(case: &Value) -> GenerateParams {
     GenerateParams {
-        model: fixture("tiny_sd_pipeline"),
+        model: fixture(case["model"].as_str().expect("model")),
         prompt: case["prompt"].as_str().expect("prompt").into(),
         negative_prompt: case["negative_prompt"].as_str().expect("negative").into(),
         steps: case["steps"].as_u64().expect("steps") as usize,
@@ -40,13 +40,17 @@ fn params(case: &Value) -> GenerateParams {
 }
 
 #[test]
-fn generation_reproduces_diffusers_images_for_each_scheduler() {
+fn generation_reproduces_diffusers_images_for_each_scheduler_and_sd2_v_prediction() {
     let cases: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("pipeline.json")).expect("fixture"))
             .expect("json");
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
     for case in cases.as_array().expect("cases") {
-        let name = case["scheduler"].as_str().expect("name");
+        let name = format!(
+            "{} {}",
+            case["model"].as_str().expect("model"),
+            case["scheduler"].as_str().expect("name")
+        );
         let image = run(&engine, Job::Generate(params(case))).unwrap_or_else(|e| panic!("{name}: {e}"));
         let expected: Vec<f64> =
             case["image"].as_array().expect("image").iter().map(|v| v.as_f64().expect("float")).collect();
@@ -59,6 +63,7 @@ fn generation_reproduces_diffusers_images_for_each_scheduler() {
         }
         assert!(worst <= 2.0, "{name}: a pixel differs from diffusers by {worst:.2}/255");
     }
+    assert!(cases.as_array().expect("cases").len() >= 10, "every scheduler, two model shapes");
     // The model stays loaded: a second job with a bad parameter fails cleanly, the next succeeds.
     let first = &cases[0];
     let bad = GenerateParams { scheduler: "plms".into(), ..params(first) };
