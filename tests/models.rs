@@ -235,3 +235,34 @@ fn taesd_encodes_and_decodes_like_diffusers() {
     let error = max_relative_error(&decoded, &numbers(&record["decoded"]));
     assert!(error < 1e-4, "decode differs by {error:e}");
 }
+
+#[test]
+fn unet_2d_models_match_diffusers_unconditional_and_class_conditional() {
+    use diffusion_studio::engine::models::unet_2d::UNet2DModel;
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("unet_2d.json")).expect("fixture"))
+            .expect("json");
+    for name in ["tiny_unet_2d_mel", "tiny_unet_2d_class"] {
+        let case = &record[name];
+        let unet = UNet2DModel::from_folder(&fixture(name), Device::Cpu).expect("loads");
+        let shape: Vec<i64> = case["sample_shape"]
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|v| v.as_i64().expect("dim"))
+            .collect();
+        let values: Vec<f32> = numbers(&case["sample"]).iter().map(|v| *v as f32).collect();
+        let sample = Tensor::from_slice(&values).reshape(&shape);
+        let labels = case["class_labels"].as_array().map(|labels| {
+            Tensor::from_slice(&labels.iter().map(|v| v.as_i64().expect("label")).collect::<Vec<_>>())
+        });
+        let output =
+            unet.forward(&sample, case["timestep"].as_f64().expect("t"), labels.as_ref()).expect("forward");
+        let error = max_relative_error(&output, &numbers(&case["output"]));
+        assert!(error < 1e-4, "{name}: output differs by {error:e}");
+        if labels.is_some() {
+            let error = unet.forward(&sample, 250.0, None).err().expect("labels are required");
+            assert!(error.to_string().contains("class labels"), "{error}");
+        }
+    }
+}

@@ -158,7 +158,7 @@ impl SpatialSelfAttention {
     }
 }
 
-/// `UNetMidBlock2D` as the VAE uses it: resnet, self-attention, resnet.
+/// `UNetMidBlock2D`: resnet, self-attention (`attention_heads`, or none), resnet.
 pub struct MidBlock2D {
     resnets: [ResnetBlock2D; 2],
     attention: Option<SpatialSelfAttention>,
@@ -171,15 +171,14 @@ impl MidBlock2D {
         temb_channels: Option<i64>,
         groups: i64,
         eps: f64,
-        add_attention: bool,
+        attention_heads: Option<i64>,
     ) -> Self {
         let resnet =
             |i: i64| ResnetBlock2D::new(&vs / "resnets" / i, channels, channels, temb_channels, groups, eps);
         Self {
             resnets: [resnet(0), resnet(1)],
-            // attention_head_dim = channels: one head
-            attention: add_attention
-                .then(|| SpatialSelfAttention::new(&vs / "attentions" / 0, channels, 1, groups, eps)),
+            attention: attention_heads
+                .map(|heads| SpatialSelfAttention::new(&vs / "attentions" / 0, channels, heads, groups, eps)),
         }
     }
 

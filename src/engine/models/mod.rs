@@ -4,6 +4,8 @@
 pub mod attention;
 pub mod blocks;
 pub mod clip;
+pub mod embeddings;
 pub mod taesd;
+pub mod unet_2d;
 pub mod unet_2d_condition;
 pub mod vae;

@@ -333,23 +333,6 @@ impl UNet2DConditionModel {
         Ok(model)
     }
 
-    /// Sinusoidal timestep features (diffusers' `Timesteps`, `get_timestep_embedding`).
-    fn timestep_features(&self, timesteps: &Tensor) -> Result<Tensor, tch::TchError> {
-        let dim = self.config.block_out_channels[0];
-        let half = dim / 2;
-        let exponent = Tensor::f_arange(half, (Kind::Float, timesteps.device()))?
-            .f_mul_scalar(-(10000f64).ln())?
-            .f_div_scalar((half - self.config.freq_shift) as f64)?;
-        let angles =
-            timesteps.f_to_kind(Kind::Float)?.f_unsqueeze(1)?.f_mul(&exponent.f_exp()?.f_unsqueeze(0)?)?;
-        let (sin, cos) = (angles.f_sin()?, angles.f_cos()?);
-        if self.config.flip_sin_to_cos {
-            Tensor::f_cat(&[cos, sin], 1)
-        } else {
-            Tensor::f_cat(&[sin, cos], 1)
-        }
-    }
-
     /// sample: (batch, in_channels, h, w); timestep: the scheduler's t (fractional allowed);
     /// context: (batch, tokens, cross_attention_dim) → the model output (batch, out_channels, h, w).
     pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor, tch::TchError> {
@@ -360,7 +343,13 @@ impl UNet2DConditionModel {
         let context = context.f_to_kind(kind)?;
         // 1. time embedding
         let timesteps = Tensor::f_full([batch], timestep, (Kind::Float, sample.device()))?;
-        let features = self.timestep_features(&timesteps)?.f_to_kind(kind)?;
+        let features = super::embeddings::timestep_features(
+            &timesteps,
+            self.config.block_out_channels[0],
+            self.config.flip_sin_to_cos,
+            self.config.freq_shift,
+        )?
+        .f_to_kind(kind)?;
         let temb = self.time_linear_2.forward(&self.time_linear_1.forward(&features).f_silu()?);
         // 2. down path, keeping every output for the skips
         let mut h = self.conv_in.forward(&sample);

@@ -149,7 +149,7 @@ impl Encoder {
                 None,
                 groups,
                 EPS,
-                config.mid_block_add_attention,
+                config.mid_block_add_attention.then_some(1), // one head: attention_head_dim = channels
             ),
             conv_norm_out: group_norm(&vs / "conv_norm_out", groups, last, EPS),
             conv_out: conv2d(&vs / "conv_out", last, 2 * config.latent_channels, 3, 1, 1),
@@ -210,7 +210,7 @@ impl Decoder {
                 None,
                 groups,
                 EPS,
-                config.mid_block_add_attention,
+                config.mid_block_add_attention.then_some(1),
             ),
             up_blocks,
             conv_norm_out: group_norm(&vs / "conv_norm_out", groups, first, EPS),

@@ -1,0 +1,329 @@
+//! `UNet2DModel`: the unconditional (or class-conditional) UNet of DDPM-style models — the
+//! mel-spectrogram models of audio-diffusion use it. diffusers' names and `config.json` fields.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::blocks::{
+    Downsample2D, MidBlock2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D, conv2d, group_norm,
+};
+use crate::engine::loading::{self, LoadError};
+
+/// A size that is one number or (height, width), as `sample_size` is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SampleSize {
+    Square(i64),
+    HeightWidth(Vec<i64>),
+}
+
+/// diffusers' `UNet2DModel` config, the fields these models use.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UNet2DConfig {
+    pub sample_size: Option<SampleSize>,
+    #[serde(default = "three")]
+    pub in_channels: i64,
+    #[serde(default = "three")]
+    pub out_channels: i64,
+    /// "DownBlock2D" or "AttnDownBlock2D".
+    pub down_block_types: Vec<String>,
+    /// "UpBlock2D" or "AttnUpBlock2D".
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<i64>,
+    #[serde(default = "two")]
+    pub layers_per_block: usize,
+    /// Channels per attention head (8); `None` means one head per block.
+    #[serde(default = "eight")]
+    pub attention_head_dim: Option<i64>,
+    #[serde(default = "thirty_two")]
+    pub norm_num_groups: i64,
+    #[serde(default = "norm_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "yes")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: i64,
+    /// Class-conditional models: the number of classes.
+    #[serde(default)]
+    pub num_class_embeds: Option<i64>,
+    #[serde(default = "yes")]
+    pub add_attention: bool,
+    #[serde(default = "positional")]
+    pub time_embedding_type: String,
+}
+
+fn three() -> i64 {
+    3
+}
+fn two() -> usize {
+    2
+}
+fn eight() -> Option<i64> {
+    Some(8)
+}
+fn thirty_two() -> i64 {
+    32
+}
+fn norm_eps() -> f64 {
+    1e-5
+}
+fn yes() -> bool {
+    true
+}
+fn positional() -> String {
+    "positional".into()
+}
+
+impl UNet2DConfig {
+    pub fn from_file(path: &Path) -> Result<Self, LoadError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        let config: Self = serde_json::from_str(&text)
+            .map_err(|error| LoadError::Config { path: path.into(), reason: error.to_string() })?;
+        let bad = |reason: String| Err(LoadError::Config { path: path.into(), reason });
+        let levels = config.block_out_channels.len();
+        if levels == 0 || config.down_block_types.len() != levels || config.up_block_types.len() != levels {
+            return bad(
+                "block_out_channels, down_block_types and up_block_types need one entry per level".into()
+            );
+        }
+        if let Some(kind) =
+            config.down_block_types.iter().find(|k| *k != "DownBlock2D" && *k != "AttnDownBlock2D")
+        {
+            return bad(format!(
+                "down block type \"{kind}\" is not supported (DownBlock2D, AttnDownBlock2D)"
+            ));
+        }
+        if let Some(kind) = config.up_block_types.iter().find(|k| *k != "UpBlock2D" && *k != "AttnUpBlock2D")
+        {
+            return bad(format!("up block type \"{kind}\" is not supported (UpBlock2D, AttnUpBlock2D)"));
+        }
+        if config.time_embedding_type != "positional" {
+            return bad(format!(
+                "time_embedding_type \"{}\" is not supported (positional)",
+                config.time_embedding_type
+            ));
+        }
+        Ok(config)
+    }
+
+    fn heads(&self, channels: i64) -> i64 {
+        self.attention_head_dim.map_or(1, |dim| (channels / dim).max(1))
+    }
+}
+
+struct Level {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<SpatialSelfAttention>,
+    downsample: Option<Downsample2D>,
+    upsample: Option<Upsample2D>,
+}
+
+/// `UNet2DModel`.
+pub struct UNet2DModel {
+    time_linear_1: nn::Linear,
+    time_linear_2: nn::Linear,
+    class_embedding: Option<nn::Embedding>,
+    conv_in: nn::Conv2D,
+    down_blocks: Vec<Level>,
+    mid_block: MidBlock2D,
+    up_blocks: Vec<Level>,
+    conv_norm_out: nn::GroupNorm,
+    conv_out: nn::Conv2D,
+    pub config: UNet2DConfig,
+    vs: nn::VarStore,
+}
+
+impl UNet2DModel {
+    pub fn new(config: UNet2DConfig, device: tch::Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let channels = &config.block_out_channels;
+        let levels = channels.len();
+        let temb = channels[0] * 4;
+        let (groups, eps) = (config.norm_num_groups, config.norm_eps);
+        // 1. down path
+        let mut input = channels[0];
+        let down_blocks = (0..levels)
+            .map(|i| {
+                let output = channels[i];
+                let block = &root / "down_blocks" / i;
+                let resnets = (0..config.layers_per_block)
+                    .map(|j| {
+                        let in_channels = if j == 0 { input } else { output };
+                        ResnetBlock2D::new(
+                            &block / "resnets" / j,
+                            in_channels,
+                            output,
+                            Some(temb),
+                            groups,
+                            eps,
+                        )
+                    })
+                    .collect();
+                let attentions = if config.down_block_types[i] == "AttnDownBlock2D" {
+                    (0..config.layers_per_block)
+                        .map(|j| {
+                            SpatialSelfAttention::new(
+                                &block / "attentions" / j,
+                                output,
+                                config.heads(output),
+                                groups,
+                                eps,
+                            )
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                input = output;
+                let downsample =
+                    (i + 1 < levels).then(|| Downsample2D::new(&block / "downsamplers" / 0, output, 1));
+                Level { resnets, attentions, downsample, upsample: None }
+            })
+            .collect();
+        // 2. middle
+        let last = channels[levels - 1];
+        let mid_heads = config.add_attention.then(|| config.heads(last));
+        let mid_block = MidBlock2D::new(&root / "mid_block", last, Some(temb), groups, eps, mid_heads);
+        // 3. up path with skips
+        let reversed: Vec<i64> = channels.iter().rev().copied().collect();
+        let mut output = reversed[0];
+        let up_blocks = (0..levels)
+            .map(|i| {
+                let previous_output = output;
+                output = reversed[i];
+                let input = reversed[(i + 1).min(levels - 1)];
+                let block = &root / "up_blocks" / i;
+                let layers = config.layers_per_block + 1;
+                let resnets = (0..layers)
+                    .map(|j| {
+                        let skip = if j + 1 == layers { input } else { output };
+                        let resnet_in = if j == 0 { previous_output } else { output };
+                        ResnetBlock2D::new(
+                            &block / "resnets" / j,
+                            resnet_in + skip,
+                            output,
+                            Some(temb),
+                            groups,
+                            eps,
+                        )
+                    })
+                    .collect();
+                let attentions = if config.up_block_types[i] == "AttnUpBlock2D" {
+                    (0..layers)
+                        .map(|j| {
+                            SpatialSelfAttention::new(
+                                &block / "attentions" / j,
+                                output,
+                                config.heads(output),
+                                groups,
+                                eps,
+                            )
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let upsample = (i + 1 < levels).then(|| Upsample2D::new(&block / "upsamplers" / 0, output));
+                Level { resnets, attentions, downsample: None, upsample }
+            })
+            .collect();
+        let time = &root / "time_embedding";
+        Self {
+            time_linear_1: nn::linear(&time / "linear_1", channels[0], temb, Default::default()),
+            time_linear_2: nn::linear(&time / "linear_2", temb, temb, Default::default()),
+            class_embedding: config
+                .num_class_embeds
+                .map(|classes| nn::embedding(&root / "class_embedding", classes, temb, Default::default())),
+            conv_in: conv2d(&root / "conv_in", config.in_channels, channels[0], 3, 1, 1),
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: group_norm(&root / "conv_norm_out", groups, channels[0], eps),
+            conv_out: conv2d(&root / "conv_out", channels[0], config.out_channels, 3, 1, 1),
+            config,
+            vs,
+        }
+    }
+
+    /// Loads a diffusers `unet/` folder of a `UNet2DModel`.
+    pub fn from_folder(folder: &Path, device: tch::Device) -> Result<Self, LoadError> {
+        let config = UNet2DConfig::from_file(&folder.join("config.json"))?;
+        let (weights_path, weights) = loading::read_component(folder, &["diffusion_pytorch_model"])?;
+        let model = Self::new(config, device);
+        loading::load_into(&model.vs, weights, &weights_path, "", &[])?;
+        Ok(model)
+    }
+
+    /// sample: (batch, in_channels, h, w) with h, w divisible by 2^(levels−1); `class_labels`:
+    /// (batch,) int64 for class-conditional models → (batch, out_channels, h, w).
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        class_labels: Option<&Tensor>,
+    ) -> Result<Tensor, tch::TchError> {
+        let _no_grad = tch::no_grad_guard();
+        let kind = self.vs.kind();
+        let batch = sample.size()[0];
+        let sample = sample.f_to_kind(kind)?;
+        // 1. time (and class) embedding
+        let timesteps = Tensor::f_full([batch], timestep, (Kind::Float, sample.device()))?;
+        let features = super::embeddings::timestep_features(
+            &timesteps,
+            self.config.block_out_channels[0],
+            self.config.flip_sin_to_cos,
+            self.config.freq_shift,
+        )?
+        .f_to_kind(kind)?;
+        let mut temb = self.time_linear_2.forward(&self.time_linear_1.forward(&features).f_silu()?);
+        match (&self.class_embedding, class_labels) {
+            (Some(embedding), Some(labels)) => {
+                temb = temb.f_add(&embedding.forward(labels).f_to_kind(kind)?)?
+            }
+            (Some(_), None) => {
+                return Err(tch::TchError::Shape(
+                    "this model is class-conditional: pass class labels".into(),
+                ));
+            }
+            _ => {}
+        }
+        // 2. down path
+        let mut h = self.conv_in.forward(&sample);
+        let mut skips = vec![h.shallow_clone()];
+        for level in &self.down_blocks {
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                h = resnet.forward(&h, Some(&temb))?;
+                if let Some(attention) = level.attentions.get(j) {
+                    h = attention.forward(&h)?;
+                }
+                skips.push(h.shallow_clone());
+            }
+            if let Some(downsample) = &level.downsample {
+                h = downsample.forward(&h)?;
+                skips.push(h.shallow_clone());
+            }
+        }
+        // 3. middle, then the up path
+        h = self.mid_block.forward(&h, Some(&temb))?;
+        for level in &self.up_blocks {
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                let skip = skips
+                    .pop()
+                    .ok_or_else(|| tch::TchError::Shape("the UNet ran out of skip connections".into()))?;
+                h = resnet.forward(&Tensor::f_cat(&[&h, &skip], 1)?, Some(&temb))?;
+                if let Some(attention) = level.attentions.get(j) {
+                    h = attention.forward(&h)?;
+                }
+            }
+            if let Some(upsample) = &level.upsample {
+                h = upsample.forward(&h, None)?;
+            }
+        }
+        Ok(self.conv_out.forward(&self.conv_norm_out.forward(&h).f_silu()?))
+    }
+}
