@@ -261,7 +261,7 @@ fn unet_2d_models_match_diffusers_unconditional_and_class_conditional() {
         let error = max_relative_error(&output, &numbers(&case["output"]));
         assert!(error < 1e-4, "{name}: output differs by {error:e}");
         if labels.is_some() {
-            let error = unet.forward(&sample, 250.0, None).err().expect("labels are required");
+            let error = unet.forward(&sample, 250.0, None).expect_err("labels are required");
             assert!(error.to_string().contains("class labels"), "{error}");
         }
     }
