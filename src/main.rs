@@ -13,7 +13,9 @@ use diffusion_studio::catalog;
 use diffusion_studio::document;
 use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::{EngineHandle, device};
-use diffusion_studio::protocol::{DeviceChoice, EngineEvent, GenerateParams, ImageData, Job, JobOutput};
+use diffusion_studio::protocol::{
+    DeviceChoice, EngineEvent, GenerateParams, ImageData, Job, JobOutput, Precision,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "diffusion-studio", version, about = "An editing studio for diffusion models")]
@@ -56,6 +58,9 @@ enum Command {
         width: u32,
         #[arg(long, default_value_t = 512)]
         height: u32,
+        /// The UNet's precision: f32, f16 or bf16 (the text encoder and VAE stay in f32).
+        #[arg(long, default_value = "f32", value_parser = Precision::from_name)]
+        dtype: Precision,
         /// Where to write the PNG (with the parameters in its "parameters" text chunk).
         #[arg(long)]
         out: PathBuf,
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
             seed,
             width,
             height,
+            dtype,
             out,
         }) => generate(
             cli.device,
@@ -160,6 +166,7 @@ fn main() -> ExitCode {
                 seed,
                 width,
                 height,
+                precision: dtype,
             },
             &out,
         ),

@@ -62,6 +62,28 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+/// The number format of the denoiser's weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// Half precision: the usual choice on CUDA.
+    F16,
+    /// bfloat16: half the memory with f32's range (CPUs with AVX-512 BF16, recent GPUs).
+    Bf16,
+}
+
+impl Precision {
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        match name {
+            "f32" | "fp32" => Ok(Self::F32),
+            "f16" | "fp16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("'{other}' is not a dtype: use f32, f16 or bf16")),
+        }
+    }
+}
+
 /// Text-to-image parameters (the `generate` command and the studio's txt2img).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateParams {
@@ -79,6 +101,8 @@ pub struct GenerateParams {
     /// Pixels; multiples of the model's VAE factor (8 for SD).
     pub width: u32,
     pub height: u32,
+    /// The UNet's precision (the text encoder and VAE stay in f32).
+    pub precision: Precision,
 }
 
 impl GenerateParams {

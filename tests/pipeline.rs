@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diffusion_studio::engine::EngineHandle;
-use diffusion_studio::protocol::{DeviceChoice, EngineEvent, GenerateParams, ImageData, Job, JobOutput};
+use diffusion_studio::protocol::{
+    DeviceChoice, EngineEvent, GenerateParams, ImageData, Job, JobOutput, Precision,
+};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -36,6 +38,7 @@ fn params(case: &Value) -> GenerateParams {
         seed: case["seed"].as_u64().expect("seed"),
         width: case["width"].as_u64().expect("width") as u32,
         height: case["height"].as_u64().expect("height") as u32,
+        precision: Precision::F32,
     }
 }
 
@@ -87,7 +90,24 @@ fn a_folder_that_is_not_a_model_is_a_clear_failure() {
         seed: 0,
         width: 16,
         height: 16,
+        precision: Precision::F32,
     };
     let message = run(&engine, Job::Generate(case)).expect_err("not a pipeline");
     assert!(message.contains("model_index.json"), "{message}");
+}
+
+#[test]
+fn half_precision_unets_give_nearly_the_same_image() {
+    let cases: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("pipeline.json")).expect("fixture"))
+            .expect("json");
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let base = params(&cases[0]);
+    let reference = run(&engine, Job::Generate(base.clone())).expect("f32");
+    for precision in [Precision::F16, Precision::Bf16] {
+        let image = run(&engine, Job::Generate(GenerateParams { precision, ..base.clone() })).expect("half");
+        let worst =
+            image.rgba.iter().zip(reference.rgba.iter()).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+        assert!(worst <= 8, "{precision:?}: a channel differs from f32 by {worst}/255");
+    }
 }

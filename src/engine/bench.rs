@@ -59,6 +59,7 @@ pub fn generate_runs(
         seed: 3,
         width: 16,
         height: 16,
+        precision: crate::protocol::Precision::F32,
     };
     let run_one = || -> anyhow::Result<()> {
         let id = engine.submit(Job::Generate(params.clone()));

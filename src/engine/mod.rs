@@ -279,6 +279,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Guards libtorch's default CPU generator for the length of a job.
+static DEFAULT_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs jobs with libtorch on one device, keeping the last model loaded.
 pub struct TorchRunner {
     device: tch::Device,
@@ -299,11 +302,15 @@ impl TorchRunner {
 }
 
 impl TorchRunner {
-    /// The model at `folder`, loading it unless it is the one already loaded.
-    fn load_model(&mut self, folder: &std::path::Path) -> Result<&pipeline::StableDiffusion, JobError> {
-        if self.model.as_ref().is_none_or(|model| model.folder != folder) {
+    /// The model at `folder` in `precision`, loading it unless it is the one already loaded.
+    fn load_model(
+        &mut self,
+        folder: &std::path::Path,
+        precision: crate::protocol::Precision,
+    ) -> Result<&pipeline::StableDiffusion, JobError> {
+        if self.model.as_ref().is_none_or(|model| model.folder != folder || model.precision != precision) {
             self.model = None; // free the old one first
-            let model = pipeline::StableDiffusion::from_folder(folder, self.device)
+            let model = pipeline::StableDiffusion::from_folder(folder, self.device, precision)
                 .map_err(|error| JobError::Failed(error.to_string()))?;
             self.model = Some(model);
         }
@@ -318,13 +325,16 @@ impl JobRunner for TorchRunner {
 
     fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
         let _no_grad = tch::no_grad_guard();
+        // Seeds go through libtorch's one default CPU generator; engines in one process (tests)
+        // take turns so that no job's draws interleave with another's.
+        let _generator = DEFAULT_GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match job {
             Job::ForwardNoise { image, strength, steps, seed } => {
                 methods::forward_noise::run(self.device, image, *strength, *steps, *seed, ctx)
                     .map(JobOutput::Image)
             }
             Job::Generate(params) => {
-                self.load_model(&params.model)?.generate(params, ctx).map(JobOutput::Image)
+                self.load_model(&params.model, params.precision)?.generate(params, ctx).map(JobOutput::Image)
             }
         }
     }

@@ -13,7 +13,7 @@ use crate::engine::models::vae::AutoencoderKl;
 use crate::engine::sampler::{self, Conditioning};
 use crate::engine::schedulers::{CpuGeneratorNoise, SchedulerChoice, SchedulerConfig};
 use crate::engine::{JobContext, JobError};
-use crate::protocol::{GenerateParams, ImageData};
+use crate::protocol::{GenerateParams, ImageData, Precision};
 use crate::text::ClipTokenizer;
 
 /// Pipelines whose folders load here.
@@ -32,11 +32,12 @@ pub struct StableDiffusion {
     /// Pixels per latent cell: 2^(VAE levels − 1), 8 for SD.
     pub vae_scale_factor: i64,
     pub device: Device,
+    pub precision: Precision,
 }
 
 impl StableDiffusion {
-    /// Loads `folder` (a diffusers pipeline folder) onto `device`.
-    pub fn from_folder(folder: &Path, device: Device) -> Result<Self, LoadError> {
+    /// Loads `folder` (a diffusers pipeline folder) onto `device`, the UNet in `precision`.
+    pub fn from_folder(folder: &Path, device: Device, precision: Precision) -> Result<Self, LoadError> {
         // 1. model_index.json says what this is
         let index_path = folder.join("model_index.json");
         let index_text = std::fs::read_to_string(&index_path)
@@ -58,7 +59,12 @@ impl StableDiffusion {
             LoadError::Config { path: folder.join("tokenizer"), reason: error.to_string() }
         })?;
         let text_encoder = ClipTextModel::from_folder(&folder.join("text_encoder"), device)?;
-        let unet = UNet2DConditionModel::from_folder(&folder.join("unet"), device)?;
+        let mut unet = UNet2DConditionModel::from_folder(&folder.join("unet"), device)?;
+        match precision {
+            Precision::F32 => {}
+            Precision::F16 => unet.set_kind(Kind::Half),
+            Precision::Bf16 => unet.set_kind(Kind::BFloat16),
+        }
         let vae = AutoencoderKl::from_folder(&folder.join("vae"), device)?;
         if unet.config.cross_attention_dim != text_encoder.config.hidden_size {
             return Err(LoadError::Config {
@@ -80,6 +86,7 @@ impl StableDiffusion {
             scheduler_config,
             vae_scale_factor,
             device,
+            precision,
         })
     }
 

@@ -333,6 +333,11 @@ impl UNet2DConditionModel {
         Ok(model)
     }
 
+    /// Converts the weights to `kind` (f16/bf16 halve memory; inputs are cast on entry).
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.vs.set_kind(kind);
+    }
+
     /// sample: (batch, in_channels, h, w); timestep: the scheduler's t (fractional allowed);
     /// context: (batch, tokens, cross_attention_dim) → the model output (batch, out_channels, h, w).
     pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor, tch::TchError> {
