@@ -8,4 +8,5 @@ pub mod embeddings;
 pub mod taesd;
 pub mod unet_2d;
 pub mod unet_2d_condition;
+pub mod unet_levels;
 pub mod vae;

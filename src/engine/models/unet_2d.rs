@@ -7,9 +7,8 @@ use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::blocks::{
-    Downsample2D, MidBlock2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D, conv2d, group_norm,
-};
+use super::blocks::{MidBlock2D, SpatialSelfAttention, conv2d, group_norm};
+use super::unet_levels::{LevelsConfig, UNetLevels};
 use crate::engine::loading::{self, LoadError};
 
 /// A size that is one number or (height, width), as `sample_size` is.
@@ -115,22 +114,14 @@ impl UNet2DConfig {
     }
 }
 
-struct Level {
-    resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<SpatialSelfAttention>,
-    downsample: Option<Downsample2D>,
-    upsample: Option<Upsample2D>,
-}
-
 /// `UNet2DModel`.
 pub struct UNet2DModel {
     time_linear_1: nn::Linear,
     time_linear_2: nn::Linear,
     class_embedding: Option<nn::Embedding>,
     conv_in: nn::Conv2D,
-    down_blocks: Vec<Level>,
+    levels: UNetLevels<SpatialSelfAttention>,
     mid_block: MidBlock2D,
-    up_blocks: Vec<Level>,
     conv_norm_out: nn::GroupNorm,
     conv_out: nn::Conv2D,
     pub config: UNet2DConfig,
@@ -145,93 +136,27 @@ impl UNet2DModel {
         let levels = channels.len();
         let temb = channels[0] * 4;
         let (groups, eps) = (config.norm_num_groups, config.norm_eps);
-        // 1. down path
-        let mut input = channels[0];
-        let down_blocks = (0..levels)
-            .map(|i| {
-                let output = channels[i];
-                let block = &root / "down_blocks" / i;
-                let resnets = (0..config.layers_per_block)
-                    .map(|j| {
-                        let in_channels = if j == 0 { input } else { output };
-                        ResnetBlock2D::new(
-                            &block / "resnets" / j,
-                            in_channels,
-                            output,
-                            Some(temb),
-                            groups,
-                            eps,
-                        )
-                    })
-                    .collect();
-                let attentions = if config.down_block_types[i] == "AttnDownBlock2D" {
-                    (0..config.layers_per_block)
-                        .map(|j| {
-                            SpatialSelfAttention::new(
-                                &block / "attentions" / j,
-                                output,
-                                config.heads(output),
-                                groups,
-                                eps,
-                            )
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                input = output;
-                let downsample =
-                    (i + 1 < levels).then(|| Downsample2D::new(&block / "downsamplers" / 0, output, 1));
-                Level { resnets, attentions, downsample, upsample: None }
-            })
-            .collect();
+        // 1. the down and up paths
+        let levels_config = LevelsConfig {
+            block_out_channels: channels,
+            layers_per_block: config.layers_per_block,
+            temb_channels: temb,
+            groups,
+            eps,
+        };
+        let unet_levels = UNetLevels::new(
+            &root,
+            &levels_config,
+            |i| config.down_block_types[i] == "AttnDownBlock2D",
+            |i| config.up_block_types[i] == "AttnUpBlock2D",
+            |path, channels, _level| {
+                SpatialSelfAttention::new(path, channels, config.heads(channels), groups, eps)
+            },
+        );
         // 2. middle
         let last = channels[levels - 1];
         let mid_heads = config.add_attention.then(|| config.heads(last));
         let mid_block = MidBlock2D::new(&root / "mid_block", last, Some(temb), groups, eps, mid_heads);
-        // 3. up path with skips
-        let reversed: Vec<i64> = channels.iter().rev().copied().collect();
-        let mut output = reversed[0];
-        let up_blocks = (0..levels)
-            .map(|i| {
-                let previous_output = output;
-                output = reversed[i];
-                let input = reversed[(i + 1).min(levels - 1)];
-                let block = &root / "up_blocks" / i;
-                let layers = config.layers_per_block + 1;
-                let resnets = (0..layers)
-                    .map(|j| {
-                        let skip = if j + 1 == layers { input } else { output };
-                        let resnet_in = if j == 0 { previous_output } else { output };
-                        ResnetBlock2D::new(
-                            &block / "resnets" / j,
-                            resnet_in + skip,
-                            output,
-                            Some(temb),
-                            groups,
-                            eps,
-                        )
-                    })
-                    .collect();
-                let attentions = if config.up_block_types[i] == "AttnUpBlock2D" {
-                    (0..layers)
-                        .map(|j| {
-                            SpatialSelfAttention::new(
-                                &block / "attentions" / j,
-                                output,
-                                config.heads(output),
-                                groups,
-                                eps,
-                            )
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let upsample = (i + 1 < levels).then(|| Upsample2D::new(&block / "upsamplers" / 0, output));
-                Level { resnets, attentions, downsample: None, upsample }
-            })
-            .collect();
         let time = &root / "time_embedding";
         Self {
             time_linear_1: nn::linear(&time / "linear_1", channels[0], temb, Default::default()),
@@ -240,9 +165,8 @@ impl UNet2DModel {
                 .num_class_embeds
                 .map(|classes| nn::embedding(&root / "class_embedding", classes, temb, Default::default())),
             conv_in: conv2d(&root / "conv_in", config.in_channels, channels[0], 3, 1, 1),
-            down_blocks,
+            levels: unet_levels,
             mid_block,
-            up_blocks,
             conv_norm_out: group_norm(&root / "conv_norm_out", groups, channels[0], eps),
             conv_out: conv2d(&root / "conv_out", channels[0], config.out_channels, 3, 1, 1),
             config,
@@ -292,38 +216,10 @@ impl UNet2DModel {
             }
             _ => {}
         }
-        // 2. down path
-        let mut h = self.conv_in.forward(&sample);
-        let mut skips = vec![h.shallow_clone()];
-        for level in &self.down_blocks {
-            for (j, resnet) in level.resnets.iter().enumerate() {
-                h = resnet.forward(&h, Some(&temb))?;
-                if let Some(attention) = level.attentions.get(j) {
-                    h = attention.forward(&h)?;
-                }
-                skips.push(h.shallow_clone());
-            }
-            if let Some(downsample) = &level.downsample {
-                h = downsample.forward(&h)?;
-                skips.push(h.shallow_clone());
-            }
-        }
-        // 3. middle, then the up path
-        h = self.mid_block.forward(&h, Some(&temb))?;
-        for level in &self.up_blocks {
-            for (j, resnet) in level.resnets.iter().enumerate() {
-                let skip = skips
-                    .pop()
-                    .ok_or_else(|| tch::TchError::Shape("the UNet ran out of skip connections".into()))?;
-                h = resnet.forward(&Tensor::f_cat(&[&h, &skip], 1)?, Some(&temb))?;
-                if let Some(attention) = level.attentions.get(j) {
-                    h = attention.forward(&h)?;
-                }
-            }
-            if let Some(upsample) = &level.upsample {
-                h = upsample.forward(&h, None)?;
-            }
-        }
+        // 2. down path, middle, up path
+        let (h, skips) = self.levels.down(self.conv_in.forward(&sample), &temb, None)?;
+        let h = self.mid_block.forward(&h, Some(&temb))?;
+        let h = self.levels.up(h, skips, &temb, None, false)?;
         Ok(self.conv_out.forward(&self.conv_norm_out.forward(&h).f_silu()?))
     }
 }

@@ -9,7 +9,8 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::attention::{Transformer2DModel, TransformerOptions};
-use super::blocks::{Downsample2D, ResnetBlock2D, Upsample2D, conv2d, group_norm};
+use super::blocks::{ResnetBlock2D, conv2d, group_norm};
+use super::unet_levels::{LevelsConfig, UNetLevels};
 use crate::engine::loading::{self, LoadError};
 
 /// An int or a per-block list, as `attention_head_dim` is in SD configs.
@@ -183,23 +184,14 @@ impl UNet2DConditionConfig {
     }
 }
 
-/// One level of the UNet: resnets, optional transformers, optional resampler.
-struct Level {
-    resnets: Vec<ResnetBlock2D>,
-    attentions: Vec<Transformer2DModel>,
-    downsample: Option<Downsample2D>,
-    upsample: Option<Upsample2D>,
-}
-
 /// The denoiser.
 pub struct UNet2DConditionModel {
     time_linear_1: nn::Linear,
     time_linear_2: nn::Linear,
     conv_in: nn::Conv2D,
-    down_blocks: Vec<Level>,
+    levels: UNetLevels<Transformer2DModel>,
     mid_resnets: [ResnetBlock2D; 2],
     mid_attention: Transformer2DModel,
-    up_blocks: Vec<Level>,
     conv_norm_out: nn::GroupNorm,
     conv_out: nn::Conv2D,
     pub config: UNet2DConditionConfig,
@@ -221,46 +213,21 @@ impl UNet2DConditionModel {
             groups,
             layers,
         };
-        // 1. down path
-        let mut input = channels[0];
-        let down_blocks = (0..levels)
-            .map(|i| {
-                let output = channels[i];
-                let block = &root / "down_blocks" / i;
-                let cross = config.down_block_types[i] == "CrossAttnDownBlock2D";
-                let resnets = (0..config.layers_per_block)
-                    .map(|j| {
-                        let in_channels = if j == 0 { input } else { output };
-                        ResnetBlock2D::new(
-                            &block / "resnets" / j,
-                            in_channels,
-                            output,
-                            Some(temb),
-                            groups,
-                            eps,
-                        )
-                    })
-                    .collect();
-                let attentions = if cross {
-                    (0..config.layers_per_block)
-                        .map(|j| {
-                            Transformer2DModel::new(
-                                &block / "attentions" / j,
-                                output,
-                                config.heads(i),
-                                options(1),
-                            )
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                input = output;
-                let downsample =
-                    (i + 1 < levels).then(|| Downsample2D::new(&block / "downsamplers" / 0, output, 1));
-                Level { resnets, attentions, downsample, upsample: None }
-            })
-            .collect();
+        // 1. the down and up paths
+        let levels_config = LevelsConfig {
+            block_out_channels: channels,
+            layers_per_block: config.layers_per_block,
+            temb_channels: temb,
+            groups,
+            eps,
+        };
+        let unet_levels = UNetLevels::new(
+            &root,
+            &levels_config,
+            |i| config.down_block_types[i] == "CrossAttnDownBlock2D",
+            |i| config.up_block_types[i] == "CrossAttnUpBlock2D",
+            |path, channels, level| Transformer2DModel::new(path, channels, config.heads(level), options(1)),
+        );
         // 2. middle
         let last = channels[levels - 1];
         let mid = &root / "mid_block";
@@ -269,54 +236,14 @@ impl UNet2DConditionModel {
         let mid_resnets = [mid_resnet(0), mid_resnet(1)];
         let mid_attention =
             Transformer2DModel::new(&mid / "attentions" / 0, last, config.heads(levels - 1), options(1));
-        // 3. up path, with skip connections from the down path
-        let reversed: Vec<i64> = channels.iter().rev().copied().collect();
-        let mut output = reversed[0];
-        let up_blocks = (0..levels)
-            .map(|i| {
-                let previous_output = output;
-                output = reversed[i];
-                let input = reversed[(i + 1).min(levels - 1)];
-                let block = &root / "up_blocks" / i;
-                let cross = config.up_block_types[i] == "CrossAttnUpBlock2D";
-                let layers = config.layers_per_block + 1;
-                let resnets = (0..layers)
-                    .map(|j| {
-                        let skip = if j + 1 == layers { input } else { output };
-                        let resnet_in = if j == 0 { previous_output } else { output };
-                        ResnetBlock2D::new(
-                            &block / "resnets" / j,
-                            resnet_in + skip,
-                            output,
-                            Some(temb),
-                            groups,
-                            eps,
-                        )
-                    })
-                    .collect();
-                let heads = config.heads(levels - 1 - i);
-                let attentions = if cross {
-                    (0..layers)
-                        .map(|j| {
-                            Transformer2DModel::new(&block / "attentions" / j, output, heads, options(1))
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                let upsample = (i + 1 < levels).then(|| Upsample2D::new(&block / "upsamplers" / 0, output));
-                Level { resnets, attentions, downsample: None, upsample }
-            })
-            .collect();
         let time = &root / "time_embedding";
         Self {
             time_linear_1: nn::linear(&time / "linear_1", channels[0], temb, Default::default()),
             time_linear_2: nn::linear(&time / "linear_2", temb, temb, Default::default()),
             conv_in: conv2d(&root / "conv_in", config.in_channels, channels[0], 3, 1, 1),
-            down_blocks,
+            levels: unet_levels,
             mid_resnets,
             mid_attention,
-            up_blocks,
             conv_norm_out: group_norm(&root / "conv_norm_out", groups, channels[0], eps),
             conv_out: conv2d(&root / "conv_out", channels[0], config.out_channels, 3, 1, 1),
             config,
@@ -357,49 +284,15 @@ impl UNet2DConditionModel {
         .f_to_kind(kind)?;
         let temb = self.time_linear_2.forward(&self.time_linear_1.forward(&features).f_silu()?);
         // 2. down path, keeping every output for the skips
-        let mut h = self.conv_in.forward(&sample);
-        let mut skips = vec![h.shallow_clone()];
-        for level in &self.down_blocks {
-            for (j, resnet) in level.resnets.iter().enumerate() {
-                h = resnet.forward(&h, Some(&temb))?;
-                if let Some(attention) = level.attentions.get(j) {
-                    h = attention.forward(&h, &context)?;
-                }
-                skips.push(h.shallow_clone());
-            }
-            if let Some(downsample) = &level.downsample {
-                h = downsample.forward(&h)?;
-                skips.push(h.shallow_clone());
-            }
-        }
+        let (mut h, skips) = self.levels.down(self.conv_in.forward(&sample), &temb, Some(&context))?;
         // 3. middle
         h = self.mid_resnets[0].forward(&h, Some(&temb))?;
         h = self.mid_attention.forward(&h, &context)?;
         h = self.mid_resnets[1].forward(&h, Some(&temb))?;
-        // 4. up path; upsample to the next skip's size (odd latent sizes)
-        let overall = 1i64 << (self.down_blocks.len() - 1);
+        // 4. up path; upsample to the next skip's size when the latent size is odd
+        let overall = 1i64 << (self.levels.levels() - 1);
         let odd_size = height % overall != 0 || width % overall != 0;
-        for level in &self.up_blocks {
-            for (j, resnet) in level.resnets.iter().enumerate() {
-                let skip = skips
-                    .pop()
-                    .ok_or_else(|| tch::TchError::Shape("the UNet ran out of skip connections".into()))?;
-                h = resnet.forward(&Tensor::f_cat(&[&h, &skip], 1)?, Some(&temb))?;
-                if let Some(attention) = level.attentions.get(j) {
-                    h = attention.forward(&h, &context)?;
-                }
-            }
-            if let Some(upsample) = &level.upsample {
-                let size = match (odd_size, skips.last()) {
-                    (true, Some(next)) => {
-                        let s = next.size();
-                        Some((s[2], s[3]))
-                    }
-                    _ => None,
-                };
-                h = upsample.forward(&h, size)?;
-            }
-        }
+        let h = self.levels.up(h, skips, &temb, Some(&context), odd_size)?;
         // 5. out
         Ok(self.conv_out.forward(&self.conv_norm_out.forward(&h).f_silu()?))
     }
