@@ -19,14 +19,24 @@ fn max_relative_error(ours: &Tensor, expected: &[f64]) -> f64 {
     ours.iter().zip(expected).fold(0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs())) / scale
 }
 
+/// A recorded fixture JSON file.
+fn record(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name)).expect("fixture")).expect("json")
+}
+
+/// A recorded array as an f32 tensor of `shape`.
+fn tensor(value: &Value, shape: &[i64]) -> Tensor {
+    let values: Vec<f32> = numbers(value).iter().map(|v| *v as f32).collect();
+    Tensor::from_slice(&values).reshape(shape)
+}
+
 fn numbers(value: &Value) -> Vec<f64> {
     value.as_array().expect("array").iter().map(|v| v.as_f64().expect("number")).collect()
 }
 
 #[test]
 fn clip_text_encoders_match_transformers() {
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("clip.json")).expect("fixture")).expect("json");
+    let record = record("clip.json");
     let ids: Vec<Vec<i64>> = record["input_ids"]
         .as_array()
         .expect("ids")
@@ -127,14 +137,10 @@ fn a_config_that_does_not_fit_the_weights_names_the_key_and_both_shapes() {
 #[test]
 fn the_vae_encodes_and_decodes_like_diffusers() {
     use diffusion_studio::engine::models::vae::AutoencoderKl;
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("vae.json")).expect("fixture")).expect("json");
+    let record = record("vae.json");
     let vae = AutoencoderKl::from_folder(&fixture("tiny_vae"), Device::Cpu).expect("loads");
     assert_eq!(vae.config.scaling_factor, record["scaling_factor"].as_f64().expect("factor"));
-    let as_tensor = |key: &str, shape: &[i64]| {
-        let values: Vec<f32> = numbers(&record[key]).iter().map(|v| *v as f32).collect();
-        Tensor::from_slice(&values).reshape(shape)
-    };
+    let as_tensor = |key: &str, shape: &[i64]| tensor(&record[key], shape);
     let image = as_tensor("image", &[1, 3, 32, 32]);
     let posterior = vae.encode(&image).expect("encode");
     let error = max_relative_error(&posterior.mean, &numbers(&record["mean"]));
@@ -149,8 +155,7 @@ fn the_vae_encodes_and_decodes_like_diffusers() {
 #[test]
 fn unets_match_diffusers_for_sd1_sd2_and_inpainting_shapes() {
     use diffusion_studio::engine::models::unet_2d_condition::UNet2DConditionModel;
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("unet.json")).expect("fixture")).expect("json");
+    let record = record("unet.json");
     for name in ["tiny_unet_sd1", "tiny_unet_sd2", "tiny_unet_inpaint"] {
         let case = &record[name];
         let unet = UNet2DConditionModel::from_folder(&fixture(name), Device::Cpu).expect("loads");
@@ -160,9 +165,8 @@ fn unets_match_diffusers_for_sd1_sd2_and_inpainting_shapes() {
             .iter()
             .map(|v| v.as_i64().expect("dim"))
             .collect();
-        let floats = |key: &str| -> Vec<f32> { numbers(&case[key]).iter().map(|v| *v as f32).collect() };
-        let sample = Tensor::from_slice(&floats("sample")).reshape(&shape);
-        let context = Tensor::from_slice(&floats("context")).reshape([shape[0], 77, 32]);
+        let sample = tensor(&case["sample"], &shape);
+        let context = tensor(&case["context"], &[shape[0], 77, 32]);
         let timestep = case["timestep"].as_f64().expect("t");
         let output = unet.forward(&sample, timestep, &context).expect("forward");
         let error = max_relative_error(&output, &numbers(&case["output"]));
@@ -192,12 +196,10 @@ fn a_sharded_checkpoint_loads_like_a_single_file() {
     std::fs::write(folder.join("diffusion_pytorch_model.safetensors.index.json"), index.to_string())
         .expect("index");
     let sharded = UNet2DConditionModel::from_folder(&folder, Device::Cpu).expect("sharded loads");
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("unet.json")).expect("fixture")).expect("json");
+    let record = record("unet.json");
     let case = &record["tiny_unet_sd1"];
-    let floats = |key: &str| -> Vec<f32> { numbers(&case[key]).iter().map(|v| *v as f32).collect() };
-    let sample = Tensor::from_slice(&floats("sample")).reshape([2, 4, 8, 8]);
-    let context = Tensor::from_slice(&floats("context")).reshape([2, 77, 32]);
+    let sample = tensor(&case["sample"], &[2, 4, 8, 8]);
+    let context = tensor(&case["context"], &[2, 77, 32]);
     let output = sharded.forward(&sample, case["timestep"].as_f64().expect("t"), &context).expect("forward");
     assert!(max_relative_error(&output, &numbers(&case["output"])) < 1e-4);
 }
@@ -220,14 +222,9 @@ fn an_unknown_block_type_is_refused_by_name() {
 #[test]
 fn taesd_encodes_and_decodes_like_diffusers() {
     use diffusion_studio::engine::models::taesd::AutoencoderTiny;
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("taesd.json")).expect("fixture"))
-            .expect("json");
+    let record = record("taesd.json");
     let taesd = AutoencoderTiny::from_folder(&fixture("tiny_taesd"), Device::Cpu).expect("loads");
-    let as_tensor = |key: &str, shape: &[i64]| {
-        let values: Vec<f32> = numbers(&record[key]).iter().map(|v| *v as f32).collect();
-        Tensor::from_slice(&values).reshape(shape)
-    };
+    let as_tensor = |key: &str, shape: &[i64]| tensor(&record[key], shape);
     let encoded = taesd.encode(&as_tensor("image", &[1, 3, 32, 32])).expect("encode");
     let error = max_relative_error(&encoded, &numbers(&record["encoded"]));
     assert!(error < 1e-4, "encode differs by {error:e}");
@@ -239,9 +236,7 @@ fn taesd_encodes_and_decodes_like_diffusers() {
 #[test]
 fn unet_2d_models_match_diffusers_unconditional_and_class_conditional() {
     use diffusion_studio::engine::models::unet_2d::UNet2DModel;
-    let record: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("unet_2d.json")).expect("fixture"))
-            .expect("json");
+    let record = record("unet_2d.json");
     for name in ["tiny_unet_2d_mel", "tiny_unet_2d_class"] {
         let case = &record[name];
         let unet = UNet2DModel::from_folder(&fixture(name), Device::Cpu).expect("loads");
@@ -251,8 +246,7 @@ fn unet_2d_models_match_diffusers_unconditional_and_class_conditional() {
             .iter()
             .map(|v| v.as_i64().expect("dim"))
             .collect();
-        let values: Vec<f32> = numbers(&case["sample"]).iter().map(|v| *v as f32).collect();
-        let sample = Tensor::from_slice(&values).reshape(&shape);
+        let sample = tensor(&case["sample"], &shape);
         let labels = case["class_labels"].as_array().map(|labels| {
             Tensor::from_slice(&labels.iter().map(|v| v.as_i64().expect("label")).collect::<Vec<_>>())
         });
