@@ -163,6 +163,13 @@ pub fn read_component(
     })
 }
 
+/// Fills `vs` from a diffusers model folder's `diffusion_pytorch_model` weights (keys as they
+/// are, every variable required, none left over).
+pub fn load_diffusers_weights(vs: &tch::nn::VarStore, folder: &Path) -> Result<(), LoadError> {
+    let (weights_path, weights) = read_component(folder, &["diffusion_pytorch_model"])?;
+    load_into(vs, weights, &weights_path, "", &[])
+}
+
 /// Every tensor of a sharded checkpoint, from its `weight_map` index.
 fn read_sharded(index: &Path) -> Result<(PathBuf, BTreeMap<String, Tensor>), LoadError> {
     let text =

@@ -174,9 +174,8 @@ impl AutoencoderTiny {
                 ),
             });
         }
-        let (weights_path, weights) = loading::read_component(folder, &["diffusion_pytorch_model"])?;
         let model = Self::new(config, device);
-        loading::load_into(&model.vs, weights, &weights_path, "", &[])?;
+        loading::load_diffusers_weights(&model.vs, folder)?;
         Ok(model)
     }
 

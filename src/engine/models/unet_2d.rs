@@ -177,9 +177,8 @@ impl UNet2DModel {
     /// Loads a diffusers `unet/` folder of a `UNet2DModel`.
     pub fn from_folder(folder: &Path, device: tch::Device) -> Result<Self, LoadError> {
         let config = UNet2DConfig::from_file(&folder.join("config.json"))?;
-        let (weights_path, weights) = loading::read_component(folder, &["diffusion_pytorch_model"])?;
         let model = Self::new(config, device);
-        loading::load_into(&model.vs, weights, &weights_path, "", &[])?;
+        loading::load_diffusers_weights(&model.vs, folder)?;
         Ok(model)
     }
 

@@ -282,9 +282,8 @@ impl AutoencoderKl {
     /// Loads a diffusers `vae/` folder.
     pub fn from_folder(folder: &Path, device: Device) -> Result<Self, LoadError> {
         let config = AutoencoderKlConfig::from_file(&folder.join("config.json"))?;
-        let (weights_path, weights) = loading::read_component(folder, &["diffusion_pytorch_model"])?;
         let model = Self::new(config, device);
-        loading::load_into(&model.vs, weights, &weights_path, "", &[])?;
+        loading::load_diffusers_weights(&model.vs, folder)?;
         Ok(model)
     }
 
