@@ -105,3 +105,21 @@ fn a_folder_without_a_tokenizer_names_what_is_missing() {
     assert!(matches!(error, TokenizerError::Missing { .. }));
     assert!(error.to_string().contains("vocab.json and merges.txt"), "{error}");
 }
+
+#[test]
+fn the_bundled_clip_vocabulary_tokenizes_like_openai_clip() {
+    let records: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("clip_vocab.json")).expect("fixture"))
+            .expect("json");
+    let tokenizer = ClipTokenizer::bundled("<|endoftext|>").expect("bundled tokenizer");
+    assert_eq!(tokenizer.vocab_size(), 49408);
+    assert_eq!((tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id), (49406, 49407, 49407));
+    for record in records.as_array().expect("records") {
+        let prompt = record["prompt"].as_str().expect("prompt");
+        assert_eq!(tokenizer.encode(prompt).expect("encodes"), ids(&record["ids"]), "{prompt:?}");
+    }
+    // SD 2.x pads with "!" (id 0)
+    let sd2 = ClipTokenizer::bundled("!").expect("bundled tokenizer");
+    assert_eq!(sd2.pad_id, 0);
+    assert_eq!(sd2.encode_prompt("a cat").expect("encodes")[0].ids[4..], [0; 73]);
+}

@@ -65,7 +65,20 @@ pub struct ClipTokenizer {
     comma_id: Option<u32>,
 }
 
+/// Where the bundled vocabulary comes from (for messages); its files are built into the binary.
+const BUNDLED_FOLDER: &str = "assets/tokenizers/clip";
+const BUNDLED_VOCAB: &str = include_str!("../../assets/tokenizers/clip/vocab.json");
+const BUNDLED_MERGES: &str = include_str!("../../assets/tokenizers/clip/merges.txt");
+
 impl ClipTokenizer {
+    /// OpenAI CLIP's tokenizer (49408 tokens), which every SD 1.x/2.x model uses, for
+    /// checkpoints that carry none (single files). `pad` is the padding token: SD 1.x pads with
+    /// `<|endoftext|>`, SD 2.x with `!`.
+    pub fn bundled(pad: &str) -> Result<Self, TokenizerError> {
+        let inner = clip_tokenizer_around(bundled_bpe()?, Path::new(BUNDLED_FOLDER))?;
+        Self::around(inner, Path::new(BUNDLED_FOLDER), Some(pad.to_string()))
+    }
+
     /// Loads `folder/tokenizer.json`, or `folder/vocab.json` + `folder/merges.txt`; the pad token
     /// comes from `tokenizer_config.json` or `special_tokens_map.json` when present.
     pub fn from_folder(folder: &Path) -> Result<Self, TokenizerError> {
@@ -80,11 +93,16 @@ impl ClipTokenizer {
             return Err(TokenizerError::Missing { folder: folder.into() });
         };
         let source = if json.is_file() { json } else { vocab };
+        Self::around(inner, &source, pad_token(folder))
+    }
+
+    /// Looks up the special tokens of a CLIP tokenizer; a pad token it lacks falls back to EOS.
+    fn around(inner: Tokenizer, source: &Path, pad: Option<String>) -> Result<Self, TokenizerError> {
         let id = |token: &'static str| {
-            inner.token_to_id(token).ok_or_else(|| TokenizerError::NotClip { path: source.clone(), token })
+            inner.token_to_id(token).ok_or_else(|| TokenizerError::NotClip { path: source.into(), token })
         };
         let (bos_id, eos_id) = (id(BOS)?, id(EOS)?);
-        let pad_id = pad_token(folder).and_then(|token| inner.token_to_id(&token)).unwrap_or(eos_id);
+        let pad_id = pad.and_then(|token| inner.token_to_id(&token)).unwrap_or(eos_id);
         let comma_id = inner.token_to_id(",</w>");
         Ok(Self { inner, bos_id, eos_id, pad_id, comma_id })
     }
@@ -169,6 +187,35 @@ fn clip_pipeline(vocab: &Path, merges: &Path) -> Result<Tokenizer, TokenizerErro
         .end_of_word_suffix("</w>".into())
         .build()
         .map_err(|error| load_error(error.to_string()))?;
+    clip_tokenizer_around(bpe, vocab)
+}
+
+/// The bundled CLIP vocabulary (assets/tokenizers/clip, built into the binary).
+fn bundled_bpe() -> Result<BPE, TokenizerError> {
+    let source = Path::new(BUNDLED_FOLDER);
+    let load_error = |reason: String| TokenizerError::Load { path: source.join("vocab.json"), reason };
+    let vocab: tokenizers::models::bpe::Vocab =
+        serde_json::from_str(BUNDLED_VOCAB).map_err(|error| load_error(error.to_string()))?;
+    let merges = BUNDLED_MERGES
+        .lines()
+        .filter(|line| !line.starts_with("#version") && !line.is_empty())
+        .map(|line| {
+            line.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| load_error(format!("merges.txt line \"{line}\" is not two symbols")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(EOS.into())
+        .end_of_word_suffix("</w>".into())
+        .build()
+        .map_err(|error| load_error(error.to_string()))
+}
+
+/// Normalisation, pre-tokenisation, decoding and special tokens around a CLIP BPE model.
+fn clip_tokenizer_around(bpe: BPE, source: &Path) -> Result<Tokenizer, TokenizerError> {
+    let load_error = |reason: String| TokenizerError::Load { path: source.into(), reason };
     let mut tokenizer = Tokenizer::new(bpe);
     let whitespace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ")
         .map_err(|error| load_error(error.to_string()))?;
