@@ -14,7 +14,8 @@ use diffusion_studio::document;
 use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
-    DeviceChoice, EngineEvent, GenerateParams, ImageData, Job, JobOutput, Precision,
+    DeviceChoice, EngineEvent, GenerateParams, ImageData, Job, JobOutput, ModelFamily, ModelOptions,
+    Precision, Prediction,
 };
 
 #[derive(Parser, Debug)]
@@ -33,11 +34,23 @@ struct Cli {
 enum Command {
     /// Print the version, libtorch, CPU threads, CUDA devices, audio output and models found.
     Info,
-    /// Generate an image from a prompt with a Stable Diffusion model (a diffusers folder).
+    /// Generate an image from a prompt with a Stable Diffusion 1.x/2.x model.
     Generate {
-        /// A diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+        /// A diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
+        /// scheduler/) or a single-file .safetensors checkpoint in the original layout.
         #[arg(long)]
         model: PathBuf,
+        /// Single files: sd1 or sd2, instead of what the checkpoint's keys suggest.
+        #[arg(long, value_parser = ModelFamily::from_name)]
+        model_type: Option<ModelFamily>,
+        /// epsilon, v or sample, instead of the model's own (single-file SD 2.x text-to-image
+        /// checkpoints are taken as v-prediction 768 models unless told).
+        #[arg(long, value_parser = Prediction::from_name)]
+        prediction_type: Option<Prediction>,
+        /// Single files: a diffusers folder whose configs and tokenizer describe the checkpoint,
+        /// for models that are not the standard SD 1.x/2.x shape.
+        #[arg(long)]
+        model_config: Option<PathBuf>,
         #[arg(long)]
         prompt: String,
         #[arg(long, default_value = "")]
@@ -142,6 +155,9 @@ fn main() -> ExitCode {
         }
         Some(Command::Generate {
             model,
+            model_type,
+            prediction_type,
+            model_config,
             prompt,
             negative_prompt,
             steps,
@@ -157,6 +173,11 @@ fn main() -> ExitCode {
             cli.device,
             GenerateParams {
                 model,
+                model_options: ModelOptions {
+                    family: model_type,
+                    prediction: prediction_type,
+                    config: model_config,
+                },
                 prompt,
                 negative_prompt,
                 steps,
@@ -226,11 +247,20 @@ fn info() {
 fn generate(device: DeviceChoice, mut params: GenerateParams, out: &std::path::Path) -> anyhow::Result<()> {
     device::select(device).map_err(anyhow::Error::msg)?;
     SchedulerChoice::from_name(&params.scheduler).map_err(|e| anyhow::anyhow!("--scheduler: {e}"))?;
-    if !params.model.join("model_index.json").is_file() {
+    let model = &params.model;
+    if !model.exists() {
+        bail!("--model {}: no such file or folder", model.display());
+    }
+    if model.is_dir() && !model.join("model_index.json").is_file() {
         bail!(
-            "--model {}: not a diffusers folder (no model_index.json); single-file checkpoints are not supported yet",
-            params.model.display()
+            "--model {}: not a diffusers folder (no model_index.json); give the folder that holds it, or a single-file .safetensors checkpoint",
+            model.display()
         );
+    }
+    if let Some(folder) = &params.model_options.config
+        && !folder.join("model_index.json").is_file()
+    {
+        bail!("--model-config {}: not a diffusers folder (no model_index.json)", folder.display());
     }
     let (width, height) = (params.width / 8 * 8, params.height / 8 * 8);
     if (width, height) != (params.width, params.height) {
@@ -264,7 +294,10 @@ fn run_job(device: DeviceChoice, job: Job, steps: usize, label: &str) -> anyhow:
             .recv_timeout(Duration::from_secs(3600))
             .context("the engine stopped answering")?;
         match event {
-            EngineEvent::DeviceWarning { message } => bar.println(format!("warning: {message}")),
+            EngineEvent::DeviceWarning { message } => bar.suspend(|| eprintln!("warning: {message}")),
+            EngineEvent::ModelLoaded { job, description } if job == id => {
+                bar.suspend(|| eprintln!("model: {description}"))
+            }
             EngineEvent::Progress { job, step, .. } if job == id => bar.set_position(step as u64),
             EngineEvent::Done { job, output: JobOutput::Image(result) } if job == id => {
                 bar.finish_and_clear();

@@ -84,11 +84,74 @@ impl Precision {
     }
 }
 
+/// Which Stable Diffusion generation a single-file checkpoint is (detected from its keys unless
+/// the user says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelFamily {
+    /// SD 1.x: CLIP ViT-L/14 text encoder, 768-wide cross-attention.
+    Sd1,
+    /// SD 2.x: OpenCLIP ViT-H/14 text encoder, 1024-wide cross-attention.
+    Sd2,
+}
+
+impl ModelFamily {
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "sd1" | "sd1.x" | "sd15" | "v1" => Ok(Self::Sd1),
+            "sd2" | "sd2.x" | "sd21" | "v2" => Ok(Self::Sd2),
+            other => Err(format!("'{other}' is not a model type: use sd1 or sd2")),
+        }
+    }
+}
+
+/// What a model's UNet predicts (the scheduler needs to know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Prediction {
+    Epsilon,
+    /// v-prediction (Salimans & Ho 2022): the SD 2.x 768 models.
+    V,
+    Sample,
+}
+
+impl Prediction {
+    pub fn from_name(name: &str) -> Result<Self, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "epsilon" | "eps" => Ok(Self::Epsilon),
+            "v" | "v-prediction" | "v_prediction" => Ok(Self::V),
+            "sample" => Ok(Self::Sample),
+            other => Err(format!("'{other}' is not a prediction type: use epsilon, v or sample")),
+        }
+    }
+
+    /// The name diffusers' `prediction_type` uses.
+    pub fn diffusers_name(self) -> &'static str {
+        match self {
+            Self::Epsilon => "epsilon",
+            Self::V => "v_prediction",
+            Self::Sample => "sample",
+        }
+    }
+}
+
+/// How to load a model: for single-file checkpoints, what to take instead of what is detected.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ModelOptions {
+    /// SD 1.x or 2.x, instead of the guess from the checkpoint's keys.
+    pub family: Option<ModelFamily>,
+    /// The UNet's prediction type, instead of the checkpoint's or config's.
+    pub prediction: Option<Prediction>,
+    /// A diffusers folder whose configs (and tokenizer) describe a single-file checkpoint that is
+    /// not a standard SD 1.x/2.x shape.
+    pub config: Option<std::path::PathBuf>,
+}
+
 /// Text-to-image parameters (the `generate` command and the studio's txt2img).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateParams {
-    /// A diffusers folder.
+    /// A diffusers folder or a single-file `.safetensors` checkpoint.
     pub model: std::path::PathBuf,
+    /// Overrides for loading `model`.
+    pub model_options: ModelOptions,
     pub prompt: String,
     pub negative_prompt: String,
     pub steps: usize,
@@ -198,6 +261,12 @@ pub enum EngineEvent {
     Started {
         job: JobId,
     },
+    /// A job loaded a model; `description` says what it is (for single files: what was
+    /// detected, and how to override it).
+    ModelLoaded {
+        job: JobId,
+        description: String,
+    },
     /// `step` of `of` is done; `preview` is a downscaled look at the work so far.
     Progress {
         job: JobId,
@@ -225,6 +294,7 @@ impl EngineEvent {
         match self {
             EngineEvent::Ready { .. } | EngineEvent::DeviceWarning { .. } => None,
             EngineEvent::Started { job }
+            | EngineEvent::ModelLoaded { job, .. }
             | EngineEvent::Progress { job, .. }
             | EngineEvent::Done { job, .. }
             | EngineEvent::Failed { job, .. }

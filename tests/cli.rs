@@ -174,10 +174,51 @@ fn generate_writes_a_png_with_its_parameters() {
 }
 
 #[test]
+fn generate_loads_a_single_file_checkpoint_and_says_what_it_is() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let out = scratch("single-file.png");
+    let output = binary()
+        .args(["generate", "--model"])
+        .arg(fixtures.join("tiny_sd_single.safetensors"))
+        .arg("--model-config")
+        .arg(fixtures.join("tiny_sd_pipeline"))
+        .args(["--prompt", "a red circle", "--steps", "2", "--width", "16", "--height", "16", "--out"])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "model: tiny_sd_single.safetensors: SD 1.x text-to-image checkpoint (CLIP ViT-L text encoder)"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(image::open(&out).expect("a PNG").into_rgba8().dimensions(), (16, 16));
+    // a bad override is refused before any work
+    let output = binary()
+        .args(["generate", "--model"])
+        .arg(fixtures.join("tiny_sd_single.safetensors"))
+        .args(["--model-type", "sdxl", "--prompt", "x", "--out"])
+        .arg(scratch("never-single.png"))
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("'sdxl' is not a model type: use sd1 or sd2"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn generate_names_a_bad_model_or_scheduler() {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_sd_pipeline");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--model".into(), "/nonexistent/model".into()], "no model_index.json"),
+        (vec!["--model".into(), "/nonexistent/model".into()], "/nonexistent/model: no such file or folder"),
+        (
+            vec!["--model".into(), model.join("unet").display().to_string()],
+            "not a diffusers folder (no model_index.json)",
+        ),
         (
             vec!["--model".into(), model.display().to_string(), "--scheduler".into(), "plms".into()],
             "--scheduler: unknown scheduler \"plms\"",

@@ -88,6 +88,20 @@ fn damaged_safetensors_files_are_clear_errors() {
     std::fs::write(&lying_path, lying).expect("write");
     let error = loading::read_safetensors(&lying_path).expect_err("lying header");
     assert!(matches!(error, LoadError::Format { .. }), "{error}");
+    // a dtype the studio does not load (unsigned bytes) is named with its key
+    let header = br#"{"encoder.weight":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend([7u8, 9]);
+    let bytes_path = scratch("bytes.safetensors");
+    std::fs::write(&bytes_path, bytes).expect("write");
+    let error = loading::read_safetensors(&bytes_path).expect_err("u8 weights");
+    assert!(
+        matches!(error, LoadError::Dtype { .. })
+            && error.to_string().contains("encoder.weight")
+            && error.to_string().contains("f32, f16 or bf16"),
+        "{error}"
+    );
     // pickle formats are refused by name, before reading
     let error = loading::read_safetensors(Path::new("/models/v1-5.ckpt")).expect_err("pickle");
     assert!(error.to_string().contains("can run arbitrary code"), "{error}");

@@ -29,6 +29,7 @@ fn run(engine: &EngineHandle, job: Job) -> Result<ImageData, String> {
 fn params(case: &Value) -> GenerateParams {
     GenerateParams {
         model: fixture(case["model"].as_str().expect("model")),
+        model_options: Default::default(),
         prompt: case["prompt"].as_str().expect("prompt").into(),
         negative_prompt: case["negative_prompt"].as_str().expect("negative").into(),
         steps: case["steps"].as_u64().expect("steps") as usize,
@@ -81,6 +82,7 @@ fn a_folder_that_is_not_a_model_is_a_clear_failure() {
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
     let case = GenerateParams {
         model: fixture("tiny_vae"),
+        model_options: Default::default(),
         prompt: "x".into(),
         negative_prompt: String::new(),
         steps: 2,

@@ -50,6 +50,7 @@ pub fn generate_runs(
     let engine = EngineHandle::spawn(choice, std::sync::Arc::new(|| {}));
     let params = GenerateParams {
         model: model.into(),
+        model_options: Default::default(),
         prompt: "a red circle on a blue background".into(),
         negative_prompt: "a green square".into(),
         steps,

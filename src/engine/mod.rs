@@ -76,6 +76,11 @@ impl JobContext<'_> {
         self.events.send(EngineEvent::Progress { job: self.id, step, of, preview });
     }
 
+    /// Says that a model was loaded for this job, and what it is.
+    pub fn model_loaded(&self, description: String) {
+        self.events.send(EngineEvent::ModelLoaded { job: self.id, description });
+    }
+
     /// Reads the requests that arrived meanwhile; returns `Err(Cancelled)` if this job was
     /// cancelled or the engine is shutting down. Jobs call this between steps.
     pub fn checkpoint(&mut self) -> Result<(), JobError> {
@@ -302,16 +307,23 @@ impl TorchRunner {
 }
 
 impl TorchRunner {
-    /// The model at `folder` in `precision`, loading it unless it is the one already loaded.
+    /// The model at `path` (folder or single file) with `options` in `precision`, loading it
+    /// unless it is the one already loaded.
     fn load_model(
         &mut self,
-        folder: &std::path::Path,
+        path: &std::path::Path,
+        options: &crate::protocol::ModelOptions,
         precision: crate::protocol::Precision,
+        ctx: &JobContext<'_>,
     ) -> Result<&pipeline::StableDiffusion, JobError> {
-        if self.model.as_ref().is_none_or(|model| model.folder != folder || model.precision != precision) {
+        let loaded = |model: &pipeline::StableDiffusion| {
+            model.source == path && model.options == *options && model.precision == precision
+        };
+        if !self.model.as_ref().is_some_and(loaded) {
             self.model = None; // free the old one first
-            let model = pipeline::StableDiffusion::from_folder(folder, self.device, precision)
+            let model = pipeline::StableDiffusion::load(path, options, self.device, precision)
                 .map_err(|error| JobError::Failed(error.to_string()))?;
+            ctx.model_loaded(model.describe());
             self.model = Some(model);
         }
         self.model.as_ref().ok_or_else(|| JobError::Failed("the model did not stay loaded".into()))
@@ -333,9 +345,10 @@ impl JobRunner for TorchRunner {
                 methods::forward_noise::run(self.device, image, *strength, *steps, *seed, ctx)
                     .map(JobOutput::Image)
             }
-            Job::Generate(params) => {
-                self.load_model(&params.model, params.precision)?.generate(params, ctx).map(JobOutput::Image)
-            }
+            Job::Generate(params) => self
+                .load_model(&params.model, &params.model_options, params.precision, ctx)?
+                .generate(params, ctx)
+                .map(JobOutput::Image),
         }
     }
 }

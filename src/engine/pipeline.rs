@@ -1,5 +1,5 @@
 //! A Stable Diffusion model loaded from a diffusers folder (`model_index.json` and one subfolder
-//! per component), and text-to-image generation through the one sampler. Random draws follow
+//! per component) or a single-file checkpoint in the original LDM layout, and text-to-image generation through the one sampler. Random draws follow
 //! diffusers' order with a CPU generator, so a seed reproduces `StableDiffusionPipeline`'s image.
 
 use std::path::{Path, PathBuf};
@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 use crate::engine::loading::LoadError;
-use crate::engine::models::clip::ClipTextModel;
-use crate::engine::models::unet_2d_condition::UNet2DConditionModel;
-use crate::engine::models::vae::AutoencoderKl;
+use crate::engine::loading::single_file::{self, Part};
+use crate::engine::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::engine::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
+use crate::engine::models::vae::{AutoencoderKl, AutoencoderKlConfig};
 use crate::engine::sampler::{self, Conditioning};
 use crate::engine::schedulers::{CpuGeneratorNoise, SchedulerChoice, SchedulerConfig};
 use crate::engine::{JobContext, JobError};
-use crate::protocol::{GenerateParams, ImageData, Precision};
+use crate::protocol::{GenerateParams, ImageData, ModelFamily, ModelOptions, Precision, Prediction};
 use crate::text::ClipTokenizer;
 
 /// Pipelines whose folders load here.
@@ -22,22 +23,123 @@ const SUPPORTED_PIPELINES: &[&str] =
 
 /// A loaded Stable Diffusion model.
 pub struct StableDiffusion {
-    pub folder: PathBuf,
+    /// The diffusers folder or single file it came from.
+    pub source: PathBuf,
+    /// The options it was loaded with.
+    pub options: ModelOptions,
+    /// What a single-file checkpoint was detected as (None for diffusers folders).
+    pub detected: Option<single_file::Detected>,
     tokenizer: ClipTokenizer,
     text_encoder: ClipTextModel,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKl,
-    /// `scheduler/scheduler_config.json` as text (each scheduler reads it with its defaults).
+    /// `scheduler_config.json` as text (each scheduler reads it with its defaults).
     scheduler_config: Option<String>,
+    /// Where the scheduler config came from, for messages.
+    scheduler_config_source: String,
     /// Pixels per latent cell: 2^(VAE levels − 1), 8 for SD.
     pub vae_scale_factor: i64,
     pub device: Device,
     pub precision: Precision,
 }
 
+/// The configs and tokenizer of a model, before its weights.
+struct Parts {
+    tokenizer: ClipTokenizer,
+    text: ClipTextConfig,
+    unet: UNet2DConditionConfig,
+    vae: AutoencoderKlConfig,
+    scheduler_config: Option<String>,
+    scheduler_config_source: String,
+}
+
+impl Parts {
+    /// The configs of a diffusers folder (the tokenizer from its tokenizer/ folder).
+    fn from_folder(folder: &Path) -> Result<Self, LoadError> {
+        let scheduler_path = folder.join("scheduler/scheduler_config.json");
+        Ok(Self {
+            tokenizer: ClipTokenizer::from_folder(&folder.join("tokenizer")).map_err(|error| {
+                LoadError::Config { path: folder.join("tokenizer"), reason: error.to_string() }
+            })?,
+            text: ClipTextConfig::from_file(&folder.join("text_encoder/config.json"))?,
+            unet: UNet2DConditionConfig::from_file(&folder.join("unet/config.json"))?,
+            vae: AutoencoderKlConfig::from_file(&folder.join("vae/config.json"))?,
+            scheduler_config: std::fs::read_to_string(&scheduler_path).ok(),
+            scheduler_config_source: scheduler_path.display().to_string(),
+        })
+    }
+
+    /// The released configs of SD 1.5 / SD 2.1 (CompVis/runwayml and stabilityai's diffusers
+    /// folders), with the detected UNet input channels, and the bundled CLIP tokenizer.
+    fn preset(detected: &single_file::Detected) -> Result<Self, LoadError> {
+        let (text, unet, pad) = match detected.family {
+            ModelFamily::Sd1 => (ClipTextConfig::sd_v1(), UNet2DConditionConfig::sd_v1_5(), "<|endoftext|>"),
+            ModelFamily::Sd2 => (ClipTextConfig::sd_v2(), UNet2DConditionConfig::sd_v2_1(), "!"),
+        };
+        let tokenizer = ClipTokenizer::bundled(pad).map_err(|error| LoadError::Config {
+            path: "assets/tokenizers/clip".into(),
+            reason: error.to_string(),
+        })?;
+        // scheduler_config.json of both releases (PNDM there; every scheduler reads these fields)
+        let scheduler = serde_json::json!({
+            "num_train_timesteps": 1000,
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "set_alpha_to_one": false,
+            "steps_offset": 1,
+            "clip_sample": false,
+            "prediction_type": "epsilon",
+        });
+        Ok(Self {
+            tokenizer,
+            text,
+            unet: UNet2DConditionConfig { in_channels: detected.in_channels, ..unet },
+            vae: AutoencoderKlConfig::sd(),
+            scheduler_config: Some(scheduler.to_string()),
+            scheduler_config_source: "the SD scheduler preset".into(),
+        })
+    }
+
+    /// Sets the scheduler config's `prediction_type`.
+    fn set_prediction(&mut self, prediction: Prediction) -> Result<(), LoadError> {
+        let text = self.scheduler_config.as_deref().unwrap_or("{}");
+        let mut json: serde_json::Value = serde_json::from_str(text).map_err(|error| LoadError::Config {
+            path: self.scheduler_config_source.clone().into(),
+            reason: error.to_string(),
+        })?;
+        if let Some(object) = json.as_object_mut() {
+            object.insert("prediction_type".into(), prediction.diffusers_name().into());
+        }
+        self.scheduler_config = Some(json.to_string());
+        Ok(())
+    }
+}
+
 impl StableDiffusion {
-    /// Loads `folder` (a diffusers pipeline folder) onto `device`, the UNet in `precision`.
-    pub fn from_folder(folder: &Path, device: Device, precision: Precision) -> Result<Self, LoadError> {
+    /// Loads `model` — a diffusers folder, or a single-file `.safetensors` checkpoint — onto
+    /// `device`, the UNet in `precision`.
+    pub fn load(
+        model: &Path,
+        options: &ModelOptions,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self, LoadError> {
+        if model.is_dir() {
+            Self::from_folder(model, options, device, precision)
+        } else {
+            Self::from_single_file(model, options, device, precision)
+        }
+    }
+
+    /// Loads `folder` (a diffusers pipeline folder) onto `device`, the UNet in `precision`;
+    /// `options.prediction` overrides the scheduler config's.
+    pub fn from_folder(
+        folder: &Path,
+        options: &ModelOptions,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self, LoadError> {
         // 1. model_index.json says what this is
         let index_path = folder.join("model_index.json");
         let index_text = std::fs::read_to_string(&index_path)
@@ -55,39 +157,133 @@ impl StableDiffusion {
             });
         }
         // 2. the components
-        let tokenizer = ClipTokenizer::from_folder(&folder.join("tokenizer")).map_err(|error| {
-            LoadError::Config { path: folder.join("tokenizer"), reason: error.to_string() }
-        })?;
+        let mut parts = Parts::from_folder(folder)?;
+        if let Some(prediction) = options.prediction {
+            parts.set_prediction(prediction)?;
+        }
         let text_encoder = ClipTextModel::from_folder(&folder.join("text_encoder"), device)?;
-        let mut unet = UNet2DConditionModel::from_folder(&folder.join("unet"), device)?;
+        let unet = UNet2DConditionModel::from_folder(&folder.join("unet"), device)?;
+        let vae = AutoencoderKl::from_folder(&folder.join("vae"), device)?;
+        Self::assemble(folder, options.clone(), None, parts, text_encoder, unet, vae, precision)
+    }
+
+    /// Loads a single-file checkpoint in the original LDM key layout: what it is comes from its
+    /// keys and shapes (or `options`), the configs from the SD 1.5 / 2.1 releases (or the
+    /// diffusers folder `options.config`).
+    pub fn from_single_file(
+        path: &Path,
+        options: &ModelOptions,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self, LoadError> {
+        // 1. the weights, and what they are
+        let weights = super::loading::read_safetensors(path)?;
+        let shapes = weights.iter().map(|(key, tensor)| (key.clone(), tensor.size())).collect();
+        let detected = single_file::detect(&shapes, path, options)?;
+        tracing::info!("{}: {}", path.display(), detected.describe());
+        // 2. configs: a folder the user names, else the release presets
+        let (mut parts, hint) = match &options.config {
+            Some(folder) => (
+                Parts::from_folder(folder)?,
+                format!(" — the configs in {} do not describe this checkpoint", folder.display()),
+            ),
+            None => (
+                Parts::preset(&detected)?,
+                " — the checkpoint is not a standard SD 1.x/2.x shape (or is not the family detected): \
+                 pass --model-type, or --model-config with a diffusers folder whose configs describe it"
+                    .to_string(),
+            ),
+        };
+        let mut detected = detected;
+        if options.config.is_some() && options.prediction.is_none() {
+            // the folder's scheduler config says what the UNet predicts
+            let config: serde_json::Value =
+                serde_json::from_str(parts.scheduler_config.as_deref().unwrap_or("{}")).unwrap_or_default();
+            let name = config["prediction_type"].as_str().unwrap_or("epsilon");
+            detected.prediction = Prediction::from_name(name).map_err(|reason| LoadError::Config {
+                path: parts.scheduler_config_source.clone().into(),
+                reason,
+            })?;
+            detected.prediction_reason = "from the --model-config folder's scheduler config".into();
+        } else {
+            parts.set_prediction(detected.prediction)?;
+        }
+        if parts.unet.in_channels != detected.in_channels {
+            return Err(LoadError::Config {
+                path: path.into(),
+                reason: format!(
+                    "the UNet takes {} input channels, its config {}{hint}",
+                    detected.in_channels, parts.unet.in_channels
+                ),
+            });
+        }
+        // 3. route every key to its model, and load each
+        let layout = single_file::Layout {
+            family: detected.family,
+            unet_layers_per_block: parts.unet.layers_per_block,
+            vae_levels: parts.vae.block_out_channels.len(),
+            text_layers: parts.text.num_hidden_layers,
+        };
+        let mut split = single_file::split(weights, &layout, path)?;
+        let text_encoder = ClipTextModel::new(parts.text.clone(), device);
+        single_file::load_part(text_encoder.var_store(), Part::TextEncoder, &mut split, path, &hint)?;
+        let unet = UNet2DConditionModel::new(parts.unet.clone(), device);
+        single_file::load_part(unet.var_store(), Part::Unet, &mut split, path, &hint)?;
+        let vae = AutoencoderKl::new(parts.vae.clone(), device);
+        single_file::load_part(vae.var_store(), Part::Vae, &mut split, path, &hint)?;
+        Self::assemble(path, options.clone(), Some(detected), parts, text_encoder, unet, vae, precision)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        source: &Path,
+        options: ModelOptions,
+        detected: Option<single_file::Detected>,
+        parts: Parts,
+        text_encoder: ClipTextModel,
+        mut unet: UNet2DConditionModel,
+        vae: AutoencoderKl,
+        precision: Precision,
+    ) -> Result<Self, LoadError> {
+        if unet.config.cross_attention_dim != text_encoder.config.hidden_size {
+            return Err(LoadError::Config {
+                path: source.into(),
+                reason: format!(
+                    "the UNet's cross_attention_dim {} does not match the text encoder's hidden_size {} — the model mixes parts",
+                    unet.config.cross_attention_dim, text_encoder.config.hidden_size
+                ),
+            });
+        }
         match precision {
             Precision::F32 => {}
             Precision::F16 => unet.set_kind(Kind::Half),
             Precision::Bf16 => unet.set_kind(Kind::BFloat16),
         }
-        let vae = AutoencoderKl::from_folder(&folder.join("vae"), device)?;
-        if unet.config.cross_attention_dim != text_encoder.config.hidden_size {
-            return Err(LoadError::Config {
-                path: folder.join("unet/config.json"),
-                reason: format!(
-                    "cross_attention_dim {} does not match the text encoder's hidden_size {} — the folder mixes models",
-                    unet.config.cross_attention_dim, text_encoder.config.hidden_size
-                ),
-            });
-        }
-        let scheduler_config = std::fs::read_to_string(folder.join("scheduler/scheduler_config.json")).ok();
         let vae_scale_factor = 1i64 << (vae.config.block_out_channels.len() - 1);
+        let device = unet.var_store().device();
         Ok(Self {
-            folder: folder.into(),
-            tokenizer,
+            source: source.into(),
+            options,
+            detected,
+            tokenizer: parts.tokenizer,
             text_encoder,
             unet,
             vae,
-            scheduler_config,
+            scheduler_config: parts.scheduler_config,
+            scheduler_config_source: parts.scheduler_config_source,
             vae_scale_factor,
             device,
             precision,
         })
+    }
+
+    /// What was loaded, in one line.
+    pub fn describe(&self) -> String {
+        let name = self.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match &self.detected {
+            Some(detected) => format!("{name}: {}", detected.describe()),
+            None => format!("{name} (diffusers folder)"),
+        }
     }
 
     /// The prompt's text embeddings: (1, 77 × chunks, dim), with `(word:1.3)` weights applied as
@@ -131,11 +327,7 @@ impl StableDiffusion {
     pub fn scheduler(&self, name: &str) -> Result<Box<dyn crate::engine::schedulers::Scheduler>, JobError> {
         let choice = SchedulerChoice::from_name(name)?;
         let config = match &self.scheduler_config {
-            Some(text) => SchedulerConfig::from_json(
-                choice.kind,
-                text,
-                &self.folder.join("scheduler/scheduler_config.json").display().to_string(),
-            )?,
+            Some(text) => SchedulerConfig::from_json(choice.kind, text, &self.scheduler_config_source)?,
             None => SchedulerConfig::stable_diffusion(choice.kind),
         };
         Ok(choice.build(config)?)

@@ -289,6 +289,7 @@ impl StudioApp {
             EngineEvent::Ready { device } => self.device = Some(device),
             EngineEvent::DeviceWarning { message } => self.errors.push(message),
             EngineEvent::Started { job } => self.status = format!("Running {job}"),
+            EngineEvent::ModelLoaded { description, .. } => self.status = format!("Loaded {description}"),
             EngineEvent::Progress { job, step, of, preview } => {
                 if let Some(state) = self.jobs.get_mut(&job) {
                     state.step = step;

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+pub mod single_file;
+
 use safetensors::{Dtype, SafeTensors};
 use tch::{Kind, Tensor};
 

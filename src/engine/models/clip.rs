@@ -159,11 +159,11 @@ pub struct ClipTextModel {
     final_layer_norm: nn::LayerNorm,
     pub config: ClipTextConfig,
     /// Owns the weights.
-    _vs: nn::VarStore,
+    vs: nn::VarStore,
 }
 
 /// Checkpoint keys that are buffers, not weights.
-const BUFFERS: &[&str] = &["embeddings.position_ids"];
+pub const BUFFERS: &[&str] = &["embeddings.position_ids"];
 
 impl ClipTextModel {
     /// Builds the module on `device` with uninitialised-but-allocated weights.
@@ -180,7 +180,7 @@ impl ClipTextModel {
             .collect();
         let norm = nn::LayerNormConfig { eps: config.layer_norm_eps, ..Default::default() };
         let final_layer_norm = nn::layer_norm(&root / "final_layer_norm", vec![d], norm);
-        Self { token_embedding, position_embedding, layers, final_layer_norm, config, _vs: vs }
+        Self { token_embedding, position_embedding, layers, final_layer_norm, config, vs }
     }
 
     /// Loads a diffusers `text_encoder/` folder: `config.json` and `model.safetensors`. Keys with
@@ -191,8 +191,13 @@ impl ClipTextModel {
         let (weights_path, weights) = loading::read_component(folder, &["model"])?;
         let prefix = if weights.keys().any(|k| k.starts_with("text_model.")) { "text_model." } else { "" };
         let model = Self::new(config, device);
-        loading::load_into(&model._vs, weights, &weights_path, prefix, BUFFERS)?;
+        loading::load_into(&model.vs, weights, &weights_path, prefix, BUFFERS)?;
         Ok(model)
+    }
+
+    /// The weights, for loaders.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
     }
 
     /// input_ids: (batch, 77) int64 → (batch, 77, hidden). `clip_skip` 0 is the last layer; n

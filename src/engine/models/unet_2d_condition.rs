@@ -259,6 +259,11 @@ impl UNet2DConditionModel {
         Ok(model)
     }
 
+    /// The weights, for loaders.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
     /// Converts the weights to `kind` (f16/bf16 halve memory; inputs are cast on entry).
     pub fn set_kind(&mut self, kind: Kind) {
         self.vs.set_kind(kind);

@@ -287,6 +287,11 @@ impl AutoencoderKl {
         Ok(model)
     }
 
+    /// The weights, for loaders.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
     /// image: (batch, 3, h, w) in [-1, 1] → the latent distribution (unscaled).
     pub fn encode(&self, image: &Tensor) -> Result<LatentDistribution, tch::TchError> {
         let _no_grad = tch::no_grad_guard();
