@@ -88,6 +88,14 @@ fn damaged_safetensors_files_are_clear_errors() {
     std::fs::write(&lying_path, lying).expect("write");
     let error = loading::read_safetensors(&lying_path).expect_err("lying header");
     assert!(matches!(error, LoadError::Format { .. }), "{error}");
+    // empty
+    let empty = scratch("empty.safetensors");
+    std::fs::write(&empty, b"").expect("write");
+    let error = loading::read_safetensors(&empty).expect_err("empty");
+    assert!(
+        matches!(error, LoadError::Format { .. }) && error.to_string().contains("empty.safetensors"),
+        "{error}"
+    );
     // a dtype the studio does not load (unsigned bytes) is named with its key
     let header = br#"{"encoder.weight":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#;
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();

@@ -177,9 +177,8 @@ impl StableDiffusion {
         precision: Precision,
     ) -> Result<Self, LoadError> {
         // 1. the weights, and what they are
-        let weights = super::loading::read_safetensors(path)?;
-        let shapes = weights.iter().map(|(key, tensor)| (key.clone(), tensor.size())).collect();
-        let detected = single_file::detect(&shapes, path, options)?;
+        let file = super::loading::SafetensorsFile::open(path)?;
+        let detected = single_file::detect(&file.shapes()?, path, options)?;
         tracing::info!("{}: {}", path.display(), detected.describe());
         // 2. configs: a folder the user names, else the release presets
         let (mut parts, hint) = match &options.config {
@@ -224,6 +223,9 @@ impl StableDiffusion {
             vae_levels: parts.vae.block_out_channels.len(),
             text_layers: parts.text.num_hidden_layers,
         };
+        let weights =
+            file.tensors(|key| !matches!(single_file::route(key, &layout), single_file::Route::Ignored(_)))?;
+        drop(file);
         let mut split = single_file::split(weights, &layout, path)?;
         let text_encoder = ClipTextModel::new(parts.text.clone(), device);
         single_file::load_part(text_encoder.var_store(), Part::TextEncoder, &mut split, path, &hint)?;

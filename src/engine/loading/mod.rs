@@ -56,25 +56,69 @@ pub fn refuse_pickle(path: &Path) -> Result<(), LoadError> {
 
 /// Every tensor of a `.safetensors` file, on the CPU, in the file's dtype.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>, LoadError> {
-    refuse_pickle(path)?;
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|error| LoadError::Format { path: path.into(), reason: error.to_string() })?;
-    let mut tensors = BTreeMap::new();
-    for (key, view) in file.tensors() {
-        let kind = match view.dtype() {
-            Dtype::F32 => Kind::Float,
-            Dtype::F16 => Kind::Half,
-            Dtype::BF16 => Kind::BFloat16,
-            Dtype::F64 => Kind::Double,
-            Dtype::I64 => Kind::Int64,
-            Dtype::I32 => Kind::Int,
-            dtype => return Err(LoadError::Dtype { path: path.into(), key, dtype }),
-        };
-        let shape: Vec<i64> = view.shape().iter().map(|d| *d as i64).collect();
-        tensors.insert(key, Tensor::f_from_data_size(view.data(), &shape, kind)?);
+    SafetensorsFile::open(path)?.tensors(|_| true)
+}
+
+/// A `.safetensors` file mapped into memory: its header can be read without its tensors, and
+/// only the tensors wanted are copied out (a checkpoint's EMA copy, for one, never is).
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+}
+
+impl SafetensorsFile {
+    /// Maps `path` (pickle formats are refused first).
+    pub fn open(path: &Path) -> Result<Self, LoadError> {
+        refuse_pickle(path)?;
+        let file =
+            std::fs::File::open(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        // SAFETY: the map is only read, and lives no longer than this value. A file changed on
+        // disk while mapped is the one hazard (as for every memory-mapped reader, safetensors'
+        // own included); a weights file being loaded is not written to.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|source| LoadError::Read { path: path.into(), source })?;
+        let mapped = Self { path: path.into(), map };
+        mapped.parsed()?;
+        Ok(mapped)
     }
-    Ok(tensors)
+
+    fn parsed(&self) -> Result<SafeTensors<'_>, LoadError> {
+        SafeTensors::deserialize(&self.map)
+            .map_err(|error| LoadError::Format { path: self.path.clone(), reason: error.to_string() })
+    }
+
+    /// Every key's shape, from the header.
+    pub fn shapes(&self) -> Result<BTreeMap<String, Vec<i64>>, LoadError> {
+        Ok(self
+            .parsed()?
+            .tensors()
+            .into_iter()
+            .map(|(key, view)| (key, view.shape().iter().map(|d| *d as i64).collect()))
+            .collect())
+    }
+
+    /// The tensors whose keys `keep` accepts, on the CPU, in the file's dtype.
+    pub fn tensors(&self, keep: impl Fn(&str) -> bool) -> Result<BTreeMap<String, Tensor>, LoadError> {
+        let mut tensors = BTreeMap::new();
+        for (key, view) in self.parsed()?.tensors() {
+            if !keep(&key) {
+                continue;
+            }
+            let kind = match view.dtype() {
+                Dtype::F32 => Kind::Float,
+                Dtype::F16 => Kind::Half,
+                Dtype::BF16 => Kind::BFloat16,
+                Dtype::F64 => Kind::Double,
+                Dtype::I64 => Kind::Int64,
+                Dtype::I32 => Kind::Int,
+                dtype => return Err(LoadError::Dtype { path: self.path.clone(), key, dtype }),
+            };
+            let shape: Vec<i64> = view.shape().iter().map(|d| *d as i64).collect();
+            tensors.insert(key, Tensor::f_from_data_size(view.data(), &shape, kind)?);
+        }
+        Ok(tensors)
+    }
 }
 
 /// Copies `weights` into the variables of `vs` (names equal to checkpoint keys once
