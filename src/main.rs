@@ -52,9 +52,9 @@ enum Command {
         #[arg(long)]
         model_config: Option<PathBuf>,
         #[arg(long)]
-        prompt: String,
+        prompt: std::ffi::OsString,
         #[arg(long, default_value = "")]
-        negative_prompt: String,
+        negative_prompt: std::ffi::OsString,
         #[arg(long, default_value_t = 25)]
         steps: usize,
         /// ddim, ddpm, euler, euler-a, dpm++2m, dpm++2m-karras, heun, lcm.
@@ -169,7 +169,9 @@ fn main() -> ExitCode {
             height,
             dtype,
             out,
-        }) => generate(
+        }) => text_argument("--prompt", prompt)
+            .and_then(|prompt| Ok((prompt, text_argument("--negative-prompt", negative_prompt)?)))
+            .and_then(|(prompt, negative_prompt)| generate(
             cli.device,
             GenerateParams {
                 model,
@@ -190,7 +192,7 @@ fn main() -> ExitCode {
                 precision: dtype,
             },
             &out,
-        ),
+        )),
         Some(Command::Bench(BenchCommand::Unet { preset, latent, passes })) => {
             diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes).map(|seconds| {
                 println!("unet {preset} latent {latent}x{latent} batch 2: {seconds:.4} s per pass ({passes} passes after 1 warm-up)");
@@ -212,6 +214,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A text argument, or an error naming it when it is not UTF-8.
+fn text_argument(name: &str, value: std::ffi::OsString) -> anyhow::Result<String> {
+    value.into_string().map_err(|value| {
+        anyhow::anyhow!("{name} is not valid UTF-8 text ({}); re-encode it as UTF-8", value.to_string_lossy())
+    })
 }
 
 fn info() {

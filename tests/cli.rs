@@ -235,4 +235,17 @@ fn generate_names_a_bad_model_or_scheduler() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
     }
+    // a prompt that is not UTF-8 is named
+    use std::os::unix::ffi::OsStrExt;
+    let output = binary()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .arg("--prompt")
+        .arg(std::ffi::OsStr::from_bytes(b"\xff\xfe cat"))
+        .arg("--out")
+        .arg(scratch("never-generated.png"))
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--prompt is not valid UTF-8 text"), "{stderr}");
 }
