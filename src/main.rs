@@ -102,6 +102,21 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Whole text-to-image runs of a release-shaped model with random weights (UNet, VAE and
+    /// text encoder of SD 1.5 or 2.1): text encoding, DPM++ 2M Karras steps with CFG, VAE decode;
+    /// prints seconds per image.
+    Pipeline {
+        #[arg(long, default_value = "sd_v1_5")]
+        preset: String,
+        #[arg(long, default_value_t = 512)]
+        size: u32,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value = "f16", value_parser = Precision::from_name)]
+        dtype: Precision,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Forward passes of a randomly initialised UNet built from a config preset (speed does not
     /// depend on weight values), batch 2 as under classifier-free guidance; prints seconds per pass.
     Unet {
@@ -197,6 +212,13 @@ fn main() -> ExitCode {
             diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes).map(|seconds| {
                 println!("unet {preset} latent {latent}x{latent} batch 2: {seconds:.4} s per pass ({passes} passes after 1 warm-up)");
             })
+        }
+        Some(Command::Bench(BenchCommand::Pipeline { preset, size, steps, dtype, runs })) => {
+            diffusion_studio::engine::bench::random_pipeline_runs(cli.device, &preset, size, steps, dtype, runs).map(
+                |seconds| {
+                    println!("pipeline {preset} {size}x{size} {steps} steps {dtype:?} CFG: {seconds:.4} s per image ({runs} runs after 1 warm-up)");
+                },
+            )
         }
         Some(Command::Bench(BenchCommand::Generate { model, steps, runs })) => {
             diffusion_studio::engine::bench::generate_runs(cli.device, &model, steps, runs).map(|seconds| {

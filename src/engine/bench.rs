@@ -79,3 +79,54 @@ pub fn generate_runs(
     }
     Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
 }
+
+/// Seconds per 512-class text-to-image run of a release-shaped model with random weights
+/// (`preset` sd_v1_5 or sd_v2_1): text encoding, `steps` DPM++ 2M Karras steps with CFG (UNet
+/// batch 2) in `precision`, and the VAE decode — the GPU target's workload. One warm-up run.
+pub fn random_pipeline_runs(
+    choice: DeviceChoice,
+    preset: &str,
+    size: u32,
+    steps: usize,
+    precision: crate::protocol::Precision,
+    runs: usize,
+) -> anyhow::Result<f64> {
+    use crate::engine::pipeline::StableDiffusion;
+    use crate::protocol::{GenerateParams, ModelFamily};
+    let device = device::select(choice).map_err(anyhow::Error::msg)?;
+    let family = match preset {
+        "sd_v1_5" => ModelFamily::Sd1,
+        "sd_v2_1" => ModelFamily::Sd2,
+        other => anyhow::bail!("unknown preset {other}: use sd_v1_5 or sd_v2_1"),
+    };
+    let _no_grad = tch::no_grad_guard();
+    let model = StableDiffusion::random(family, device, precision)?;
+    let params = GenerateParams {
+        model: format!("random {preset}").into(),
+        model_options: Default::default(),
+        prompt: "a red circle on a blue background".into(),
+        negative_prompt: String::new(),
+        steps,
+        scheduler: "dpm++2m-karras".into(),
+        guidance_scale: 7.5,
+        guidance_rescale: 0.0,
+        seed: 0,
+        width: size,
+        height: size,
+        precision,
+    };
+    let sync = || {
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    };
+    let run = || model.generate_with(&params, |_, _| Ok(())).map_err(|error| anyhow::anyhow!("{error}"));
+    run()?;
+    sync();
+    let start = Instant::now();
+    for _ in 0..runs.max(1) {
+        run()?;
+    }
+    sync();
+    Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
+}

@@ -72,7 +72,12 @@ impl Parts {
     /// The released configs of SD 1.5 / SD 2.1 (CompVis/runwayml and stabilityai's diffusers
     /// folders), with the detected UNet input channels, and the bundled CLIP tokenizer.
     fn preset(detected: &single_file::Detected) -> Result<Self, LoadError> {
-        let (text, unet, pad) = match detected.family {
+        Self::release(detected.family, detected.in_channels)
+    }
+
+    /// The release configs of `family` with `in_channels` UNet inputs.
+    fn release(family: ModelFamily, in_channels: i64) -> Result<Self, LoadError> {
+        let (text, unet, pad) = match family {
             ModelFamily::Sd1 => (ClipTextConfig::sd_v1(), UNet2DConditionConfig::sd_v1_5(), "<|endoftext|>"),
             ModelFamily::Sd2 => (ClipTextConfig::sd_v2(), UNet2DConditionConfig::sd_v2_1(), "!"),
         };
@@ -94,7 +99,7 @@ impl Parts {
         Ok(Self {
             tokenizer,
             text,
-            unet: UNet2DConditionConfig { in_channels: detected.in_channels, ..unet },
+            unet: UNet2DConditionConfig { in_channels, ..unet },
             vae: AutoencoderKlConfig::sd(),
             scheduler_config: Some(scheduler.to_string()),
             scheduler_config_source: "the SD scheduler preset".into(),
@@ -236,6 +241,17 @@ impl StableDiffusion {
         Self::assemble(path, options.clone(), Some(detected), parts, text_encoder, unet, vae, precision)
     }
 
+    /// A model of `family`'s release shape with random weights, for benchmarks (speed does not
+    /// depend on weight values).
+    pub fn random(family: ModelFamily, device: Device, precision: Precision) -> Result<Self, LoadError> {
+        let parts = Parts::release(family, 4)?;
+        let text_encoder = ClipTextModel::new(parts.text.clone(), device);
+        let unet = UNet2DConditionModel::new(parts.unet.clone(), device);
+        let vae = AutoencoderKl::new(parts.vae.clone(), device);
+        let source = PathBuf::from(format!("random-{family:?}"));
+        Self::assemble(&source, ModelOptions::default(), None, parts, text_encoder, unet, vae, precision)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         source: &Path,
@@ -342,8 +358,20 @@ impl StableDiffusion {
         crate::engine::image_tensor::image_from_tensor(&image)
     }
 
-    /// Text to image.
+    /// Text to image, as an engine job (progress events, cancel between steps).
     pub fn generate(&self, params: &GenerateParams, ctx: &mut JobContext<'_>) -> Result<ImageData, JobError> {
+        self.generate_with(params, |step, of| {
+            ctx.progress(step, of, None);
+            ctx.checkpoint()
+        })
+    }
+
+    /// Text to image; `on_step(step, of)` runs after each step and may stop the loop.
+    pub fn generate_with(
+        &self,
+        params: &GenerateParams,
+        mut on_step: impl FnMut(usize, usize) -> Result<(), JobError>,
+    ) -> Result<ImageData, JobError> {
         // 1. check the request; sizes round down to the latent grid, and the job says so
         let factor = self.vae_scale_factor;
         let (width, height) = (i64::from(params.width), i64::from(params.height));
@@ -381,10 +409,7 @@ impl StableDiffusion {
             latents,
             &conditioning,
             &mut CpuGeneratorNoise,
-            |step, of, _latents| {
-                ctx.progress(step, of, None);
-                ctx.checkpoint()
-            },
+            |step, of, _latents| on_step(step, of),
         )?;
         // 5. decode
         self.decode_to_image(&latents)
