@@ -223,6 +223,8 @@ fn check_layout(name: &str, family: ModelFamily) {
     // buffers, EMA bookkeeping, position ids, and for SD 2.x the unused last layer + projection
     let expected_ignored = if family == ModelFamily::Sd1 { 15 } else { 12 + 2 + 12 + 2 };
     assert_eq!(ignored, expected_ignored, "{name}");
+    // building modules draws their initial weights from the generator the engine tests seed
+    let _generator = diffusion_studio::engine::default_generator_lock();
     let squeeze = |shape: &[i64]| shape.iter().copied().filter(|d| *d != 1).collect::<Vec<_>>();
     let mut check = |part: Part, vs: &tch::nn::VarStore| {
         let variables = vs.variables();

@@ -287,6 +287,13 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Guards libtorch's default CPU generator for the length of a job.
 static DEFAULT_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Holds libtorch's default CPU generator until dropped. Jobs hold it from seeding to their last
+/// draw; code outside the engine that draws from it — building a module initialises its weights
+/// randomly — must hold it too, or a job running meanwhile in the same process loses its seed.
+pub fn default_generator_lock() -> std::sync::MutexGuard<'static, ()> {
+    DEFAULT_GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs jobs with libtorch on one device, keeping the last model loaded.
 pub struct TorchRunner {
     device: tch::Device,
@@ -339,7 +346,7 @@ impl JobRunner for TorchRunner {
         let _no_grad = tch::no_grad_guard();
         // Seeds go through libtorch's one default CPU generator; engines in one process (tests)
         // take turns so that no job's draws interleave with another's.
-        let _generator = DEFAULT_GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _generator = default_generator_lock();
         match job {
             Job::ForwardNoise { image, strength, steps, seed } => {
                 methods::forward_noise::run(self.device, image, *strength, *steps, *seed, ctx)
