@@ -208,6 +208,52 @@ pub enum Job {
     },
     /// Text to image with a Stable Diffusion model (loaded once, kept for later jobs).
     Generate(GenerateParams),
+    /// SDEdit (Meng et al. 2021): the image noised part-way, then denoised towards the prompt.
+    Img2Img(Img2ImgParams),
+    /// Repaint the masked region from the prompt.
+    Inpaint(InpaintParams),
+}
+
+/// img2img: `base` gives the model, prompts, sampler and seed; the size is the image's.
+#[derive(Debug, Clone)]
+pub struct Img2ImgParams {
+    pub base: GenerateParams,
+    /// Width and height multiples of the model's VAE factor (8).
+    pub image: ImageData,
+    /// How far down the schedule to start, in (0, 1]: the fraction of `steps` that run.
+    pub strength: f64,
+}
+
+/// How a painted mask is prepared (white = repaint).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MaskOptions {
+    /// Grow the white region by this many pixels first.
+    pub dilate: u32,
+    /// Gaussian feather (σ in pixels) of the mask's edge; 0 keeps it as painted.
+    pub feather: f32,
+    /// Repaint the black region instead.
+    pub invert: bool,
+}
+
+impl Default for MaskOptions {
+    fn default() -> Self {
+        Self { dilate: 0, feather: 4.0, invert: false }
+    }
+}
+
+/// Inpainting: blended latent diffusion for any model, or the 9-channel inpainting UNets.
+#[derive(Debug, Clone)]
+pub struct InpaintParams {
+    pub base: GenerateParams,
+    pub image: ImageData,
+    /// The same size as `image`; its luminance is the mask (white = repaint).
+    pub mask: ImageData,
+    /// 1 repaints from pure noise; less keeps more of the masked region's content.
+    pub strength: f64,
+    pub mask_options: MaskOptions,
+    /// Put the pixels outside the mask back exactly from `image` (feathered seam), undoing
+    /// the VAE round trip there.
+    pub composite: bool,
 }
 
 impl Job {
@@ -216,6 +262,8 @@ impl Job {
         match self {
             Job::ForwardNoise { .. } => "forward noise",
             Job::Generate(_) => "generate",
+            Job::Img2Img(_) => "img2img",
+            Job::Inpaint(_) => "inpaint",
         }
     }
 }

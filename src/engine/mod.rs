@@ -356,6 +356,16 @@ impl JobRunner for TorchRunner {
                 .load_model(&params.model, &params.model_options, params.precision, ctx)?
                 .generate(params, ctx)
                 .map(JobOutput::Image),
+            Job::Img2Img(params) => {
+                let base = &params.base;
+                let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
+                methods::img2img::run(model, params, ctx).map(JobOutput::Image)
+            }
+            Job::Inpaint(params) => {
+                let base = &params.base;
+                let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
+                methods::inpaint::run(model, params, ctx).map(JobOutput::Image)
+            }
         }
     }
 }

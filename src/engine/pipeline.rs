@@ -336,6 +336,28 @@ impl StableDiffusion {
         Ok(Tensor::f_cat(&embeddings, 1)?)
     }
 
+    /// The prompt's and negative prompt's embeddings, padded to the same number of chunks.
+    pub fn prompt_pair(&self, prompt: &str, negative: &str) -> Result<(Tensor, Tensor), JobError> {
+        let chunks = self.chunk_count(prompt)?.max(self.chunk_count(negative)?);
+        Ok((self.encode_prompt(prompt, chunks)?, self.encode_prompt(negative, chunks)?))
+    }
+
+    /// Image (1, 3, h, w) in [-1, 1] → scaled latents sampled from the VAE's posterior, the
+    /// sample's ε drawn from the default CPU generator (diffusers' `retrieve_latents` with a
+    /// CPU generator).
+    pub fn encode_image_sample(&self, image: &Tensor) -> Result<Tensor, JobError> {
+        let posterior = self.vae.encode(image)?;
+        let epsilon = Tensor::f_randn(posterior.mean.size(), (Kind::Float, Device::Cpu))?
+            .f_to_device(self.device)?
+            .f_to_kind(posterior.mean.kind())?;
+        Ok(posterior.sample(&epsilon)?.f_mul_scalar(self.vae.config.scaling_factor)?)
+    }
+
+    /// Standard normal noise of `size` from the default CPU generator, on the model's device.
+    pub fn cpu_randn(&self, size: &[i64]) -> Result<Tensor, JobError> {
+        Ok(Tensor::f_randn(size, (Kind::Float, Device::Cpu))?.f_to_device(self.device)?)
+    }
+
     /// How many 77-token chunks a prompt takes.
     fn chunk_count(&self, prompt: &str) -> Result<usize, JobError> {
         Ok(self.tokenizer.encode_prompt(prompt).map_err(|error| JobError::Failed(error.to_string()))?.len())
@@ -384,9 +406,7 @@ impl StableDiffusion {
             return Err(JobError::Failed("steps must be at least 1".into()));
         }
         // 2. prompts → embeddings (equal chunk counts for the two branches)
-        let chunks = self.chunk_count(&params.prompt)?.max(self.chunk_count(&params.negative_prompt)?);
-        let text = self.encode_prompt(&params.prompt, chunks)?;
-        let negative = self.encode_prompt(&params.negative_prompt, chunks)?;
+        let (text, negative) = self.prompt_pair(&params.prompt, &params.negative_prompt)?;
         // 3. the scheduler and the seeded initial latents (drawn on the CPU, as diffusers)
         let mut scheduler = self.scheduler(&params.scheduler)?;
         scheduler.set_timesteps(params.steps)?;

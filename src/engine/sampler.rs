@@ -20,14 +20,42 @@ pub struct Conditioning<'a> {
     pub guidance_rescale: f64,
 }
 
+/// Replaces the latents after a scheduler step: `(scheduler, next step index, latents)`.
+pub type AfterStep<'a> = dyn FnMut(&dyn Scheduler, usize, Tensor) -> Result<Tensor, JobError> + 'a;
+
+/// How a method changes the loop, without copying it.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// The step index to start at (img2img and inpainting start part-way down the schedule).
+    pub start: usize,
+    /// (1, c, h, w) concatenated to the scaled latents on the channel axis before the UNet sees
+    /// them: the mask and masked-image latents of 9-channel inpainting UNets.
+    pub extra_channels: Option<&'a Tensor>,
+    /// Runs after every scheduler step (blended diffusion puts the known region back).
+    pub after_step: Option<&'a mut AfterStep<'a>>,
+}
+
 /// Runs every step of `scheduler` from `latents`. `on_step(step, of, latents)` is called after
 /// each step; returning an error (e.g. cancellation) stops the loop.
 pub fn denoise(
     unet: &UNet2DConditionModel,
     scheduler: &mut dyn Scheduler,
+    latents: Tensor,
+    conditioning: &Conditioning<'_>,
+    noise: &mut dyn NoiseSource,
+    on_step: impl FnMut(usize, usize, &Tensor) -> Result<(), JobError>,
+) -> Result<Tensor, JobError> {
+    denoise_with(unet, scheduler, latents, conditioning, noise, Hooks::default(), on_step)
+}
+
+/// [`denoise`] with a method's hooks. Steps are counted from `hooks.start` for `on_step`.
+pub fn denoise_with(
+    unet: &UNet2DConditionModel,
+    scheduler: &mut dyn Scheduler,
     mut latents: Tensor,
     conditioning: &Conditioning<'_>,
     noise: &mut dyn NoiseSource,
+    mut hooks: Hooks<'_>,
     mut on_step: impl FnMut(usize, usize, &Tensor) -> Result<(), JobError>,
 ) -> Result<Tensor, JobError> {
     let guided = conditioning.negative.is_some() && conditioning.guidance_scale > 1.0;
@@ -37,12 +65,20 @@ pub fn denoise(
         _ => conditioning.text.shallow_clone(),
     };
     let timesteps = scheduler.timesteps().to_vec();
-    let steps = timesteps.len();
-    for (index, t) in timesteps.iter().enumerate() {
+    let steps = timesteps.len().saturating_sub(hooks.start);
+    let extra = match hooks.extra_channels {
+        Some(extra) if guided => Some(Tensor::f_cat(&[extra, extra], 0)?),
+        Some(extra) => Some(extra.shallow_clone()),
+        None => None,
+    };
+    for (index, t) in timesteps.iter().enumerate().skip(hooks.start) {
         // 2. the model on both branches at once
         let model_input =
             if guided { Tensor::f_cat(&[&latents, &latents], 0)? } else { latents.shallow_clone() };
-        let model_input = scheduler.scale_model_input(&model_input, index)?;
+        let mut model_input = scheduler.scale_model_input(&model_input, index)?;
+        if let Some(extra) = &extra {
+            model_input = Tensor::f_cat(&[&model_input, &extra.f_to_kind(model_input.kind())?], 1)?;
+        }
         let output = unet.forward(&model_input, *t, &context)?.f_to_kind(latents.kind())?;
         // 3. classifier-free guidance
         let prediction = if guided {
@@ -60,7 +96,10 @@ pub fn denoise(
         };
         // 4. the scheduler's update
         latents = scheduler.step(&prediction, index, &latents, noise)?;
-        on_step(index + 1, steps, &latents)?;
+        if let Some(after_step) = hooks.after_step.as_mut() {
+            latents = after_step(&*scheduler, index + 1, latents)?;
+        }
+        on_step(index + 1 - hooks.start, steps, &latents)?;
     }
     Ok(latents)
 }

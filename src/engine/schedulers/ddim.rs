@@ -38,6 +38,15 @@ impl DdimScheduler {
 }
 
 impl Scheduler for DdimScheduler {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        super::add_noise_alpha(&self.alphas_cumprod, &self.timesteps, original, noise, step_index)
+    }
+
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError> {
         self.timesteps = spaced_timesteps(&self.config, steps, true)?;
         Ok(())
@@ -100,6 +109,15 @@ impl DdimInverseScheduler {
 }
 
 impl Scheduler for DdimInverseScheduler {
+    fn add_noise(
+        &self,
+        _original: &Tensor,
+        _noise: &Tensor,
+        _step_index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        Err(SchedulerError::Config("DDIM inverse runs from the image towards noise; it adds no noise".into()))
+    }
+
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError> {
         if self.config.timestep_spacing == super::TimestepSpacing::Linspace {
             return Err(SchedulerError::Config(

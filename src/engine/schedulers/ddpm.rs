@@ -23,6 +23,15 @@ impl DdpmScheduler {
 }
 
 impl Scheduler for DdpmScheduler {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        super::add_noise_alpha(&self.alphas_cumprod, &self.timesteps, original, noise, step_index)
+    }
+
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError> {
         self.timesteps = spaced_timesteps(&self.config, steps, true)?;
         Ok(())

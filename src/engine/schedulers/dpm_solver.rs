@@ -101,6 +101,19 @@ impl DpmSolverMultistepScheduler {
 }
 
 impl Scheduler for DpmSolverMultistepScheduler {
+    /// α_t·x₀ + σ_t·ε with (α_t, σ_t) of the step's σ (diffusers' `_sigma_to_alpha_sigma_t`).
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        let sigma =
+            *self.sigmas.get(step_index).ok_or_else(|| past_the_end(step_index, self.sigmas.len()))?;
+        let (alpha_t, sigma_t) = alpha_sigma(sigma);
+        Ok(original.f_mul_scalar(f64::from(alpha_t))?.f_add(&noise.f_mul_scalar(f64::from(sigma_t))?)?)
+    }
+
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError> {
         let spaced = self.spaced(steps)?;
         let (timesteps, sigmas) = if self.config.use_karras_sigmas {

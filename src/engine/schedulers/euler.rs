@@ -38,6 +38,15 @@ impl EulerScheduler {
 }
 
 impl Scheduler for EulerScheduler {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        super::add_noise_sigma(&self.sigmas, original, noise, step_index)
+    }
+
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError> {
         let timesteps = spaced_timesteps(&self.config, steps, false)?;
         let sigmas: Vec<f64> = timesteps.iter().map(|t| self.train_sigmas.at(*t)).collect();

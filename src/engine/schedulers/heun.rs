@@ -30,6 +30,19 @@ fn doubled<T: Copy>(values: &[T]) -> Vec<T> {
 }
 
 impl Scheduler for HeunScheduler {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        super::add_noise_sigma(&self.sigmas, original, noise, step_index)
+    }
+
+    fn order(&self) -> usize {
+        2
+    }
+
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError> {
         let timesteps = spaced_timesteps(&self.config, steps, false)?;
         let sigmas: Vec<f64> = timesteps.iter().map(|t| self.train_sigmas.at(*t)).collect();

@@ -36,6 +36,15 @@ impl LcmScheduler {
 }
 
 impl Scheduler for LcmScheduler {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> Result<Tensor, SchedulerError> {
+        super::add_noise_alpha(&self.alphas_cumprod, &self.timesteps, original, noise, step_index)
+    }
+
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError> {
         // The teacher's grid: k, 2k, …, T (minus one), k = T / original steps; pick n of them.
         let original = self.config.original_inference_steps;

@@ -126,6 +126,18 @@ pub trait Scheduler: Send {
     fn set_timesteps(&mut self, steps: usize) -> Result<(), SchedulerError>;
     /// The model's timestep at each step index (fractional for Karras sigmas).
     fn timesteps(&self) -> &[f64];
+    /// Model evaluations per step (2 for Heun, whose timesteps list each later step twice).
+    fn order(&self) -> usize {
+        1
+    }
+    /// `original` noised to the level of step `step_index` with `noise` (what img2img and
+    /// blended inpainting start from, or blend with), as diffusers' `add_noise` does.
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        step_index: usize,
+    ) -> Result<Tensor, SchedulerError>;
     /// The scale of the initial noise (1 for DDIM/DDPM, σ_max-based for Euler).
     fn init_noise_sigma(&self) -> f64 {
         1.0
@@ -157,6 +169,32 @@ pub fn build(kind: SchedulerKind, config: SchedulerConfig) -> Result<Box<dyn Sch
         SchedulerKind::Heun => Box::new(heun::HeunScheduler::new(config)?),
         SchedulerKind::Lcm => Box::new(lcm::LcmScheduler::new(config)?),
     })
+}
+
+/// √ᾱ_t·x₀ + √(1−ᾱ_t)·ε at the step's (integer) timestep, in f32 as diffusers computes it.
+pub fn add_noise_alpha(
+    alphas_cumprod: &[f32],
+    timesteps: &[f64],
+    original: &Tensor,
+    noise: &Tensor,
+    step_index: usize,
+) -> Result<Tensor, SchedulerError> {
+    let t = *timesteps.get(step_index).ok_or_else(|| past_the_end(step_index, timesteps.len()))?;
+    let alpha_bar =
+        *alphas_cumprod.get(t as usize).ok_or_else(|| past_the_end(t as usize, alphas_cumprod.len()))?;
+    let (signal, noise_scale) = (alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt());
+    Ok(original.f_mul_scalar(f64::from(signal))?.f_add(&noise.f_mul_scalar(f64::from(noise_scale))?)?)
+}
+
+/// x₀ + σ·ε at the step's σ (the σ-parameterised schedulers).
+pub fn add_noise_sigma(
+    sigmas: &[f32],
+    original: &Tensor,
+    noise: &Tensor,
+    step_index: usize,
+) -> Result<Tensor, SchedulerError> {
+    let sigma = *sigmas.get(step_index).ok_or_else(|| past_the_end(step_index, sigmas.len()))?;
+    Ok(original.f_add(&noise.f_mul_scalar(f64::from(sigma))?)?)
 }
 
 /// The training betas (f32, as diffusers' float32 tensors).
