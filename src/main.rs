@@ -14,8 +14,8 @@ use diffusion_studio::document;
 use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
-    DeviceChoice, EngineEvent, GenerateParams, ImageData, Job, JobOutput, ModelFamily, ModelOptions,
-    Precision, Prediction,
+    DeviceChoice, EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams, Job, JobOutput,
+    MaskOptions, ModelFamily, ModelOptions, Precision, Prediction,
 };
 
 #[derive(Parser, Debug)]
@@ -30,51 +30,109 @@ struct Cli {
     image: Option<PathBuf>,
 }
 
+/// Which model, and how to load it.
+#[derive(clap::Args, Debug)]
+struct ModelArgs {
+    /// A diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
+    /// scheduler/) or a single-file .safetensors checkpoint in the original layout.
+    #[arg(long)]
+    model: PathBuf,
+    /// Single files: sd1 or sd2, instead of what the checkpoint's keys suggest.
+    #[arg(long, value_parser = ModelFamily::from_name)]
+    model_type: Option<ModelFamily>,
+    /// epsilon, v or sample, instead of the model's own (single-file SD 2.x text-to-image
+    /// checkpoints are taken as v-prediction 768 models unless told).
+    #[arg(long, value_parser = Prediction::from_name)]
+    prediction_type: Option<Prediction>,
+    /// Single files: a diffusers folder whose configs and tokenizer describe the checkpoint,
+    /// for models that are not the standard SD 1.x/2.x shape.
+    #[arg(long)]
+    model_config: Option<PathBuf>,
+    /// The UNet's precision: f32, f16 or bf16 (the text encoder and VAE stay in f32).
+    #[arg(long, default_value = "f32", value_parser = Precision::from_name)]
+    dtype: Precision,
+}
+
+/// Prompts and the sampler.
+#[derive(clap::Args, Debug)]
+struct SamplingArgs {
+    #[arg(long)]
+    prompt: std::ffi::OsString,
+    #[arg(long, default_value = "")]
+    negative_prompt: std::ffi::OsString,
+    #[arg(long, default_value_t = 25)]
+    steps: usize,
+    /// ddim, ddpm, euler, euler-a, dpm++2m, dpm++2m-karras, heun, lcm.
+    #[arg(long, default_value = "dpm++2m-karras")]
+    scheduler: String,
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f64,
+    /// Guidance rescale φ (Lin et al. 2023), 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    guidance_rescale: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print the version, libtorch, CPU threads, CUDA devices, audio output and models found.
     Info,
     /// Generate an image from a prompt with a Stable Diffusion 1.x/2.x model.
     Generate {
-        /// A diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
-        /// scheduler/) or a single-file .safetensors checkpoint in the original layout.
-        #[arg(long)]
-        model: PathBuf,
-        /// Single files: sd1 or sd2, instead of what the checkpoint's keys suggest.
-        #[arg(long, value_parser = ModelFamily::from_name)]
-        model_type: Option<ModelFamily>,
-        /// epsilon, v or sample, instead of the model's own (single-file SD 2.x text-to-image
-        /// checkpoints are taken as v-prediction 768 models unless told).
-        #[arg(long, value_parser = Prediction::from_name)]
-        prediction_type: Option<Prediction>,
-        /// Single files: a diffusers folder whose configs and tokenizer describe the checkpoint,
-        /// for models that are not the standard SD 1.x/2.x shape.
-        #[arg(long)]
-        model_config: Option<PathBuf>,
-        #[arg(long)]
-        prompt: std::ffi::OsString,
-        #[arg(long, default_value = "")]
-        negative_prompt: std::ffi::OsString,
-        #[arg(long, default_value_t = 25)]
-        steps: usize,
-        /// ddim, ddpm, euler, euler-a, dpm++2m, dpm++2m-karras, heun, lcm.
-        #[arg(long, default_value = "dpm++2m-karras")]
-        scheduler: String,
-        #[arg(long, default_value_t = 7.5)]
-        guidance: f64,
-        /// Guidance rescale φ (Lin et al. 2023), 0 to 1.
-        #[arg(long, default_value_t = 0.0)]
-        guidance_rescale: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         #[arg(long, default_value_t = 512)]
         width: u32,
         #[arg(long, default_value_t = 512)]
         height: u32,
-        /// The UNet's precision: f32, f16 or bf16 (the text encoder and VAE stay in f32).
-        #[arg(long, default_value = "f32", value_parser = Precision::from_name)]
-        dtype: Precision,
         /// Where to write the PNG (with the parameters in its "parameters" text chunk).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Push an image towards a prompt (SDEdit): noise it part-way, denoise it with the prompt.
+    Img2img {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// The image to start from (sizes round down to multiples of 8).
+        #[arg(long)]
+        image: PathBuf,
+        /// How much to change, in (0, 1]: the fraction of the steps that run.
+        #[arg(long, default_value_t = 0.75)]
+        strength: f64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Repaint the masked region of an image from a prompt (white in the mask = repaint).
+    Inpaint {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        #[arg(long)]
+        image: PathBuf,
+        /// White = repaint, black = keep; resized to the image if its size differs.
+        #[arg(long)]
+        mask: PathBuf,
+        /// 1 repaints from noise; less keeps more of what the masked region holds.
+        #[arg(long, default_value_t = 1.0)]
+        strength: f64,
+        /// Grow the mask by this many pixels.
+        #[arg(long, default_value_t = 0)]
+        dilate: u32,
+        /// Feather the mask's edge (Gaussian σ in pixels; 0 for a hard edge).
+        #[arg(long, default_value_t = 4.0)]
+        feather: f32,
+        /// Repaint the black region instead.
+        #[arg(long)]
+        invert: bool,
+        /// Keep the decoded pixels outside the mask too, instead of putting the source's back.
+        #[arg(long)]
+        no_composite: bool,
         #[arg(long)]
         out: PathBuf,
     },
@@ -168,46 +226,27 @@ fn main() -> ExitCode {
             info();
             Ok(())
         }
-        Some(Command::Generate {
+        Some(Command::Generate { model, sampling, width, height, out }) => {
+            base_params(model, sampling, width, height).and_then(|params| generate(cli.device, params, &out))
+        }
+        Some(Command::Img2img { model, sampling, image, strength, out }) => {
+            base_params(model, sampling, 0, 0).and_then(|base| img2img(cli.device, base, &image, strength, &out))
+        }
+        Some(Command::Inpaint {
             model,
-            model_type,
-            prediction_type,
-            model_config,
-            prompt,
-            negative_prompt,
-            steps,
-            scheduler,
-            guidance,
-            guidance_rescale,
-            seed,
-            width,
-            height,
-            dtype,
+            sampling,
+            image,
+            mask,
+            strength,
+            dilate,
+            feather,
+            invert,
+            no_composite,
             out,
-        }) => text_argument("--prompt", prompt)
-            .and_then(|prompt| Ok((prompt, text_argument("--negative-prompt", negative_prompt)?)))
-            .and_then(|(prompt, negative_prompt)| generate(
-            cli.device,
-            GenerateParams {
-                model,
-                model_options: ModelOptions {
-                    family: model_type,
-                    prediction: prediction_type,
-                    config: model_config,
-                },
-                prompt,
-                negative_prompt,
-                steps,
-                scheduler,
-                guidance_scale: guidance,
-                guidance_rescale,
-                seed,
-                width,
-                height,
-                precision: dtype,
-            },
-            &out,
-        )),
+        }) => base_params(model, sampling, 0, 0).and_then(|base| {
+            let options = MaskOptions { dilate, feather, invert };
+            inpaint(cli.device, base, (&image, &mask), strength, options, !no_composite, &out)
+        }),
         Some(Command::Bench(BenchCommand::Unet { preset, latent, passes })) => {
             diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes).map(|seconds| {
                 println!("unet {preset} latent {latent}x{latent} batch 2: {seconds:.4} s per pass ({passes} passes after 1 warm-up)");
@@ -274,9 +313,31 @@ fn info() {
     }
 }
 
-/// Sizes the model cannot take are rounded down to a multiple of 8, and the user is told.
-fn generate(device: DeviceChoice, mut params: GenerateParams, out: &std::path::Path) -> anyhow::Result<()> {
-    device::select(device).map_err(anyhow::Error::msg)?;
+/// The request every model job starts from, from the shared arguments.
+fn base_params(
+    model: ModelArgs,
+    sampling: SamplingArgs,
+    width: u32,
+    height: u32,
+) -> anyhow::Result<GenerateParams> {
+    let params = GenerateParams {
+        model: model.model,
+        model_options: ModelOptions {
+            family: model.model_type,
+            prediction: model.prediction_type,
+            config: model.model_config,
+        },
+        prompt: text_argument("--prompt", sampling.prompt)?,
+        negative_prompt: text_argument("--negative-prompt", sampling.negative_prompt)?,
+        steps: sampling.steps,
+        scheduler: sampling.scheduler,
+        guidance_scale: sampling.guidance,
+        guidance_rescale: sampling.guidance_rescale,
+        seed: sampling.seed,
+        width,
+        height,
+        precision: model.dtype,
+    };
     SchedulerChoice::from_name(&params.scheduler).map_err(|e| anyhow::anyhow!("--scheduler: {e}"))?;
     let model = &params.model;
     if !model.exists() {
@@ -293,6 +354,12 @@ fn generate(device: DeviceChoice, mut params: GenerateParams, out: &std::path::P
     {
         bail!("--model-config {}: not a diffusers folder (no model_index.json)", folder.display());
     }
+    Ok(params)
+}
+
+/// Sizes the model cannot take are rounded down to a multiple of 8, and the user is told.
+fn generate(device: DeviceChoice, mut params: GenerateParams, out: &std::path::Path) -> anyhow::Result<()> {
+    device::select(device).map_err(anyhow::Error::msg)?;
     let (width, height) = (params.width / 8 * 8, params.height / 8 * 8);
     if (width, height) != (params.width, params.height) {
         eprintln!(
@@ -306,6 +373,102 @@ fn generate(device: DeviceChoice, mut params: GenerateParams, out: &std::path::P
     let steps = params.steps;
     let image = run_job(device, Job::Generate(params), steps, "generate")?;
     document::write_png_with_text_atomic(&image, out, "parameters", &infotext)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Reads an input image whose sides round down to multiples of 8 (resized, and said so).
+fn read_model_image(path: &std::path::Path, what: &str) -> anyhow::Result<image::RgbaImage> {
+    let image = document::read_image(path)?;
+    let (width, height) = (image.width() / 8 * 8, image.height() / 8 * 8);
+    if width == 0 || height == 0 {
+        bail!("{what} {}: {}×{} is smaller than 8×8", path.display(), image.width(), image.height());
+    }
+    if (width, height) == image.dimensions() {
+        return Ok(image);
+    }
+    eprintln!(
+        "note: {what} {} resized from {}×{} to {width}×{height} (multiples of 8)",
+        path.display(),
+        image.width(),
+        image.height()
+    );
+    Ok(image::imageops::resize(&image, width, height, image::imageops::FilterType::Lanczos3))
+}
+
+fn img2img(
+    device: DeviceChoice,
+    mut base: GenerateParams,
+    image_path: &std::path::Path,
+    strength: f64,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    device::select(device).map_err(anyhow::Error::msg)?;
+    if !(strength > 0.0 && strength <= 1.0) {
+        bail!("--strength must be in (0, 1], got {strength}");
+    }
+    let image = read_model_image(image_path, "--image")?;
+    (base.width, base.height) = image.dimensions();
+    let infotext = format!("{}, Denoising strength: {strength}", base.to_infotext());
+    let steps = ((base.steps as f64 * strength) as usize).max(1);
+    let job = Job::Img2Img(Img2ImgParams { base, image: ImageData::from_rgba_image(&image), strength });
+    let result = run_job(device, job, steps, "img2img")?;
+    document::write_png_with_text_atomic(&result, out, "parameters", &infotext)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+fn inpaint(
+    device: DeviceChoice,
+    mut base: GenerateParams,
+    (image_path, mask_path): (&std::path::Path, &std::path::Path),
+    strength: f64,
+    mask_options: MaskOptions,
+    composite: bool,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    device::select(device).map_err(anyhow::Error::msg)?;
+    if !(strength > 0.0 && strength <= 1.0) {
+        bail!("--strength must be in (0, 1], got {strength}");
+    }
+    if !(mask_options.feather >= 0.0 && mask_options.feather <= 256.0) {
+        bail!("--feather must be between 0 and 256 pixels, got {}", mask_options.feather);
+    }
+    let image = read_model_image(image_path, "--image")?;
+    let mut mask = document::read_image(mask_path)?;
+    if mask.dimensions() != image.dimensions() {
+        eprintln!(
+            "note: --mask {} resized from {}×{} to the image's {}×{}",
+            mask_path.display(),
+            mask.width(),
+            mask.height(),
+            image.width(),
+            image.height()
+        );
+        mask = image::imageops::resize(
+            &mask,
+            image.width(),
+            image.height(),
+            image::imageops::FilterType::Triangle,
+        );
+    }
+    (base.width, base.height) = image.dimensions();
+    let infotext = format!(
+        "{}, Denoising strength: {strength}, Mask blur: {}",
+        base.to_infotext(),
+        mask_options.feather
+    );
+    let steps = ((base.steps as f64 * strength) as usize).max(1);
+    let job = Job::Inpaint(InpaintParams {
+        base,
+        image: ImageData::from_rgba_image(&image),
+        mask: ImageData::from_rgba_image(&mask),
+        strength,
+        mask_options,
+        composite,
+    });
+    let result = run_job(device, job, steps, "inpaint")?;
+    document::write_png_with_text_atomic(&result, out, "parameters", &infotext)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

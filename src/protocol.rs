@@ -272,7 +272,7 @@ impl Job {
 #[derive(Debug, Clone)]
 pub enum EngineRequest {
     /// Queue a job; its events carry `id`.
-    Run { id: JobId, job: Job },
+    Run { id: JobId, job: Box<Job> },
     /// Cancel a queued or running job; a running one stops before its next step.
     Cancel(JobId),
     /// Finish the current step, drop the queue and end the engine thread.

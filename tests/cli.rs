@@ -249,3 +249,69 @@ fn generate_names_a_bad_model_or_scheduler() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("--prompt is not valid UTF-8 text"), "{stderr}");
 }
+
+#[test]
+fn img2img_and_inpaint_write_pngs_and_name_bad_input() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let common = |command: &str| {
+        let mut c = binary();
+        c.arg(command)
+            .arg("--model")
+            .arg(fixtures.join("tiny_sd_pipeline"))
+            .args(["--prompt", "a blue square", "--steps", "4", "--seed", "2", "--image"])
+            .arg(fixtures.join("edit_image.png"));
+        c
+    };
+    // img2img: the image's size, the strength in the parameters
+    let out = scratch("img2img.png");
+    let output = common("img2img").args(["--strength", "0.5", "--out"]).arg(&out).output().expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(image::open(&out).expect("png").into_rgba8().dimensions(), (16, 16));
+    let parameters = diffusion_studio::document::read_png_text(&out, "parameters").expect("parameters");
+    assert!(parameters.contains("Denoising strength: 0.5"), "{parameters}");
+    // inpaint with a mask of another size: resized, and said so; outside the mask kept exactly
+    let big_mask = scratch("big-mask.png");
+    let mut mask = image::RgbaImage::from_pixel(32, 32, image::Rgba([0, 0, 0, 255]));
+    for y in 0..32 {
+        for x in 0..16 {
+            mask.put_pixel(x, y, image::Rgba([255, 255, 255, 255]));
+        }
+    }
+    mask.save(&big_mask).expect("mask");
+    let out = scratch("inpaint.png");
+    let output = common("inpaint")
+        .arg("--mask")
+        .arg(&big_mask)
+        .args(["--feather", "0", "--out"])
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("resized from 32×32 to the image's 16×16"), "{stderr}");
+    let result = image::open(&out).expect("png").into_rgba8();
+    let source = image::open(fixtures.join("edit_image.png")).expect("png").into_rgba8();
+    for y in 0..16 {
+        for x in 9..16 {
+            // (column 8 is grey after the resize, so partly repainted)
+            assert_eq!(result.get_pixel(x, y), source.get_pixel(x, y), "({x}, {y})");
+        }
+    }
+    // bad input
+    let black = scratch("black-mask.png");
+    image::RgbaImage::from_pixel(16, 16, image::Rgba([0, 0, 0, 255])).save(&black).expect("mask");
+    let cases: Vec<(&str, Vec<std::ffi::OsString>, &str)> = vec![
+        ("img2img", vec!["--strength".into(), "0".into()], "--strength must be in (0, 1]"),
+        ("img2img", vec!["--strength".into(), "0.1".into()], "runs no step"),
+        ("inpaint", vec!["--mask".into(), black.clone().into()], "the mask is all black"),
+        ("inpaint", vec!["--mask".into(), "/nonexistent/mask.png".into()], "/nonexistent/mask.png"),
+    ];
+    for (command, args, expected) in cases {
+        let output =
+            common(command).args(&args).arg("--out").arg(scratch("never-edit.png")).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{command} {args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(!scratch("never-edit.png").exists());
+}

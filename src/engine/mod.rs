@@ -135,7 +135,7 @@ fn handle_request(
 ) -> RequestEffect {
     match request {
         EngineRequest::Run { id, job } => {
-            queue.push_back((id, job));
+            queue.push_back((id, *job));
             RequestEffect::None
         }
         EngineRequest::Cancel(id) => {
@@ -182,7 +182,7 @@ impl EngineHandle {
     /// Queues `job` and returns its id.
     pub fn submit(&self, job: Job) -> JobId {
         let id = JobId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        self.send(EngineRequest::Run { id, job });
+        self.send(EngineRequest::Run { id, job: Box::new(job) });
         id
     }
 

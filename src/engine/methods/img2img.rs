@@ -30,7 +30,8 @@ pub fn start_index(steps: usize, strength: f64, order: usize) -> Result<usize, J
 /// Checks that an input image fits the model's latent grid.
 pub fn check_size(model: &StableDiffusion, image: &ImageData, what: &str) -> Result<(), JobError> {
     let factor = model.vae_scale_factor as u32;
-    if image.width % factor != 0 || image.height % factor != 0 || image.width == 0 || image.height == 0 {
+    let fits = |side: u32| side > 0 && side.is_multiple_of(factor);
+    if !fits(image.width) || !fits(image.height) {
         return Err(JobError::Failed(format!(
             "the {what} is {}×{}; width and height must be multiples of {factor} (resize or crop it)",
             image.width, image.height
