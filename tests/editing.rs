@@ -123,6 +123,58 @@ fn with_composite_on_pixels_outside_a_hard_mask_are_the_source_bytes() {
 }
 
 #[test]
+fn every_step_sends_a_preview_of_the_image_forming() {
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let record = records().into_iter().find(|r| r["method"] == "img2img").expect("an img2img record");
+    let id = engine.submit(job(&record, false));
+    let mut previews = Vec::new();
+    loop {
+        match engine.events().recv_timeout(Duration::from_secs(300)).expect("engine answers") {
+            EngineEvent::Progress { job, step, of, preview } if job == id => {
+                previews.push((step, of, preview))
+            }
+            EngineEvent::Done { job, .. } if job == id => break,
+            EngineEvent::Failed { job, message } if job == id => panic!("{message}"),
+            _ => {}
+        }
+    }
+    // 5 steps at strength 0.6: the last 3 run
+    assert_eq!(
+        previews.iter().map(|(step, of, _)| (*step, *of)).collect::<Vec<_>>(),
+        [(1, 3), (2, 3), (3, 3)]
+    );
+    for (_, _, preview) in &previews {
+        let preview = preview.as_ref().expect("a preview each step");
+        // the tiny model's latents are 8×8 (a 2× VAE): the linear latent→RGB map keeps that grid
+        assert_eq!((preview.width, preview.height), (8, 8));
+    }
+    assert_ne!(
+        previews[0].2.as_ref().map(|p| p.rgba.clone()),
+        previews[2].2.as_ref().map(|p| p.rgba.clone())
+    );
+}
+
+#[test]
+fn a_model_with_a_tiny_decoder_previews_through_it() {
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let record = records().into_iter().find(|r| r["model"] == "tiny_sd_inpaint_pipeline").expect("a record");
+    let id = engine.submit(job(&record, true));
+    let mut sizes = Vec::new();
+    loop {
+        match engine.events().recv_timeout(Duration::from_secs(300)).expect("engine answers") {
+            EngineEvent::Progress { job, preview: Some(preview), .. } if job == id => {
+                sizes.push((preview.width, preview.height))
+            }
+            EngineEvent::Done { job, .. } if job == id => break,
+            EngineEvent::Failed { job, message } if job == id => panic!("{message}"),
+            _ => {}
+        }
+    }
+    // tiny_sd_inpaint_pipeline/taesd decodes its 8×8 latents 8× up
+    assert_eq!(sizes, vec![(64, 64); 4]);
+}
+
+#[test]
 fn bad_masks_and_strengths_are_clear_errors_and_the_engine_goes_on() {
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
     let record = records().into_iter().find(|r| r["method"] == "inpaint").expect("an inpaint record");

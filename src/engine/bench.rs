@@ -120,7 +120,7 @@ pub fn random_pipeline_runs(
             tch::Cuda::synchronize(index as i64);
         }
     };
-    let run = || model.generate_with(&params, |_, _| Ok(())).map_err(|error| anyhow::anyhow!("{error}"));
+    let run = || model.generate_with(&params, |_, _, _| Ok(())).map_err(|error| anyhow::anyhow!("{error}"));
     run()?;
     sync();
     let start = Instant::now();

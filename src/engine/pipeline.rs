@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::engine::loading::LoadError;
 use crate::engine::loading::single_file::{self, Part};
 use crate::engine::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::engine::models::taesd::AutoencoderTiny;
 use crate::engine::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::engine::models::vae::{AutoencoderKl, AutoencoderKlConfig};
 use crate::engine::sampler::{self, Conditioning};
@@ -20,6 +21,13 @@ use crate::text::ClipTokenizer;
 /// Pipelines whose folders load here.
 const SUPPORTED_PIPELINES: &[&str] =
     &["StableDiffusionPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionInstructPix2PixPipeline"];
+
+/// SD latent channels → RGB in [-1, 1] (rows: channels 0–3; columns: R, G, B).
+const LATENT_RGB: [f32; 12] =
+    [0.298, 0.207, 0.208, 0.187, 0.286, 0.173, -0.158, 0.189, 0.264, -0.184, -0.271, -0.473];
+
+/// The longer side of per-step previews, in pixels.
+pub const PREVIEW_SIDE: i64 = 256;
 
 /// A loaded Stable Diffusion model.
 pub struct StableDiffusion {
@@ -33,6 +41,8 @@ pub struct StableDiffusion {
     text_encoder: ClipTextModel,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKl,
+    /// A tiny decoder for per-step previews (a diffusers folder's optional `taesd/`).
+    pub taesd: Option<AutoencoderTiny>,
     /// `scheduler_config.json` as text (each scheduler reads it with its defaults).
     scheduler_config: Option<String>,
     /// Where the scheduler config came from, for messages.
@@ -169,7 +179,13 @@ impl StableDiffusion {
         let text_encoder = ClipTextModel::from_folder(&folder.join("text_encoder"), device)?;
         let unet = UNet2DConditionModel::from_folder(&folder.join("unet"), device)?;
         let vae = AutoencoderKl::from_folder(&folder.join("vae"), device)?;
-        Self::assemble(folder, options.clone(), None, parts, text_encoder, unet, vae, precision)
+        let mut model =
+            Self::assemble(folder, options.clone(), None, parts, text_encoder, unet, vae, precision)?;
+        let taesd = folder.join("taesd");
+        if taesd.join("config.json").is_file() {
+            model.taesd = Some(AutoencoderTiny::from_folder(&taesd, device)?);
+        }
+        Ok(model)
     }
 
     /// Loads a single-file checkpoint in the original LDM key layout: what it is comes from its
@@ -287,6 +303,7 @@ impl StableDiffusion {
             text_encoder,
             unet,
             vae,
+            taesd: None,
             scheduler_config: parts.scheduler_config,
             scheduler_config_source: parts.scheduler_config_source,
             vae_scale_factor,
@@ -373,6 +390,27 @@ impl StableDiffusion {
         Ok(choice.build(config)?)
     }
 
+    /// A cheap look at (scaled) latents for progress: the tiny decoder when the model has one,
+    /// else a fixed linear map from SD's four latent channels to RGB; at most `max_side` pixels.
+    pub fn preview(&self, latents: &Tensor, max_side: i64) -> Result<ImageData, JobError> {
+        let _no_grad = tch::no_grad_guard();
+        let rgb = match &self.taesd {
+            Some(taesd) => taesd.decode(&latents.f_to_kind(Kind::Float)?)?,
+            None if latents.size().get(1) == Some(&4) => {
+                // SD 1.x latent channels' linear fit to RGB, published by keturn on the Hugging
+                // Face forum ("Decoding latents to RGB without upscaling", 2022)
+                let map = Tensor::f_from_slice(&LATENT_RGB)?.f_view([4, 3])?.f_to_device(latents.device())?;
+                latents
+                    .f_to_kind(Kind::Float)?
+                    .f_permute([0, 2, 3, 1])?
+                    .f_matmul(&map)?
+                    .f_permute([0, 3, 1, 2])?
+            }
+            None => return Err(JobError::Failed("no preview for latents that are not 4-channel".into())),
+        };
+        crate::engine::image_tensor::preview_from_tensor(&rgb, max_side)
+    }
+
     /// Decodes latents to an RGBA image (diffusers' `postprocess`: (x / 2 + 0.5) clamped).
     pub fn decode_to_image(&self, latents: &Tensor) -> Result<ImageData, JobError> {
         let scaled = latents.f_div_scalar(self.vae.config.scaling_factor)?;
@@ -382,8 +420,8 @@ impl StableDiffusion {
 
     /// Text to image, as an engine job (progress events, cancel between steps).
     pub fn generate(&self, params: &GenerateParams, ctx: &mut JobContext<'_>) -> Result<ImageData, JobError> {
-        self.generate_with(params, |step, of| {
-            ctx.progress(step, of, None);
+        self.generate_with(params, |step, of, latents| {
+            ctx.progress(step, of, self.preview(latents, PREVIEW_SIDE).ok());
             ctx.checkpoint()
         })
     }
@@ -392,7 +430,7 @@ impl StableDiffusion {
     pub fn generate_with(
         &self,
         params: &GenerateParams,
-        mut on_step: impl FnMut(usize, usize) -> Result<(), JobError>,
+        mut on_step: impl FnMut(usize, usize, &Tensor) -> Result<(), JobError>,
     ) -> Result<ImageData, JobError> {
         // 1. check the request; sizes round down to the latent grid, and the job says so
         let factor = self.vae_scale_factor;
@@ -429,7 +467,7 @@ impl StableDiffusion {
             latents,
             &conditioning,
             &mut CpuGeneratorNoise,
-            |step, of, _latents| on_step(step, of),
+            |step, of, latents| on_step(step, of, latents),
         )?;
         // 5. decode
         self.decode_to_image(&latents)

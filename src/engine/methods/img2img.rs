@@ -6,7 +6,7 @@
 use tch::Tensor;
 
 use crate::engine::image_tensor::tensor_from_image;
-use crate::engine::pipeline::StableDiffusion;
+use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
 use crate::engine::sampler::{self, Conditioning, Hooks};
 use crate::engine::schedulers::{CpuGeneratorNoise, Scheduler};
 use crate::engine::{JobContext, JobError};
@@ -86,8 +86,8 @@ pub fn run(
         &conditioning,
         &mut CpuGeneratorNoise,
         hooks,
-        |step, of, _| {
-            ctx.progress(step, of, None);
+        |step, of, latents| {
+            ctx.progress(step, of, model.preview(latents, PREVIEW_SIDE).ok());
             ctx.checkpoint()
         },
     )?;
