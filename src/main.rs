@@ -14,8 +14,8 @@ use diffusion_studio::document;
 use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
-    DeviceChoice, EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams, Job, JobOutput,
-    MaskOptions, ModelFamily, ModelOptions, Precision, Prediction,
+    DeviceChoice, EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams, InvertParams, Job,
+    JobOutput, MaskOptions, ModelFamily, ModelOptions, Precision, Prediction,
 };
 
 #[derive(Parser, Debug)]
@@ -136,6 +136,22 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// DDIM-invert an image: the latent trajectory that regenerates it (for editing real images),
+    /// and the PSNR of regenerating it with the prompt at --guidance (DDIM; --scheduler is not used).
+    Invert {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        #[arg(long)]
+        image: PathBuf,
+        /// Where to write the inversion (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the regenerated image here.
+        #[arg(long)]
+        reconstruction: Option<PathBuf>,
+    },
     /// Time engine parts for `make bench` (see bench/run.sh).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -247,6 +263,8 @@ fn main() -> ExitCode {
             let options = MaskOptions { dilate, feather, invert };
             inpaint(cli.device, base, (&image, &mask), strength, options, !no_composite, &out)
         }),
+        Some(Command::Invert { model, sampling, image, out, reconstruction }) => base_params(model, sampling, 0, 0)
+            .and_then(|base| invert(cli.device, base, &image, &out, reconstruction.as_deref())),
         Some(Command::Bench(BenchCommand::Unet { preset, latent, passes })) => {
             diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes).map(|seconds| {
                 println!("unet {preset} latent {latent}x{latent} batch 2: {seconds:.4} s per pass ({passes} passes after 1 warm-up)");
@@ -473,8 +491,46 @@ fn inpaint(
     Ok(())
 }
 
+fn invert(
+    device: DeviceChoice,
+    mut base: GenerateParams,
+    image_path: &std::path::Path,
+    out: &std::path::Path,
+    reconstruction: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    device::select(device).map_err(anyhow::Error::msg)?;
+    let image = read_model_image(image_path, "--image")?;
+    (base.width, base.height) = image.dimensions();
+    let (steps, guidance) = (base.steps, base.guidance_scale);
+    let job = Job::Invert(InvertParams { base, image: ImageData::from_rgba_image(&image) });
+    let JobOutput::Inversion(inversion) = run_job_output(device, job, 2 * steps, "invert")? else {
+        bail!("the engine returned an image, not an inversion");
+    };
+    document::inversion::save(&inversion, out)?;
+    eprintln!("wrote {}", out.display());
+    if let Some(path) = reconstruction {
+        let rgba =
+            inversion.reconstruction.to_rgba_image().context("the engine returned a malformed image")?;
+        document::write_png_atomic(&rgba, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    println!(
+        "reconstruction PSNR: {:.2} dB against the image, {:.2} dB against the VAE's round trip ({steps} DDIM steps, guidance {guidance})",
+        inversion.psnr, inversion.psnr_vae
+    );
+    Ok(())
+}
+
 /// Runs one job on a fresh engine with a progress bar on stderr; returns its image.
 fn run_job(device: DeviceChoice, job: Job, steps: usize, label: &str) -> anyhow::Result<image::RgbaImage> {
+    match run_job_output(device, job, steps, label)? {
+        JobOutput::Image(result) => result.to_rgba_image().context("the engine returned a malformed image"),
+        JobOutput::Inversion(_) => bail!("the engine returned an inversion, not an image"),
+    }
+}
+
+/// Runs one job on a fresh engine with a progress bar on stderr; returns its output.
+fn run_job_output(device: DeviceChoice, job: Job, steps: usize, label: &str) -> anyhow::Result<JobOutput> {
     let engine = EngineHandle::spawn(device, std::sync::Arc::new(|| {}));
     let id = engine.submit(job);
     let bar = indicatif::ProgressBar::new(steps as u64).with_style(
@@ -493,9 +549,9 @@ fn run_job(device: DeviceChoice, job: Job, steps: usize, label: &str) -> anyhow:
                 bar.suspend(|| eprintln!("model: {description}"))
             }
             EngineEvent::Progress { job, step, .. } if job == id => bar.set_position(step as u64),
-            EngineEvent::Done { job, output: JobOutput::Image(result) } if job == id => {
+            EngineEvent::Done { job, output } if job == id => {
                 bar.finish_and_clear();
-                return result.to_rgba_image().context("the engine returned a malformed image");
+                return Ok(output);
             }
             EngineEvent::Failed { job, message } if job == id => {
                 bar.abandon();

@@ -212,6 +212,39 @@ pub enum Job {
     Img2Img(Img2ImgParams),
     /// Repaint the masked region from the prompt.
     Inpaint(InpaintParams),
+    /// DDIM inversion: the latent trajectory that regenerates the image, and how well it does.
+    Invert(InvertParams),
+}
+
+/// DDIM inversion of `image` under `base.prompt` over `base.steps` steps (no guidance, as
+/// Song et al. invert); the reconstruction then uses `base.guidance_scale` and
+/// `base.negative_prompt`, so its PSNR shows what an edit at that guidance starts from.
+#[derive(Debug, Clone)]
+pub struct InvertParams {
+    pub base: GenerateParams,
+    pub image: ImageData,
+}
+
+/// What an inversion produced: plain data, saved and loaded by `document::inversion`.
+#[derive(Debug, Clone)]
+pub struct Inversion {
+    /// The model it was made with (edits must use the same).
+    pub model: std::path::PathBuf,
+    pub prompt: String,
+    pub steps: usize,
+    pub width: u32,
+    pub height: u32,
+    /// (channels, height, width) of one latent.
+    pub latent_shape: [usize; 3],
+    /// z₀ (the image's latents) … z_T, each `latent_shape` in f32.
+    pub trajectory: Vec<Vec<f32>>,
+    /// DDIM regeneration from z_T with the prompt.
+    pub reconstruction: ImageData,
+    /// PSNR of the reconstruction against the image, in dB.
+    pub psnr: f64,
+    /// PSNR against the VAE's own round trip of the image (decode(z₀)): the inversion's error
+    /// without the autoencoder's.
+    pub psnr_vae: f64,
 }
 
 /// img2img: `base` gives the model, prompts, sampler and seed; the size is the image's.
@@ -264,6 +297,7 @@ impl Job {
             Job::Generate(_) => "generate",
             Job::Img2Img(_) => "img2img",
             Job::Inpaint(_) => "inpaint",
+            Job::Invert(_) => "invert",
         }
     }
 }
@@ -283,6 +317,7 @@ pub enum EngineRequest {
 #[derive(Debug, Clone)]
 pub enum JobOutput {
     Image(ImageData),
+    Inversion(Box<Inversion>),
 }
 
 /// The device the engine settled on, for status bars and `info`.

@@ -315,3 +315,30 @@ fn img2img_and_inpaint_write_pngs_and_name_bad_input() {
     }
     assert!(!scratch("never-edit.png").exists());
 }
+
+#[test]
+fn invert_writes_an_inversion_and_reports_its_psnr() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let out = scratch("inversion.safetensors");
+    let reconstruction = scratch("reconstruction.png");
+    let output = binary()
+        .args(["invert", "--model"])
+        .arg(fixtures.join("tiny_sd_pipeline"))
+        .args(["--prompt", "a red circle on a blue background", "--steps", "5", "--image"])
+        .arg(fixtures.join("edit_image.png"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--reconstruction")
+        .arg(&reconstruction)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        stdout.contains("reconstruction PSNR: ") && stdout.contains("(5 DDIM steps, guidance 7.5)"),
+        "{stdout}"
+    );
+    let inversion = diffusion_studio::document::inversion::load(&out).expect("an inversion file");
+    assert_eq!((inversion.trajectory.len(), inversion.width), (6, 16));
+    assert_eq!(image::open(&reconstruction).expect("png").into_rgba8().dimensions(), (16, 16));
+}

@@ -86,8 +86,8 @@ fn records() -> Vec<Value> {
 #[test]
 fn img2img_and_inpainting_reproduce_diffusers() {
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
-    for record in records() {
-        let image = run(&engine, job(&record, false)).expect("runs");
+    for record in records().iter().filter(|r| r["method"] == "img2img" || r["method"] == "inpaint") {
+        let image = run(&engine, job(record, false)).expect("runs");
         let difference = max_difference_255(&image, &record["image"]);
         let label = format!(
             "{} {} {} strength {}",
@@ -209,4 +209,57 @@ fn bad_masks_and_strengths_are_clear_errors_and_the_engine_goes_on() {
     };
     run(&engine, Job::Inpaint(inverted)).expect("inverted black mask repaints all");
     run(&engine, Job::Inpaint(good)).expect("the engine still serves");
+}
+
+#[test]
+fn ddim_inversion_follows_diffusers_and_its_file_round_trips() {
+    use diffusion_studio::document::inversion;
+    use diffusion_studio::protocol::InvertParams;
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let record =
+        records().into_iter().find(|r| r["method"] == "ddim_inversion").expect("an inversion record");
+    let params = InvertParams {
+        base: GenerateParams { guidance_scale: 1.0, scheduler: "ddim".into(), seed: 0, ..base(&record) },
+        image: png("edit_image.png"),
+    };
+    let id = engine.submit(Job::Invert(params));
+    let result = loop {
+        match engine.events().recv_timeout(Duration::from_secs(300)).expect("engine answers") {
+            EngineEvent::Done { job, output: JobOutput::Inversion(inversion) } if job == id => {
+                break inversion;
+            }
+            EngineEvent::Failed { job, message } if job == id => panic!("{message}"),
+            _ => {}
+        }
+    };
+    // the trajectory z₀ … z_T, step by step
+    let expected = record["trajectory"].as_array().expect("trajectory");
+    assert_eq!(result.trajectory.len(), expected.len());
+    for (step, (ours, theirs)) in result.trajectory.iter().zip(expected).enumerate() {
+        let theirs: Vec<f64> =
+            theirs.as_array().expect("latents").iter().map(|v| v.as_f64().expect("f")).collect();
+        let scale = theirs.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        let error = ours.iter().zip(&theirs).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
+        assert!(error <= 1e-4 * scale.max(1.0), "step {step}: off by {error} (scale {scale})");
+    }
+    // regeneration from z_T
+    let difference = max_difference_255(&result.reconstruction, &record["image"]);
+    assert!(difference <= 2.0, "reconstruction off by {difference}/255");
+    assert!(result.psnr.is_finite() && result.psnr_vae.is_finite());
+    // the file keeps everything an edit needs, and refuses the wrong model or size
+    let path = std::env::temp_dir().join(format!("ds-inversion-{}.safetensors", std::process::id()));
+    inversion::save(&result, &path).expect("saves");
+    let loaded = inversion::load(&path).expect("loads");
+    assert_eq!(loaded.trajectory, result.trajectory);
+    assert_eq!((loaded.steps, loaded.width, loaded.height, loaded.latent_shape), (10, 16, 16, [4, 8, 8]));
+    assert_eq!(loaded.prompt, "a red circle on a blue background");
+    inversion::check_fits(&loaded, &path, &fixture("tiny_sd_pipeline"), 16, 16).expect("fits its own model");
+    let error =
+        inversion::check_fits(&loaded, &path, &fixture("tiny_sd2_pipeline"), 16, 16).expect_err("model");
+    assert!(error.to_string().contains("was made with the model"), "{error}");
+    let error =
+        inversion::check_fits(&loaded, &path, &fixture("tiny_sd_pipeline"), 32, 16).expect_err("size");
+    assert!(error.to_string().contains("is for a 16×16 image, not 32×16"), "{error}");
+    let error = inversion::load(&fixture("tiny_sd_single.safetensors")).expect_err("not an inversion");
+    assert!(error.to_string().contains("is not an inversion file"), "{error}");
 }

@@ -1,6 +1,8 @@
 //! What the user edits: for now the source image, its file and its revision. Plain data — no
 //! tch, no egui — so the UI, the CLI and tests share it. Reading and writing images live here too.
 
+pub mod inversion;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -366,6 +366,12 @@ impl JobRunner for TorchRunner {
                 let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
                 methods::inpaint::run(model, params, ctx).map(JobOutput::Image)
             }
+            Job::Invert(params) => {
+                let base = &params.base;
+                let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
+                methods::inversion::run(model, params, ctx)
+                    .map(|inversion| JobOutput::Inversion(Box::new(inversion)))
+            }
         }
     }
 }

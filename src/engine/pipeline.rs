@@ -382,7 +382,14 @@ impl StableDiffusion {
 
     /// The scheduler of `name` with this model's scheduler config.
     pub fn scheduler(&self, name: &str) -> Result<Box<dyn crate::engine::schedulers::Scheduler>, JobError> {
-        let choice = SchedulerChoice::from_name(name)?;
+        self.scheduler_for(SchedulerChoice::from_name(name)?)
+    }
+
+    /// The scheduler `choice` with this model's scheduler config.
+    pub fn scheduler_for(
+        &self,
+        choice: SchedulerChoice,
+    ) -> Result<Box<dyn crate::engine::schedulers::Scheduler>, JobError> {
         let config = match &self.scheduler_config {
             Some(text) => SchedulerConfig::from_json(choice.kind, text, &self.scheduler_config_source)?,
             None => SchedulerConfig::stable_diffusion(choice.kind),

@@ -311,6 +311,12 @@ impl StudioApp {
                         }
                         None => self.errors.push(format!("{job} returned a malformed image")),
                     },
+                    JobOutput::Inversion(inversion) => {
+                        self.status = format!(
+                            "{label} done ({job}): reconstruction PSNR {:.1} dB ({:.1} dB against the VAE round trip) over {} steps",
+                            inversion.psnr, inversion.psnr_vae, inversion.steps
+                        );
+                    }
                 }
             }
             EngineEvent::Failed { job, message } => {

@@ -3,3 +3,4 @@
 pub mod forward_noise;
 pub mod img2img;
 pub mod inpaint;
+pub mod inversion;
