@@ -2,6 +2,7 @@
 //! one job at a time from its queue, and answers every job with `Done`, `Failed` or `Cancelled`:
 //! a panic inside a job is caught and reported, and the thread goes on serving.
 
+pub mod attention_control;
 pub mod bench;
 pub mod device;
 pub mod image_tensor;

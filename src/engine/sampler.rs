@@ -5,6 +5,7 @@
 use tch::Tensor;
 
 use crate::engine::JobError;
+use crate::engine::attention_control::{AttentionControl, StepInfo};
 use crate::engine::models::unet_2d_condition::UNet2DConditionModel;
 use crate::engine::schedulers::{NoiseSource, Scheduler};
 
@@ -33,6 +34,8 @@ pub struct Hooks<'a> {
     pub extra_channels: Option<&'a Tensor>,
     /// Runs after every scheduler step (blended diffusion puts the known region back).
     pub after_step: Option<&'a mut AfterStep<'a>>,
+    /// Called by every attention layer (prompt-to-prompt, attention maps, paint-with-words).
+    pub attention: Option<&'a dyn AttentionControl>,
 }
 
 /// Runs every step of `scheduler` from `latents`. `on_step(step, of, latents)` is called after
@@ -79,7 +82,12 @@ pub fn denoise_with(
         if let Some(extra) = &extra {
             model_input = Tensor::f_cat(&[&model_input, &extra.f_to_kind(model_input.kind())?], 1)?;
         }
-        let output = unet.forward(&model_input, *t, &context)?.f_to_kind(latents.kind())?;
+        if let Some(control) = hooks.attention {
+            control.begin_step(StepInfo { step: index - hooks.start, of: steps, guided });
+        }
+        let output = unet
+            .forward_controlled(&model_input, *t, &context, hooks.attention)?
+            .f_to_kind(latents.kind())?;
         // 3. classifier-free guidance
         let prediction = if guided {
             let halves = output.f_chunk(2, 0)?;

@@ -129,9 +129,9 @@ pub fn run(
         Ok(known.f_add(&latents.f_sub(&known)?.f_mul(&latent_mask)?)?)
     };
     let hooks = if in_channels == 9 {
-        Hooks { start, extra_channels: Some(&extra), after_step: None }
+        Hooks { start, extra_channels: Some(&extra), ..Default::default() }
     } else {
-        Hooks { start, extra_channels: None, after_step: Some(&mut blend) }
+        Hooks { start, after_step: Some(&mut blend), ..Default::default() }
     };
     let latents = sampler::denoise_with(
         &model.unet,

@@ -6,6 +6,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::blocks::{conv2d, group_norm};
+use crate::engine::attention_control::{AttentionCall, AttentionControl, CrossContext};
 
 /// diffusers' `Attention` without group norm: multi-head attention from `query_dim` to itself
 /// (self) or to a context of `context_dim` (cross).
@@ -43,6 +44,16 @@ impl Attention {
     /// x: (batch, tokens, query_dim); context: (batch, context_tokens, context_dim), or `None`
     /// for self-attention.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor, tch::TchError> {
+        self.forward_controlled(x, context, None)
+    }
+
+    /// [`Attention::forward`], handing the probabilities to `control` when it wants them.
+    pub fn forward_controlled(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        control: Option<(&dyn AttentionControl, AttentionCall)>,
+    ) -> Result<Tensor, tch::TchError> {
         let context = context.unwrap_or(x);
         let (batch, tokens, _) = x.size3()?;
         let q = self.to_q.forward(x);
@@ -55,7 +66,18 @@ impl Attention {
             t.f_view([batch, length, self.heads, head_dim])?.f_transpose(1, 2)
         };
         let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
-        let attended = if self.upcast && q.kind() != Kind::Float {
+        let control = control.filter(|(control, call)| control.wants(call));
+        let attended = if let Some((control, call)) = control {
+            // explicit softmax(q·kᵀ/√d) so the control sees (and may replace) the probabilities
+            let kind = q.kind();
+            let compute = if self.upcast { Kind::Float } else { kind };
+            let scores = q
+                .f_to_kind(compute)?
+                .f_matmul(&k.f_to_kind(compute)?.f_transpose(-1, -2)?)?
+                .f_mul_scalar(1.0 / (head_dim as f64).sqrt())?;
+            let probs = control.edit(&call, scores.f_softmax(-1, compute)?)?;
+            probs.f_to_kind(kind)?.f_matmul(&v)?
+        } else if self.upcast && q.kind() != Kind::Float {
             let kind = q.kind();
             Tensor::f_scaled_dot_product_attention(
                 &q.f_to_kind(Kind::Float)?,
@@ -122,9 +144,26 @@ impl BasicTransformerBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor, tch::TchError> {
-        let x = x.f_add(&self.attn1.forward(&self.norm1.forward(x), None)?)?;
-        let x = x.f_add(&self.attn2.forward(&self.norm2.forward(&x), Some(context))?)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        context: &CrossContext<'_>,
+        size: (i64, i64),
+    ) -> Result<Tensor, tch::TchError> {
+        let call = |cross: bool| AttentionCall {
+            cross,
+            place: context.place,
+            height: size.0,
+            width: size.1,
+            heads: self.attn1.heads,
+        };
+        let control = |cross: bool| context.control.map(|control| (control, call(cross)));
+        let x = x.f_add(&self.attn1.forward_controlled(&self.norm1.forward(x), None, control(false))?)?;
+        let x = x.f_add(&self.attn2.forward_controlled(
+            &self.norm2.forward(&x),
+            Some(context.text),
+            control(true),
+        )?)?;
         x.f_add(&self.ff.forward(&self.norm3.forward(&x))?)
     }
 }
@@ -185,7 +224,7 @@ impl Transformer2DModel {
     }
 
     /// x: (batch, channels, h, w); context: (batch, tokens, context_dim) → (batch, channels, h, w).
-    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor, tch::TchError> {
+    pub fn forward(&self, x: &Tensor, context: &CrossContext<'_>) -> Result<Tensor, tch::TchError> {
         let (b, c, h, w) = x.size4()?;
         let normed = self.norm.forward(x);
         let to_tokens = |t: &Tensor| t.f_permute([0, 2, 3, 1])?.f_reshape([b, h * w, c]);
@@ -195,7 +234,7 @@ impl Transformer2DModel {
             Projection::Linear(proj_in, _) => proj_in.forward(&to_tokens(&normed)?),
         };
         for block in &self.transformer_blocks {
-            tokens = block.forward(&tokens, context)?;
+            tokens = block.forward(&tokens, context, (h, w))?;
         }
         let out = match &self.projection {
             Projection::Conv(convs) => convs.1.forward(&to_map(&tokens)?),

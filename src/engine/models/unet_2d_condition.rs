@@ -11,6 +11,7 @@ use tch::{Kind, Tensor};
 use super::attention::{Transformer2DModel, TransformerOptions};
 use super::blocks::{ResnetBlock2D, conv2d, group_norm};
 use super::unet_levels::{LevelsConfig, UNetLevels};
+use crate::engine::attention_control::{AttentionControl, CrossContext, Place};
 use crate::engine::loading::{self, LoadError};
 
 /// An int or a per-block list, as `attention_head_dim` is in SD configs.
@@ -272,6 +273,17 @@ impl UNet2DConditionModel {
     /// sample: (batch, in_channels, h, w); timestep: the scheduler's t (fractional allowed);
     /// context: (batch, tokens, cross_attention_dim) → the model output (batch, out_channels, h, w).
     pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor, tch::TchError> {
+        self.forward_controlled(sample, timestep, context, None)
+    }
+
+    /// [`Self::forward`] with `control` called by every attention layer.
+    pub fn forward_controlled(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        control: Option<&dyn AttentionControl>,
+    ) -> Result<Tensor, tch::TchError> {
         let _no_grad = tch::no_grad_guard();
         let kind = self.vs.kind();
         let (batch, _, height, width) = sample.size4()?;
@@ -288,15 +300,16 @@ impl UNet2DConditionModel {
         .f_to_kind(kind)?;
         let temb = self.time_linear_2.forward(&self.time_linear_1.forward(&features).f_silu()?);
         // 2. down path, keeping every output for the skips
-        let (mut h, skips) = self.levels.down(self.conv_in.forward(&sample), &temb, Some(&context))?;
+        let cross = CrossContext::new(&context, control);
+        let (mut h, skips) = self.levels.down(self.conv_in.forward(&sample), &temb, Some(&cross))?;
         // 3. middle
         h = self.mid_resnets[0].forward(&h, Some(&temb))?;
-        h = self.mid_attention.forward(&h, &context)?;
+        h = self.mid_attention.forward(&h, &cross.at(Place::Mid))?;
         h = self.mid_resnets[1].forward(&h, Some(&temb))?;
         // 4. up path; upsample to the next skip's size when the latent size is odd
         let overall = 1i64 << (self.levels.levels() - 1);
         let odd_size = height % overall != 0 || width % overall != 0;
-        let h = self.levels.up(h, skips, &temb, Some(&context), odd_size)?;
+        let h = self.levels.up(h, skips, &temb, Some(&cross), odd_size)?;
         // 5. out
         Ok(self.conv_out.forward(&self.conv_norm_out.forward(&h).f_silu()?))
     }

@@ -8,15 +8,16 @@ use tch::nn;
 
 use super::attention::Transformer2DModel;
 use super::blocks::{Downsample2D, ResnetBlock2D, SpatialSelfAttention, Upsample2D};
+use crate::engine::attention_control::{CrossContext, Place};
 
 /// An attention that may follow a resnet.
 pub trait LevelAttention {
-    /// x: (batch, channels, h, w); context: the text, for cross-attention.
-    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor, tch::TchError>;
+    /// x: (batch, channels, h, w); context: the text and attention control, for cross-attention.
+    fn forward(&self, x: &Tensor, context: Option<&CrossContext<'_>>) -> Result<Tensor, tch::TchError>;
 }
 
 impl LevelAttention for Transformer2DModel {
-    fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor, tch::TchError> {
+    fn forward(&self, x: &Tensor, context: Option<&CrossContext<'_>>) -> Result<Tensor, tch::TchError> {
         let context =
             context.ok_or_else(|| tch::TchError::Shape("cross-attention needs a text context".into()))?;
         Transformer2DModel::forward(self, x, context)
@@ -24,7 +25,7 @@ impl LevelAttention for Transformer2DModel {
 }
 
 impl LevelAttention for SpatialSelfAttention {
-    fn forward(&self, x: &Tensor, _context: Option<&Tensor>) -> Result<Tensor, tch::TchError> {
+    fn forward(&self, x: &Tensor, _context: Option<&CrossContext<'_>>) -> Result<Tensor, tch::TchError> {
         SpatialSelfAttention::forward(self, x)
     }
 }
@@ -124,8 +125,10 @@ impl<A: LevelAttention> UNetLevels<A> {
         &self,
         mut h: Tensor,
         temb: &Tensor,
-        context: Option<&Tensor>,
+        context: Option<&CrossContext<'_>>,
     ) -> Result<(Tensor, Vec<Tensor>), tch::TchError> {
+        let context = context.map(|c| c.at(Place::Down));
+        let context = context.as_ref();
         let mut skips = vec![h.shallow_clone()];
         for level in &self.down {
             for (j, resnet) in level.resnets.iter().enumerate() {
@@ -150,9 +153,11 @@ impl<A: LevelAttention> UNetLevels<A> {
         mut h: Tensor,
         mut skips: Vec<Tensor>,
         temb: &Tensor,
-        context: Option<&Tensor>,
+        context: Option<&CrossContext<'_>>,
         match_skip_sizes: bool,
     ) -> Result<Tensor, tch::TchError> {
+        let context = context.map(|c| c.at(Place::Up));
+        let context = context.as_ref();
         for level in &self.up {
             for (j, resnet) in level.resnets.iter().enumerate() {
                 let skip = skips

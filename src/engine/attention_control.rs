@@ -1,0 +1,306 @@
+//! The hook every attention layer of the UNet calls (Hertz et al. 2022, "Prompt-to-Prompt Image
+//! Editing with Cross Attention Control", <https://arxiv.org/abs/2208.01626>). A layer asks the
+//! control whether it wants the attention probabilities; if not it runs fused
+//! `scaled_dot_product_attention`, else it computes softmax(q·kᵀ/√d) explicitly and hands the
+//! probabilities to the control, which may store them (attention maps) or replace them (edits).
+
+use std::cell::RefCell;
+
+use tch::{Kind, Tensor};
+
+/// Where in the UNet a layer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Down,
+    Mid,
+    Up,
+}
+
+/// One attention call, as the layer describes it to the control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionCall {
+    /// Cross-attention to the text (else self-attention over the feature map).
+    pub cross: bool,
+    pub place: Place,
+    /// The feature map the queries come from.
+    pub height: i64,
+    pub width: i64,
+    pub heads: i64,
+}
+
+/// What the sampler tells the control before each UNet evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepInfo {
+    /// 0-based step index among `of`.
+    pub step: usize,
+    pub of: usize,
+    /// The batch is [unconditional…, conditional…] (classifier-free guidance).
+    pub guided: bool,
+}
+
+/// A control over attention. Methods take `&self` (one UNet evaluation calls it from many
+/// layers); implementations keep their state in cells.
+pub trait AttentionControl {
+    /// Called by the sampler before each UNet evaluation.
+    fn begin_step(&self, _info: StepInfo) {}
+    /// Whether this call needs explicit probabilities (false: fused attention, no `edit`).
+    fn wants(&self, call: &AttentionCall) -> bool;
+    /// probs: (batch, heads, queries, keys), softmax over keys → the probabilities to use.
+    fn edit(&self, call: &AttentionCall, probs: Tensor) -> Result<Tensor, tch::TchError>;
+}
+
+/// The UNet's text context and the control every attention layer sees.
+#[derive(Clone, Copy)]
+pub struct CrossContext<'a> {
+    pub text: &'a Tensor,
+    pub control: Option<&'a dyn AttentionControl>,
+    pub place: Place,
+}
+
+impl<'a> CrossContext<'a> {
+    pub fn new(text: &'a Tensor, control: Option<&'a dyn AttentionControl>) -> Self {
+        Self { text, control, place: Place::Down }
+    }
+
+    pub fn at(self, place: Place) -> Self {
+        Self { place, ..self }
+    }
+}
+
+/// Stores cross-attention maps: for every evaluation, the conditional branch's probabilities of
+/// the layers at `resolution` (height × width of the feature map), averaged over heads and
+/// layers, summed over steps. Edits nothing.
+pub struct AttentionStore {
+    /// (height, width) of the layers kept; None keeps the first cross-attention layer's size.
+    resolution: RefCell<Option<(i64, i64)>>,
+    guided: RefCell<bool>,
+    /// Sum over layers and steps: (batch, queries, keys), and how many maps went in.
+    sum: RefCell<Option<Tensor>>,
+    count: RefCell<usize>,
+    /// The maps of the current step only (for local blend), and their count.
+    step_sum: RefCell<Option<Tensor>>,
+    step_count: RefCell<usize>,
+}
+
+impl AttentionStore {
+    pub fn new(resolution: Option<(i64, i64)>) -> Self {
+        Self {
+            resolution: RefCell::new(resolution),
+            guided: RefCell::new(false),
+            sum: RefCell::new(None),
+            count: RefCell::new(0),
+            step_sum: RefCell::new(None),
+            step_count: RefCell::new(0),
+        }
+    }
+
+    /// The resolution maps are kept at (once a layer was seen).
+    pub fn resolution(&self) -> Option<(i64, i64)> {
+        *self.resolution.borrow()
+    }
+
+    /// Mean cross-attention over everything stored: (batch, height, width, keys), or None.
+    pub fn average(&self) -> Result<Option<Tensor>, tch::TchError> {
+        Self::mean(&self.sum.borrow(), *self.count.borrow(), self.resolution())
+    }
+
+    /// Mean cross-attention of the current step: (batch, height, width, keys), or None.
+    pub fn step_average(&self) -> Result<Option<Tensor>, tch::TchError> {
+        Self::mean(&self.step_sum.borrow(), *self.step_count.borrow(), self.resolution())
+    }
+
+    fn mean(
+        sum: &Option<Tensor>,
+        count: usize,
+        resolution: Option<(i64, i64)>,
+    ) -> Result<Option<Tensor>, tch::TchError> {
+        match (sum, resolution) {
+            (Some(sum), Some((height, width))) if count > 0 => {
+                let (batch, _, keys) = sum.size3()?;
+                Ok(Some(sum.f_div_scalar(count as f64)?.f_view([batch, height, width, keys])?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn begin(&self, info: StepInfo) {
+        *self.guided.borrow_mut() = info.guided;
+        *self.step_sum.borrow_mut() = None;
+        *self.step_count.borrow_mut() = 0;
+    }
+
+    fn wants(&self, call: &AttentionCall) -> bool {
+        call.cross && self.resolution().is_none_or(|r| r == (call.height, call.width))
+    }
+
+    /// Adds the conditional half of `probs` (batch, heads, queries, keys).
+    fn store(&self, call: &AttentionCall, probs: &Tensor) -> Result<(), tch::TchError> {
+        if !self.wants(call) {
+            return Ok(());
+        }
+        self.resolution.borrow_mut().get_or_insert((call.height, call.width));
+        let batch = probs.size()[0];
+        let conditional = if *self.guided.borrow() {
+            probs.f_narrow(0, batch / 2, batch / 2)?
+        } else {
+            probs.shallow_clone()
+        };
+        let map = conditional.f_to_kind(Kind::Float)?.f_mean_dim(1, false, Kind::Float)?.f_detach()?;
+        for (sum, count) in [(&self.sum, &self.count), (&self.step_sum, &self.step_count)] {
+            let mut sum = sum.borrow_mut();
+            *sum = Some(match sum.take() {
+                Some(previous) => previous.f_add(&map)?,
+                None => map.shallow_clone(),
+            });
+            *count.borrow_mut() += 1;
+        }
+        Ok(())
+    }
+}
+
+impl AttentionControl for AttentionStore {
+    fn begin_step(&self, info: StepInfo) {
+        self.begin(info);
+    }
+
+    fn wants(&self, call: &AttentionCall) -> bool {
+        AttentionStore::wants(self, call)
+    }
+
+    fn edit(&self, call: &AttentionCall, probs: Tensor) -> Result<Tensor, tch::TchError> {
+        self.store(call, &probs)?;
+        Ok(probs)
+    }
+}
+
+/// Prompt-to-prompt: the batch's conditional half is [source, target]; the target's attention
+/// is taken from the source's — cross-attention through a token `mapper` (word swap and added
+/// words) scaled per token by `equalizer` (re-weighting) inside the cross window, self-attention
+/// of the low-resolution layers inside the self window — and cross-attention is stored.
+pub struct PromptToPrompt {
+    /// For each target token position, the source position whose attention it takes, or None
+    /// for a new word (keeps its own attention).
+    pub mapper: Vec<Option<usize>>,
+    /// Per target token: a factor on its attention (1 = unchanged).
+    pub equalizer: Vec<f64>,
+    /// Step fractions [start, end) in which cross-attention is injected.
+    pub cross_window: (f64, f64),
+    /// Steps fraction [0, end) in which self-attention is injected.
+    pub self_window: f64,
+    /// Self-attention is injected only in layers with at most this many queries (16² as in the
+    /// paper's SD code: the coarse layers that set the layout).
+    pub self_max_queries: i64,
+    pub store: AttentionStore,
+    step: RefCell<Option<StepInfo>>,
+    /// (mapper as a (keys, keys) matrix, per-key alpha, equalizer), built on the first call.
+    tensors: RefCell<Option<(Tensor, Tensor, Tensor)>>,
+}
+
+impl PromptToPrompt {
+    pub fn new(
+        mapper: Vec<Option<usize>>,
+        equalizer: Vec<f64>,
+        cross_window: (f64, f64),
+        self_window: f64,
+        store_resolution: Option<(i64, i64)>,
+    ) -> Self {
+        Self {
+            mapper,
+            equalizer,
+            cross_window,
+            self_window,
+            self_max_queries: 16 * 16,
+            store: AttentionStore::new(store_resolution),
+            step: RefCell::new(None),
+            tensors: RefCell::new(None),
+        }
+    }
+
+    fn in_window(&self, start: f64, end: f64) -> bool {
+        match *self.step.borrow() {
+            Some(info) => {
+                let at = info.step as f64 / info.of.max(1) as f64;
+                at >= start && at < end
+            }
+            None => false,
+        }
+    }
+
+    fn build_tensors(
+        &self,
+        keys: i64,
+        device: tch::Device,
+    ) -> Result<(Tensor, Tensor, Tensor), tch::TchError> {
+        let n = keys as usize;
+        let mut matrix = vec![0f32; n * n];
+        let mut alpha = vec![0f32; n];
+        for (target, source) in self.mapper.iter().enumerate().take(n) {
+            if let Some(source) = source.filter(|s| *s < n) {
+                matrix[source * n + target] = 1.0;
+                alpha[target] = 1.0;
+            }
+        }
+        let mut equalizer: Vec<f32> = self.equalizer.iter().map(|v| *v as f32).collect();
+        equalizer.resize(n, 1.0);
+        Ok((
+            Tensor::f_from_slice(&matrix)?.f_view([keys, keys])?.f_to_device(device)?,
+            Tensor::f_from_slice(&alpha)?.f_to_device(device)?,
+            Tensor::f_from_slice(&equalizer)?.f_to_device(device)?,
+        ))
+    }
+}
+
+impl AttentionControl for PromptToPrompt {
+    fn begin_step(&self, info: StepInfo) {
+        *self.step.borrow_mut() = Some(info);
+        self.store.begin(info);
+    }
+
+    fn wants(&self, call: &AttentionCall) -> bool {
+        if call.cross {
+            self.in_window(self.cross_window.0, self.cross_window.1) || self.store.wants(call)
+        } else {
+            call.height * call.width <= self.self_max_queries && self.in_window(0.0, self.self_window)
+        }
+    }
+
+    fn edit(&self, call: &AttentionCall, probs: Tensor) -> Result<Tensor, tch::TchError> {
+        let guided = self.step.borrow().is_some_and(|s| s.guided);
+        let batch = probs.size()[0];
+        let half = if guided { batch / 2 } else { 0 };
+        if batch - half != 2 {
+            return Err(tch::TchError::Shape(format!(
+                "prompt-to-prompt runs a source and a target prompt, got a batch of {batch}"
+            )));
+        }
+        let (source, target) = (probs.f_select(0, half)?, probs.f_select(0, half + 1)?);
+        let edited = if call.cross {
+            if self.in_window(self.cross_window.0, self.cross_window.1) {
+                let keys = probs.size()[3];
+                let mut tensors = self.tensors.borrow_mut();
+                if tensors.is_none() {
+                    *tensors = Some(self.build_tensors(keys, probs.device())?);
+                }
+                let Some((matrix, alpha, equalizer)) = tensors.as_ref() else { unreachable!() };
+                let kind = source.kind();
+                let mapped = source.f_matmul(&matrix.f_to_kind(kind)?)?;
+                let alpha = alpha.f_to_kind(kind)?;
+                let mixed =
+                    mapped.f_mul(&alpha)?.f_add(&target.f_mul(&alpha.f_neg()?.f_add_scalar(1.0)?)?)?;
+                mixed.f_mul(&equalizer.f_to_kind(kind)?)?
+            } else {
+                target
+            }
+        } else {
+            source.shallow_clone()
+        };
+        let mut parts: Vec<Tensor> = (0..half).map(|i| probs.f_select(0, i)).collect::<Result<_, _>>()?;
+        parts.push(probs.f_select(0, half)?);
+        parts.push(edited);
+        let result = Tensor::f_stack(&parts, 0)?;
+        if call.cross {
+            self.store.store(call, &result)?;
+        }
+        Ok(result)
+    }
+}
