@@ -214,6 +214,33 @@ pub enum Job {
     Inpaint(InpaintParams),
     /// DDIM inversion: the latent trajectory that regenerates the image, and how well it does.
     Invert(InvertParams),
+    /// Prompt-to-prompt: the source prompt's image and the target prompt's, with the target's
+    /// cross-attention taken from the source's.
+    PromptToPrompt(PromptToPromptParams),
+}
+
+/// Prompt-to-prompt (Hertz et al. 2022): `base.prompt` is the source prompt.
+#[derive(Debug, Clone)]
+pub struct PromptToPromptParams {
+    pub base: GenerateParams,
+    pub target_prompt: String,
+    /// Fractions of the steps [start, end) in which the target takes the source's
+    /// cross-attention (paper: 0 to 0.8).
+    pub cross_window: (f64, f64),
+    /// Fraction of the first steps in which the target takes the source's self-attention in the
+    /// coarse layers (paper: 0.4).
+    pub self_window: f64,
+    /// Words of the target prompt whose attention is scaled (re-weighting), with the factor.
+    pub reweight: Vec<(String, f64)>,
+    /// Also return each target word's cross-attention map.
+    pub attention_maps: bool,
+}
+
+/// An image a job produced, with what it is ("source", "target", "attention: red", …).
+#[derive(Debug, Clone)]
+pub struct LabelledImage {
+    pub label: String,
+    pub image: ImageData,
 }
 
 /// DDIM inversion of `image` under `base.prompt` over `base.steps` steps (no guidance, as
@@ -298,6 +325,7 @@ impl Job {
             Job::Img2Img(_) => "img2img",
             Job::Inpaint(_) => "inpaint",
             Job::Invert(_) => "invert",
+            Job::PromptToPrompt(_) => "prompt-to-prompt",
         }
     }
 }
@@ -318,6 +346,8 @@ pub enum EngineRequest {
 pub enum JobOutput {
     Image(ImageData),
     Inversion(Box<Inversion>),
+    /// Several images: the first is the main result.
+    Images(Vec<LabelledImage>),
 }
 
 /// The device the engine settled on, for status bars and `info`.

@@ -373,6 +373,11 @@ impl JobRunner for TorchRunner {
                 methods::inversion::run(model, params, ctx)
                     .map(|inversion| JobOutput::Inversion(Box::new(inversion)))
             }
+            Job::PromptToPrompt(params) => {
+                let base = &params.base;
+                let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
+                methods::prompt_to_prompt::run(model, params, ctx).map(JobOutput::Images)
+            }
         }
     }
 }

@@ -353,6 +353,11 @@ impl StableDiffusion {
         Ok(Tensor::f_cat(&embeddings, 1)?)
     }
 
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.tokenizer
+    }
+
     /// The prompt's and negative prompt's embeddings, padded to the same number of chunks.
     pub fn prompt_pair(&self, prompt: &str, negative: &str) -> Result<(Tensor, Tensor), JobError> {
         let chunks = self.chunk_count(prompt)?.max(self.chunk_count(negative)?);

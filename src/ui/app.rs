@@ -311,6 +311,15 @@ impl StudioApp {
                         }
                         None => self.errors.push(format!("{job} returned a malformed image")),
                     },
+                    JobOutput::Images(images) => {
+                        match images.first().and_then(|first| first.image.to_rgba_image()) {
+                            Some(image) => {
+                                self.document.set_result_image(image);
+                                self.status = format!("{label} done ({job}); Ctrl+Z to undo");
+                            }
+                            None => self.errors.push(format!("{job} returned no image")),
+                        }
+                    }
                     JobOutput::Inversion(inversion) => {
                         self.status = format!(
                             "{label} done ({job}): reconstruction PSNR {:.1} dB ({:.1} dB against the VAE round trip) over {} steps",

@@ -4,3 +4,4 @@ pub mod forward_noise;
 pub mod img2img;
 pub mod inpaint;
 pub mod inversion;
+pub mod prompt_to_prompt;

@@ -120,6 +120,21 @@ impl NoiseSource for CpuGeneratorNoise {
     }
 }
 
+/// Draws one sample's noise and gives every batch member the same (prompt-to-prompt's source and
+/// target see the same ancestral noise, and the source branch draws what a plain run draws).
+pub struct SharedNoise<'a>(pub &'a mut dyn NoiseSource);
+
+impl NoiseSource for SharedNoise<'_> {
+    fn randn(&mut self, size: &[i64], device: Device) -> Result<Tensor, SchedulerError> {
+        let mut one = size.to_vec();
+        let Some(batch) = one.first_mut() else { return self.0.randn(size, device) };
+        let count = std::mem::replace(batch, 1);
+        let mut repeats = vec![1i64; size.len()];
+        repeats[0] = count;
+        Ok(self.0.randn(&one, device)?.f_repeat(&repeats)?)
+    }
+}
+
 /// A denoising schedule and its update rule.
 pub trait Scheduler: Send {
     /// Chooses `steps` inference steps.

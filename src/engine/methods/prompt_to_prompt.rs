@@ -1,0 +1,173 @@
+//! Prompt-to-prompt (Hertz et al. 2022, <https://arxiv.org/abs/2208.01626>): the source and the
+//! target prompt denoise side by side from the same noise; inside the cross-attention window the
+//! target's cross-attention maps are the source's (through the word alignment, scaled for
+//! re-weighted words), inside the self-attention window its coarse self-attention is the
+//! source's — so the target image changes where the edited words act and keeps the rest.
+
+use tch::{Kind, Tensor};
+
+use crate::engine::attention_control::PromptToPrompt;
+use crate::engine::image_tensor::image_from_tensor;
+use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
+use crate::engine::sampler::{self, Conditioning, Hooks};
+use crate::engine::schedulers::{CpuGeneratorNoise, SharedNoise};
+use crate::engine::{JobContext, JobError};
+use crate::protocol::{LabelledImage, PromptToPromptParams};
+use crate::text::alignment::{self, WordTokens};
+use crate::text::tokenizer::{CHUNK_LENGTH, CHUNK_TOKENS};
+
+/// The resolution attention maps are kept at: the feature map of the third level (16×16 for SD
+/// at 512², as in the paper's code), or the coarsest the UNet has.
+fn map_resolution(model: &StableDiffusion, height: i64, width: i64) -> (i64, i64) {
+    let levels = model.unet.config.block_out_channels.len();
+    let (mut h, mut w) = (height, width);
+    for _ in 0..2.min(levels - 1) {
+        (h, w) = ((h + 1) / 2, (w + 1) / 2);
+    }
+    (h, w)
+}
+
+fn prompt_words(model: &StableDiffusion, prompt: &str, which: &str) -> Result<Vec<WordTokens>, JobError> {
+    let words = alignment::words(model.tokenizer(), prompt).map_err(|e| JobError::Failed(e.to_string()))?;
+    let count: usize = words.iter().map(|w| w.tokens.len()).sum();
+    if count > CHUNK_TOKENS {
+        return Err(JobError::Failed(format!(
+            "the {which} prompt has {count} tokens; prompt-to-prompt edits prompts of at most {CHUNK_TOKENS}"
+        )));
+    }
+    Ok(words)
+}
+
+/// Runs prompt-to-prompt as an engine job: [target, source, attention maps…].
+pub fn run(
+    model: &StableDiffusion,
+    params: &PromptToPromptParams,
+    ctx: &mut JobContext<'_>,
+) -> Result<Vec<LabelledImage>, JobError> {
+    let base = &params.base;
+    let factor = model.vae_scale_factor;
+    let (width, height) = (i64::from(base.width), i64::from(base.height));
+    if width < factor || height < factor || width % factor != 0 || height % factor != 0 {
+        return Err(JobError::Failed(format!(
+            "width and height must be multiples of {factor}, got {width}×{height}"
+        )));
+    }
+    let (cross_start, cross_end) = params.cross_window;
+    if !(0.0..=1.0).contains(&cross_start) || !(0.0..=1.0).contains(&cross_end) || cross_start > cross_end {
+        return Err(JobError::Failed(format!(
+            "the cross-attention window must be within [0, 1] and start before it ends, got {cross_start}..{cross_end}"
+        )));
+    }
+    if !(0.0..=1.0).contains(&params.self_window) {
+        return Err(JobError::Failed(format!(
+            "the self-attention window must be in [0, 1], got {}",
+            params.self_window
+        )));
+    }
+    // 1. the word alignment and the re-weighting
+    let source_words = prompt_words(model, &base.prompt, "source")?;
+    let target_words = prompt_words(model, &params.target_prompt, "target")?;
+    let mapper = alignment::token_mapper(&source_words, &target_words, CHUNK_LENGTH);
+    let mut equalizer = vec![1.0; CHUNK_LENGTH];
+    for (word, weight) in &params.reweight {
+        let found = alignment::find_word(&target_words, word);
+        if found.is_empty() {
+            return Err(JobError::Failed(format!(
+                "re-weighted word \"{word}\" is not in the target prompt \"{}\"",
+                params.target_prompt
+            )));
+        }
+        for index in found {
+            for position in alignment::word_positions(&target_words, index) {
+                equalizer[position] = *weight;
+            }
+        }
+    }
+    // 2. embeddings: [source, target], the negative prompt for both
+    let source = model.encode_prompt(&base.prompt, 1)?;
+    let target = model.encode_prompt(&params.target_prompt, 1)?;
+    let negative = model.encode_prompt(&base.negative_prompt, 1)?;
+    if source.size() != target.size() || negative.size() != source.size() {
+        return Err(JobError::Failed(
+            "the negative prompt must fit one 75-token chunk for prompt-to-prompt".into(),
+        ));
+    }
+    let text = Tensor::f_cat(&[&source, &target], 0)?;
+    let negative = Tensor::f_cat(&[&negative, &negative], 0)?;
+    // 3. the same noise for both
+    let mut scheduler = model.scheduler(&base.scheduler)?;
+    scheduler.set_timesteps(base.steps)?;
+    tch::manual_seed(base.seed as i64);
+    let channels = model.unet.config.out_channels;
+    let latents = model
+        .cpu_randn(&[1, channels, height / factor, width / factor])?
+        .f_mul_scalar(scheduler.init_noise_sigma())?
+        .f_repeat([2, 1, 1, 1])?;
+    // 4. the loop with the control in every attention layer
+    let resolution = map_resolution(model, height / factor, width / factor);
+    let control =
+        PromptToPrompt::new(mapper, equalizer, params.cross_window, params.self_window, Some(resolution));
+    let conditioning = Conditioning {
+        text: &text,
+        negative: Some(&negative),
+        guidance_scale: base.guidance_scale,
+        guidance_rescale: base.guidance_rescale,
+    };
+    let hooks = Hooks { attention: Some(&control), ..Default::default() };
+    let latents = sampler::denoise_with(
+        &model.unet,
+        scheduler.as_mut(),
+        latents,
+        &conditioning,
+        &mut SharedNoise(&mut CpuGeneratorNoise),
+        hooks,
+        |step, of, latents| {
+            let preview = latents.f_narrow(0, 1, 1).ok().and_then(|t| model.preview(&t, PREVIEW_SIDE).ok());
+            ctx.progress(step, of, preview);
+            ctx.checkpoint()
+        },
+    )?;
+    // 5. decode both, and the maps
+    let mut images = vec![
+        LabelledImage { label: "target".into(), image: model.decode_to_image(&latents.f_narrow(0, 1, 1)?)? },
+        LabelledImage { label: "source".into(), image: model.decode_to_image(&latents.f_narrow(0, 0, 1)?)? },
+    ];
+    if params.attention_maps {
+        images.extend(attention_maps(&control, &target_words, base.width, base.height)?);
+    }
+    Ok(images)
+}
+
+/// Each target word's cross-attention averaged over its tokens, layers and steps, normalised to
+/// [0, 1], as a grey image of the output's size.
+fn attention_maps(
+    control: &PromptToPrompt,
+    words: &[WordTokens],
+    width: u32,
+    height: u32,
+) -> Result<Vec<LabelledImage>, JobError> {
+    let Some(maps) = control.store.average()? else { return Ok(Vec::new()) };
+    let target = maps.f_select(0, 1)?; // (h, w, keys)
+    let mut images = Vec::new();
+    for (index, word) in words.iter().enumerate() {
+        let positions: Vec<i64> = alignment::word_positions(words, index).map(|p| p as i64).collect();
+        let picked =
+            target.f_index_select(2, &Tensor::f_from_slice(&positions)?.f_to_device(target.device())?)?;
+        let map = picked.f_mean_dim(2, false, Kind::Float)?;
+        let peak = f64::try_from(map.f_max()?)?.max(1e-12);
+        let scaled = map
+            .f_div_scalar(peak)?
+            .f_unsqueeze(0)?
+            .f_unsqueeze(0)?
+            .f_upsample_nearest2d([i64::from(height), i64::from(width)], None, None)?
+            .f_squeeze_dim(0)?
+            .f_mul_scalar(2.0)?
+            .f_sub_scalar(1.0)?;
+        let grey = Tensor::f_cat(&[&scaled, &scaled, &scaled], 0)?;
+        images.push(LabelledImage {
+            label: format!("attention: {}", word.word),
+            image: image_from_tensor(&grey)?,
+        });
+    }
+    Ok(images)
+}
