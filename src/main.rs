@@ -15,7 +15,7 @@ use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
     DeviceChoice, EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams, InvertParams, Job,
-    JobOutput, MaskOptions, ModelFamily, ModelOptions, Precision, Prediction,
+    JobOutput, MaskOptions, ModelFamily, ModelOptions, Precision, Prediction, PromptToPromptParams,
 };
 
 #[derive(Parser, Debug)]
@@ -28,6 +28,23 @@ struct Cli {
     command: Option<Command>,
     /// An image to open in the studio.
     image: Option<PathBuf>,
+}
+
+/// The editing methods of `edit`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum EditMethod {
+    /// Prompt-to-prompt (Hertz et al. 2022).
+    P2p,
+}
+
+/// "word=2.5" → ("word", 2.5).
+fn parse_reweight(text: &str) -> Result<(String, f64), String> {
+    let (word, factor) = text.split_once('=').ok_or_else(|| format!("'{text}' is not WORD=FACTOR"))?;
+    let factor: f64 = factor.parse().map_err(|_| format!("'{factor}' in '{text}' is not a number"))?;
+    if word.trim().is_empty() || !factor.is_finite() || factor < 0.0 {
+        return Err(format!("'{text}': give a word and a factor of at least 0"));
+    }
+    Ok((word.trim().to_string(), factor))
 }
 
 /// Which model, and how to load it.
@@ -56,7 +73,8 @@ struct ModelArgs {
 /// Prompts and the sampler.
 #[derive(clap::Args, Debug)]
 struct SamplingArgs {
-    #[arg(long)]
+    /// The prompt (for `edit`: the source prompt).
+    #[arg(long, visible_alias = "source-prompt")]
     prompt: std::ffi::OsString,
     #[arg(long, default_value = "")]
     negative_prompt: std::ffi::OsString,
@@ -151,6 +169,44 @@ enum Command {
         /// Also write the regenerated image here.
         #[arg(long)]
         reconstruction: Option<PathBuf>,
+    },
+    /// Edit a generated image word by word: `--method p2p` (prompt-to-prompt) denoises the source
+    /// and target prompts side by side, the target taking the source's cross-attention.
+    Edit {
+        #[arg(long, value_enum)]
+        method: EditMethod,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        sampling: SamplingArgs,
+        /// The edited prompt.
+        #[arg(long)]
+        target_prompt: std::ffi::OsString,
+        #[arg(long, default_value_t = 512)]
+        width: u32,
+        #[arg(long, default_value_t = 512)]
+        height: u32,
+        /// Cross-attention injection from this fraction of the steps…
+        #[arg(long, default_value_t = 0.0)]
+        cross_start: f64,
+        /// …to this one (the paper's 0.8).
+        #[arg(long, default_value_t = 0.8)]
+        cross_replace: f64,
+        /// Self-attention injection for this fraction of the first steps (the paper's 0.4).
+        #[arg(long, default_value_t = 0.4)]
+        self_replace: f64,
+        /// WORD=FACTOR: scale a target word's attention (repeatable).
+        #[arg(long, value_parser = parse_reweight)]
+        reweight: Vec<(String, f64)>,
+        /// Write each target word's cross-attention map here (PNG per word).
+        #[arg(long)]
+        attention_maps: Option<PathBuf>,
+        /// Also write the source prompt's image here.
+        #[arg(long)]
+        source_out: Option<PathBuf>,
+        /// The edited image.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Time engine parts for `make bench` (see bench/run.sh).
     #[command(subcommand)]
@@ -265,6 +321,31 @@ fn main() -> ExitCode {
         }),
         Some(Command::Invert { model, sampling, image, out, reconstruction }) => base_params(model, sampling, 0, 0)
             .and_then(|base| invert(cli.device, base, &image, &out, reconstruction.as_deref())),
+        Some(Command::Edit {
+            method: EditMethod::P2p,
+            model,
+            sampling,
+            target_prompt,
+            width,
+            height,
+            cross_start,
+            cross_replace,
+            self_replace,
+            reweight,
+            attention_maps,
+            source_out,
+            out,
+        }) => base_params(model, sampling, width, height).and_then(|base| {
+            let params = PromptToPromptParams {
+                base,
+                target_prompt: text_argument("--target-prompt", target_prompt)?,
+                cross_window: (cross_start, cross_replace),
+                self_window: self_replace,
+                reweight,
+                attention_maps: attention_maps.is_some(),
+            };
+            edit_p2p(cli.device, params, &out, source_out.as_deref(), attention_maps.as_deref())
+        }),
         Some(Command::Bench(BenchCommand::Unet { preset, latent, passes })) => {
             diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes).map(|seconds| {
                 println!("unet {preset} latent {latent}x{latent} batch 2: {seconds:.4} s per pass ({passes} passes after 1 warm-up)");
@@ -518,6 +599,61 @@ fn invert(
         "reconstruction PSNR: {:.2} dB against the image, {:.2} dB against the VAE's round trip ({steps} DDIM steps, guidance {guidance})",
         inversion.psnr, inversion.psnr_vae
     );
+    Ok(())
+}
+
+fn edit_p2p(
+    device: DeviceChoice,
+    mut params: PromptToPromptParams,
+    out: &std::path::Path,
+    source_out: Option<&std::path::Path>,
+    maps: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    device::select(device).map_err(anyhow::Error::msg)?;
+    let base = &mut params.base;
+    let (width, height) = (base.width / 8 * 8, base.height / 8 * 8);
+    if (width, height) != (base.width, base.height) {
+        eprintln!("note: {}×{} rounded down to {width}×{height} (multiples of 8)", base.width, base.height);
+        (base.width, base.height) = (width, height);
+    }
+    let infotext = format!(
+        "{}\nTarget prompt: {}, P2P cross: {}-{}, P2P self: {}",
+        base.to_infotext(),
+        params.target_prompt,
+        params.cross_window.0,
+        params.cross_window.1,
+        params.self_window
+    );
+    if let Some(folder) = maps {
+        std::fs::create_dir_all(folder).with_context(|| format!("--attention-maps {}", folder.display()))?;
+    }
+    let steps = params.base.steps;
+    let JobOutput::Images(images) = run_job_output(device, Job::PromptToPrompt(params), steps, "edit")?
+    else {
+        bail!("the engine returned no images");
+    };
+    let mut map_index = 0;
+    for labelled in images {
+        let rgba = labelled.image.to_rgba_image().context("the engine returned a malformed image")?;
+        let path = match labelled.label.as_str() {
+            "target" => out.to_path_buf(),
+            "source" => match source_out {
+                Some(path) => path.to_path_buf(),
+                None => continue,
+            },
+            label => match (maps, label.strip_prefix("attention: ")) {
+                (Some(folder), Some(word)) => {
+                    let safe: String =
+                        word.chars().map(|c| if c.is_alphanumeric() { c } else { '_' }).collect();
+                    map_index += 1;
+                    folder.join(format!("{map_index:02}-{safe}.png"))
+                }
+                _ => continue,
+            },
+        };
+        document::write_png_with_text_atomic(&rgba, &path, "parameters", &infotext)?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }
 

@@ -342,3 +342,56 @@ fn invert_writes_an_inversion_and_reports_its_psnr() {
     assert_eq!((inversion.trajectory.len(), inversion.width), (6, 16));
     assert_eq!(image::open(&reconstruction).expect("png").into_rgba8().dimensions(), (16, 16));
 }
+
+#[test]
+fn edit_p2p_writes_the_target_the_source_and_attention_maps() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (out, source, maps) = (scratch("p2p.png"), scratch("p2p-source.png"), scratch("maps"));
+    let output = binary()
+        .args(["edit", "--method", "p2p", "--model"])
+        .arg(fixtures.join("tiny_sd_pipeline"))
+        .args([
+            "--source-prompt",
+            "a red circle",
+            "--target-prompt",
+            "a green circle",
+            "--reweight",
+            "green=2",
+        ])
+        .args(["--steps", "4", "--width", "16", "--height", "16", "--out"])
+        .arg(&out)
+        .arg("--source-out")
+        .arg(&source)
+        .arg("--attention-maps")
+        .arg(&maps)
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(image::open(&out).expect("png").into_rgba8().dimensions(), (16, 16));
+    assert!(source.is_file());
+    let mut written: Vec<String> = std::fs::read_dir(&maps)
+        .expect("maps folder")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["01-a.png", "02-green.png", "03-circle.png"]);
+    let parameters = diffusion_studio::document::read_png_text(&out, "parameters").expect("parameters");
+    assert!(parameters.contains("Target prompt: a green circle"), "{parameters}");
+    // a word the target does not have, and a malformed re-weight
+    for (args, expected) in [
+        (["--reweight", "blue=2"], "\"blue\" is not in the target prompt"),
+        (["--reweight", "green"], "'green' is not WORD=FACTOR"),
+    ] {
+        let output = binary()
+            .args(["edit", "--method", "p2p", "--model"])
+            .arg(fixtures.join("tiny_sd_pipeline"))
+            .args(["--source-prompt", "a red circle", "--target-prompt", "a green circle"])
+            .args(args)
+            .args(["--steps", "2", "--width", "16", "--height", "16", "--out"])
+            .arg(scratch("never-p2p.png"))
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{stderr}");
+    }
+}
