@@ -198,6 +198,9 @@ enum Command {
         /// WORD=FACTOR: scale a target word's attention (repeatable).
         #[arg(long, value_parser = parse_reweight)]
         reweight: Vec<(String, f64)>,
+        /// Local blend: edit only where these words (of either prompt) attend (repeatable).
+        #[arg(long)]
+        local_blend: Vec<String>,
         /// Write each target word's cross-attention map here (PNG per word).
         #[arg(long)]
         attention_maps: Option<PathBuf>,
@@ -332,6 +335,7 @@ fn main() -> ExitCode {
             cross_replace,
             self_replace,
             reweight,
+            local_blend,
             attention_maps,
             source_out,
             out,
@@ -343,6 +347,7 @@ fn main() -> ExitCode {
                 self_window: self_replace,
                 reweight,
                 attention_maps: attention_maps.is_some(),
+                local_blend,
             };
             edit_p2p(cli.device, params, &out, source_out.as_deref(), attention_maps.as_deref())
         }),

@@ -234,6 +234,9 @@ pub struct PromptToPromptParams {
     pub reweight: Vec<(String, f64)>,
     /// Also return each target word's cross-attention map.
     pub attention_maps: bool,
+    /// Local blend: words (of the source or target prompt) whose attention marks the region to
+    /// edit; outside it the target keeps the source's latents. Empty: edit everywhere.
+    pub local_blend: Vec<String>,
 }
 
 /// An image a job produced, with what it is ("source", "target", "attention: red", …).

@@ -42,6 +42,7 @@ fn p2p(source: &str, target: &str, scheduler: &str) -> PromptToPromptParams {
         self_window: 0.4,
         reweight: Vec::new(),
         attention_maps: false,
+        local_blend: Vec::new(),
     }
 }
 
@@ -143,6 +144,23 @@ fn a_word_swap_with_injection_stays_closer_to_the_source_than_a_fresh_generation
     params.reweight = vec![("red".into(), 4.0)];
     let reweighted = images(run(&engine, Job::PromptToPrompt(params)).expect("edits"));
     assert_ne!(reweighted[0].image.rgba, reweighted[1].image.rgba);
+}
+
+#[test]
+fn local_blend_keeps_the_source_outside_the_words_region() {
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let (source, target) = ("a red circle on a blue background", "a green circle on a blue background");
+    let plain = images(run(&engine, Job::PromptToPrompt(p2p(source, target, "ddim"))).expect("edits"));
+    let mut params = p2p(source, target, "ddim");
+    params.local_blend = vec!["red".into(), "green".into()];
+    let blended = images(run(&engine, Job::PromptToPrompt(params)).expect("edits"));
+    // the source is untouched by the blend (the tiny random model attends everywhere, so its
+    // blend region is the whole image: the masking itself is unit-tested on set attention)
+    assert_eq!(blended[1].image.rgba, plain[1].image.rgba);
+    let mut params = p2p(source, target, "ddim");
+    params.local_blend = vec!["purple".into()];
+    let message = run(&engine, Job::PromptToPrompt(params)).expect_err("purple is in neither prompt");
+    assert!(message.contains("\"purple\" is in neither the source nor the target prompt"), "{message}");
 }
 
 #[test]

@@ -113,7 +113,17 @@ pub fn run(
         guidance_scale: base.guidance_scale,
         guidance_rescale: base.guidance_rescale,
     };
-    let hooks = Hooks { attention: Some(&control), ..Default::default() };
+    // local blend (the paper's §3.3): after each step, outside the region the blend words attend
+    // to (attention ≥ 0.3 of its peak, grown by one cell) the target takes the source's latents
+    let blend_positions = blend_positions(&params.local_blend, &source_words, &target_words)?;
+    let mut blend = |_: &dyn crate::engine::schedulers::Scheduler, _: usize, latents: Tensor| {
+        local_blend(&control, &blend_positions, latents)
+    };
+    let hooks = Hooks {
+        attention: Some(&control),
+        after_step: if params.local_blend.is_empty() { None } else { Some(&mut blend) },
+        ..Default::default()
+    };
     let latents = sampler::denoise_with(
         &model.unet,
         scheduler.as_mut(),
@@ -136,6 +146,69 @@ pub fn run(
         images.extend(attention_maps(&control, &target_words, base.width, base.height)?);
     }
     Ok(images)
+}
+
+/// The chunk positions of the blend words in the source and in the target prompt.
+fn blend_positions(
+    words: &[String],
+    source: &[WordTokens],
+    target: &[WordTokens],
+) -> Result<[Vec<i64>; 2], JobError> {
+    let mut positions = [Vec::new(), Vec::new()];
+    for word in words {
+        let mut found = false;
+        for (prompt, list) in [source, target].iter().zip(positions.iter_mut()) {
+            for index in alignment::find_word(prompt, word) {
+                list.extend(alignment::word_positions(prompt, index).map(|p| p as i64));
+                found = true;
+            }
+        }
+        if !found {
+            return Err(JobError::Failed(format!(
+                "local-blend word \"{word}\" is in neither the source nor the target prompt"
+            )));
+        }
+    }
+    Ok(positions)
+}
+
+/// latents (2, c, h, w) = [source, target] → the target replaced by the source outside the
+/// blend words' attention region.
+fn local_blend(
+    control: &PromptToPrompt,
+    positions: &[Vec<i64>; 2],
+    latents: Tensor,
+) -> Result<Tensor, JobError> {
+    let Some(maps) = control.store.average()? else { return Ok(latents) };
+    let (height, width) = (latents.size()[2], latents.size()[3]);
+    let mut masks = Vec::new();
+    for (branch, list) in positions.iter().enumerate() {
+        if list.is_empty() {
+            continue;
+        }
+        let index = Tensor::f_from_slice(list)?.f_to_device(maps.device())?;
+        let map = maps.f_select(0, branch as i64)?.f_index_select(2, &index)?.f_sum_dim_intlist(
+            2,
+            false,
+            Kind::Float,
+        )?;
+        let map = map
+            .f_unsqueeze(0)?
+            .f_unsqueeze(0)?
+            .f_max_pool2d([3, 3], [1, 1], [1, 1], [1, 1], false)?
+            .f_upsample_nearest2d([height, width], None, None)?;
+        let peak = map.f_amax([2, 3], true)?.f_clamp_min(1e-12)?;
+        masks.push(map.f_div(&peak)?.f_gt(0.3)?.f_to_kind(Kind::Float)?);
+    }
+    let Some(mut mask) = masks.pop() else { return Ok(latents) };
+    for other in masks {
+        mask = mask.f_maximum(&other)?;
+    }
+    let mask = mask.f_to_device(latents.device())?.f_to_kind(latents.kind())?;
+    let source = latents.f_narrow(0, 0, 1)?;
+    let target = latents.f_narrow(0, 1, 1)?;
+    let blended = source.f_add(&target.f_sub(&source)?.f_mul(&mask)?)?;
+    Ok(Tensor::f_cat(&[&source, &blended], 0)?)
 }
 
 /// Each target word's cross-attention averaged over its tokens, layers and steps, normalised to
@@ -170,4 +243,47 @@ fn attention_maps(
         });
     }
     Ok(images)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::attention_control::{AttentionCall, AttentionControl, Place, StepInfo};
+
+    #[test]
+    fn local_blend_keeps_the_source_outside_where_the_words_attend() {
+        // a 4×4 map; token 2 attends only to the top-left cell in both prompts
+        let control =
+            PromptToPrompt::new((0..8).map(Some).collect(), vec![1.0; 8], (0.0, 0.0), 0.0, Some((4, 4)));
+        control.begin_step(StepInfo { step: 0, of: 1, guided: false });
+        let mut probs = vec![0f32; 2 * 16 * 8];
+        for batch in 0..2 {
+            for query in 0..16 {
+                let at = (batch * 16 + query) * 8;
+                if query == 0 {
+                    probs[at + 2] = 1.0;
+                } else {
+                    probs[at] = 1.0; // BOS takes the rest
+                }
+            }
+        }
+        let probs = Tensor::from_slice(&probs).view([2, 1, 16, 8]);
+        let call = AttentionCall { cross: true, place: Place::Up, height: 4, width: 4, heads: 1 };
+        assert!(control.wants(&call));
+        let _ = control.edit(&call, probs).expect("stores");
+        // source latents 0, target 1, on an 8×8 grid
+        let cpu = (Kind::Float, tch::Device::Cpu);
+        let latents = Tensor::cat(&[Tensor::zeros([1, 1, 8, 8], cpu), Tensor::ones([1, 1, 8, 8], cpu)], 0);
+        let blended = local_blend(&control, &[vec![2], vec![2]], latents).expect("blends");
+        let target = Vec::<f32>::try_from(blended.get(1).flatten(0, -1)).expect("floats");
+        // the attended cell, grown by one cell (max-pool 3×3) and upsampled 2×: the top-left 4×4
+        for y in 0..8 {
+            for x in 0..8 {
+                let expected = if x < 4 && y < 4 { 1.0 } else { 0.0 };
+                assert_eq!(target[y * 8 + x], expected, "({x}, {y})");
+            }
+        }
+        let source = Vec::<f32>::try_from(blended.get(0).flatten(0, -1)).expect("floats");
+        assert!(source.iter().all(|v| *v == 0.0));
+    }
 }
