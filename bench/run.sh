@@ -16,6 +16,12 @@ theirs_generate=$(HF_HUB_OFFLINE=1 "$PY" bench/diffusers_side.py generate "$MODE
 ours_unet=$("$BIN" --device cpu bench unet --preset sd_v1_5 --latent 64 --passes "$PASSES" | sed -E 's/.*: ([0-9.]+) s per pass.*/\1/')
 theirs_unet=$(HF_HUB_OFFLINE=1 "$PY" bench/diffusers_side.py unet 64 "$PASSES" 2>/dev/null | tail -1)
 
+# editing: plain generation vs a prompt-to-prompt word swap, same steps (ours only: diffusers has
+# no prompt-to-prompt pipeline)
+edit_tiny=$("$BIN" --device cpu bench edit --model "$MODEL" --size 16 --steps 20 --runs "$RUNS")
+edit_sd=$("$BIN" --device cpu bench edit --model sd_v1_5 --size 256 --steps 5 --runs 1)
+field() { echo "$1" | sed -E "s/.*$2 ([0-9.]+).*/\1/"; }
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 table=$(cat <<TABLE
@@ -25,6 +31,13 @@ table=$(cat <<TABLE
 |---|---|---|---|---|
 | tiny pipeline, 20 steps, 16×16, CFG (s per image) | $ours_generate | $theirs_generate | $(ratio "$ours_generate" "$theirs_generate") | ≤ 0.8 |
 | SD 1.5-sized UNet, batch 2, 64×64 latents (s per pass) | $ours_unet | $theirs_unet | $(ratio "$ours_unet" "$theirs_unet") | ≤ 1.05 |
+
+## Editing on the CPU ($(nproc) cores), $(date -u +%Y-%m-%d)
+
+| work | plain generation (s) | prompt-to-prompt (s) | ratio | target |
+|---|---|---|---|---|
+| tiny pipeline, 16×16, 20 DDIM steps, CFG | $(field "$edit_tiny" plain) | $(field "$edit_tiny" p2p) | $(field "$edit_tiny" ratio) | ≤ 1.3 |
+| SD 1.5-shaped random model, 256×256, 5 DDIM steps, CFG | $(field "$edit_sd" plain) | $(field "$edit_sd" p2p) | $(field "$edit_sd" ratio) | ≤ 1.3 |
 TABLE
 )
 echo "$table"

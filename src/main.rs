@@ -90,6 +90,10 @@ struct SamplingArgs {
     guidance_rescale: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Use the text encoder's output this many layers before the last (0: all layers;
+    /// AUTOMATIC1111's "clip skip 2" is 1).
+    #[arg(long, default_value_t = 0)]
+    clip_skip: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -262,6 +266,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         passes: usize,
     },
+    /// Plain generation and a prompt-to-prompt word swap at equal steps (DDIM, CFG); prints
+    /// seconds for each and their ratio.
+    Edit {
+        /// A model folder or file, or sd_v1_5 / sd_v2_1 for a random-weight release-shaped model.
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 16)]
+        size: u32,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Text-to-image jobs on a diffusers folder at 16×16, after a warm-up job; prints seconds per job.
     Generate {
         #[arg(long)]
@@ -363,6 +380,14 @@ fn main() -> ExitCode {
                 },
             )
         }
+        Some(Command::Bench(BenchCommand::Edit { model, size, steps, runs })) => {
+            diffusion_studio::engine::bench::edit_runs(cli.device, &model, size, steps, runs).map(|(plain, p2p)| {
+                println!(
+                    "edit {model} {size}x{size} {steps} steps: plain {plain:.4} s, p2p {p2p:.4} s, ratio {:.2}",
+                    p2p / plain
+                );
+            })
+        }
         Some(Command::Bench(BenchCommand::Generate { model, steps, runs })) => {
             diffusion_studio::engine::bench::generate_runs(cli.device, &model, steps, runs).map(|seconds| {
                 println!("generate {} {steps} steps: {seconds:.4} s per image ({runs} runs after 1 warm-up)", model.display());
@@ -437,6 +462,7 @@ fn base_params(
         scheduler: sampling.scheduler,
         guidance_scale: sampling.guidance,
         guidance_rescale: sampling.guidance_rescale,
+        clip_skip: sampling.clip_skip,
         seed: sampling.seed,
         width,
         height,

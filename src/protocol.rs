@@ -160,6 +160,9 @@ pub struct GenerateParams {
     pub guidance_scale: f64,
     /// φ of guidance rescale (0 = off).
     pub guidance_rescale: f64,
+    /// Take the text encoder's output this many layers before the last (AUTOMATIC1111's "clip
+    /// skip" minus one; diffusers' `clip_skip`): 0 uses every layer.
+    pub clip_skip: usize,
     pub seed: u64,
     /// Pixels; multiples of the model's VAE factor (8 for SD).
     pub width: u32,
@@ -187,6 +190,9 @@ impl GenerateParams {
         ));
         if self.guidance_rescale > 0.0 {
             text.push_str(&format!(", CFG rescale: {}", self.guidance_rescale));
+        }
+        if self.clip_skip > 0 {
+            text.push_str(&format!(", Clip skip: {}", self.clip_skip + 1));
         }
         text
     }

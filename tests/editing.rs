@@ -42,6 +42,7 @@ fn base(record: &Value) -> GenerateParams {
         scheduler: record["scheduler"].as_str().expect("scheduler").into(),
         guidance_scale: record["guidance"].as_f64().expect("guidance"),
         guidance_rescale: 0.0,
+        clip_skip: 0,
         seed: record["seed"].as_u64().expect("seed"),
         width: 16,
         height: 16,
@@ -95,6 +96,18 @@ fn img2img_and_inpainting_reproduce_diffusers() {
         );
         assert!(difference <= 2.0, "{label}: off by {difference}/255");
     }
+}
+
+#[test]
+fn clip_skip_takes_an_earlier_text_encoder_layer_as_diffusers_does() {
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let record = records().into_iter().find(|r| r["method"] == "generate").expect("a clip-skip record");
+    let params = GenerateParams { clip_skip: 1, ..base(&record) };
+    let image = run(&engine, Job::Generate(params.clone())).expect("generates");
+    let difference = max_difference_255(&image, &record["image"]);
+    assert!(difference <= 2.0, "clip skip 1: off by {difference}/255");
+    let unskipped = run(&engine, Job::Generate(GenerateParams { clip_skip: 0, ..params })).expect("generates");
+    assert!(max_difference_255(&unskipped, &record["image"]) > 2.0, "clip skip changed nothing");
 }
 
 #[test]

@@ -27,6 +27,7 @@ fn base(prompt: &str, scheduler: &str) -> GenerateParams {
         scheduler: scheduler.into(),
         guidance_scale: 7.5,
         guidance_rescale: 0.0,
+        clip_skip: 0,
         seed: 21,
         width: 16,
         height: 16,

@@ -55,6 +55,7 @@ fn params(record: &Value, options: ModelOptions) -> GenerateParams {
         scheduler: record["scheduler"].as_str().expect("scheduler").into(),
         guidance_scale: record["guidance"].as_f64().expect("guidance"),
         guidance_rescale: 0.0,
+        clip_skip: 0,
         seed: record["seed"].as_u64().expect("seed"),
         width: record["width"].as_u64().expect("width") as u32,
         height: record["height"].as_u64().expect("height") as u32,

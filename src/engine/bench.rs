@@ -57,6 +57,7 @@ pub fn generate_runs(
         scheduler: "dpm++2m-karras".into(),
         guidance_scale: 7.5,
         guidance_rescale: 0.0,
+        clip_skip: 0,
         seed: 3,
         width: 16,
         height: 16,
@@ -110,6 +111,7 @@ pub fn random_pipeline_runs(
         scheduler: "dpm++2m-karras".into(),
         guidance_scale: 7.5,
         guidance_rescale: 0.0,
+        clip_skip: 0,
         seed: 0,
         width: size,
         height: size,
@@ -129,4 +131,79 @@ pub fn random_pipeline_runs(
     }
     sync();
     Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
+}
+
+/// Seconds per plain generation and per prompt-to-prompt edit (swap one word, cross window 0–0.8,
+/// self window 0.4) at equal steps with DDIM and CFG 7.5, on `model` (a diffusers folder or
+/// single file) or, for "sd_v1_5"/"sd_v2_1", a release-shaped model with random weights.
+pub fn edit_runs(
+    choice: DeviceChoice,
+    model: &str,
+    size: u32,
+    steps: usize,
+    runs: usize,
+) -> anyhow::Result<(f64, f64)> {
+    use crate::engine::methods::prompt_to_prompt;
+    use crate::engine::pipeline::StableDiffusion;
+    use crate::protocol::{GenerateParams, ModelFamily, PromptToPromptParams};
+    let device = device::select(choice).map_err(anyhow::Error::msg)?;
+    let _no_grad = tch::no_grad_guard();
+    let loaded = match model {
+        "sd_v1_5" => StableDiffusion::random(ModelFamily::Sd1, device, crate::protocol::Precision::F32)?,
+        "sd_v2_1" => StableDiffusion::random(ModelFamily::Sd2, device, crate::protocol::Precision::F32)?,
+        path => StableDiffusion::load(
+            std::path::Path::new(path),
+            &Default::default(),
+            device,
+            crate::protocol::Precision::F32,
+        )?,
+    };
+    let base = GenerateParams {
+        model: model.into(),
+        model_options: Default::default(),
+        prompt: "a red circle on a blue background".into(),
+        negative_prompt: String::new(),
+        steps,
+        scheduler: "ddim".into(),
+        guidance_scale: 7.5,
+        guidance_rescale: 0.0,
+        clip_skip: 0,
+        seed: 0,
+        width: size,
+        height: size,
+        precision: crate::protocol::Precision::F32,
+    };
+    let edit = PromptToPromptParams {
+        base: base.clone(),
+        target_prompt: "a green circle on a blue background".into(),
+        cross_window: (0.0, 0.8),
+        self_window: 0.4,
+        reweight: Vec::new(),
+        attention_maps: false,
+        local_blend: Vec::new(),
+    };
+    let sync = || {
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    };
+    let time = |work: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        work()?;
+        sync();
+        let start = Instant::now();
+        for _ in 0..runs.max(1) {
+            work()?;
+        }
+        sync();
+        Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
+    };
+    let plain = time(&|| {
+        loaded.generate_with(&base, |_, _, _| Ok(())).map(drop).map_err(|e| anyhow::anyhow!("{e}"))
+    })?;
+    let p2p = time(&|| {
+        prompt_to_prompt::run_with(&loaded, &edit, |_, _, _| Ok(()))
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })?;
+    Ok((plain, p2p))
 }

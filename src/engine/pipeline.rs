@@ -323,7 +323,12 @@ impl StableDiffusion {
 
     /// The prompt's text embeddings: (1, 77 × chunks, dim), with `(word:1.3)` weights applied as
     /// AUTOMATIC1111 does (scale each token's embedding, then restore the overall mean).
-    pub fn encode_prompt(&self, prompt: &str, chunks_at_least: usize) -> Result<Tensor, JobError> {
+    pub fn encode_prompt(
+        &self,
+        prompt: &str,
+        chunks_at_least: usize,
+        clip_skip: usize,
+    ) -> Result<Tensor, JobError> {
         let mut chunks =
             self.tokenizer.encode_prompt(prompt).map_err(|error| JobError::Failed(error.to_string()))?;
         while chunks.len() < chunks_at_least {
@@ -335,7 +340,7 @@ impl StableDiffusion {
         for chunk in &chunks {
             let ids: Vec<i64> = chunk.ids.iter().map(|id| i64::from(*id)).collect();
             let input = Tensor::f_from_slice(&ids)?.f_unsqueeze(0)?.f_to_device(self.device)?;
-            let hidden = self.text_encoder.forward(&input, 0)?;
+            let hidden = self.text_encoder.forward(&input, clip_skip)?;
             let weighted = if chunk.weights.iter().all(|w| *w == 1.0) {
                 hidden
             } else {
@@ -359,9 +364,14 @@ impl StableDiffusion {
     }
 
     /// The prompt's and negative prompt's embeddings, padded to the same number of chunks.
-    pub fn prompt_pair(&self, prompt: &str, negative: &str) -> Result<(Tensor, Tensor), JobError> {
+    pub fn prompt_pair(
+        &self,
+        prompt: &str,
+        negative: &str,
+        clip_skip: usize,
+    ) -> Result<(Tensor, Tensor), JobError> {
         let chunks = self.chunk_count(prompt)?.max(self.chunk_count(negative)?);
-        Ok((self.encode_prompt(prompt, chunks)?, self.encode_prompt(negative, chunks)?))
+        Ok((self.encode_prompt(prompt, chunks, clip_skip)?, self.encode_prompt(negative, chunks, clip_skip)?))
     }
 
     /// Image (1, 3, h, w) in [-1, 1] → scaled latents sampled from the VAE's posterior, the
@@ -456,7 +466,7 @@ impl StableDiffusion {
             return Err(JobError::Failed("steps must be at least 1".into()));
         }
         // 2. prompts → embeddings (equal chunk counts for the two branches)
-        let (text, negative) = self.prompt_pair(&params.prompt, &params.negative_prompt)?;
+        let (text, negative) = self.prompt_pair(&params.prompt, &params.negative_prompt, params.clip_skip)?;
         // 3. the scheduler and the seeded initial latents (drawn on the CPU, as diffusers)
         let mut scheduler = self.scheduler(&params.scheduler)?;
         scheduler.set_timesteps(params.steps)?;

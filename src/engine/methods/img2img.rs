@@ -48,7 +48,7 @@ pub fn prepare(
     if params.steps == 0 {
         return Err(JobError::Failed("steps must be at least 1".into()));
     }
-    let (text, negative) = model.prompt_pair(&params.prompt, &params.negative_prompt)?;
+    let (text, negative) = model.prompt_pair(&params.prompt, &params.negative_prompt, params.clip_skip)?;
     let mut scheduler = model.scheduler(&params.scheduler)?;
     scheduler.set_timesteps(params.steps)?;
     Ok((text, negative, scheduler))

@@ -12,7 +12,7 @@ use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
 use crate::engine::sampler::{self, Conditioning, Hooks};
 use crate::engine::schedulers::{CpuGeneratorNoise, SchedulerChoice, SchedulerKind};
 use crate::engine::{JobContext, JobError};
-use crate::protocol::{ImageData, Inversion, InvertParams};
+use crate::protocol::{GenerateParams, ImageData, Inversion, InvertParams};
 
 /// z₀ … z_T of `image` under `prompt` over `steps` DDIM steps. `on_step(step, of, latents)`
 /// runs after each step.
@@ -21,6 +21,7 @@ pub fn ddim_invert(
     image: &ImageData,
     prompt: &str,
     steps: usize,
+    clip_skip: usize,
     mut on_step: impl FnMut(usize, usize, &Tensor) -> Result<(), JobError>,
 ) -> Result<Vec<Tensor>, JobError> {
     check_size(model, image, "image")?;
@@ -29,7 +30,7 @@ pub fn ddim_invert(
     }
     let pixels = tensor_from_image(image, model.device)?;
     let latents = model.vae.encode(&pixels)?.mode().f_mul_scalar(model.vae.config.scaling_factor)?;
-    let (text, _) = model.prompt_pair(prompt, "")?;
+    let (text, _) = model.prompt_pair(prompt, "", clip_skip)?;
     let choice = SchedulerChoice { kind: SchedulerKind::DdimInverse, use_karras_sigmas: None };
     let mut scheduler = model.scheduler_for(choice)?;
     scheduler.set_timesteps(steps)?;
@@ -51,22 +52,23 @@ pub fn ddim_invert(
     Ok(trajectory)
 }
 
-/// DDIM from `noise_latents` (z_T) with the prompts and guidance.
+/// DDIM from `noise_latents` (z_T) with `params`' prompts, steps, guidance and clip skip.
 pub fn regenerate(
     model: &StableDiffusion,
     noise_latents: &Tensor,
-    prompt: &str,
-    negative_prompt: &str,
-    steps: usize,
-    guidance_scale: f64,
+    params: &GenerateParams,
     mut on_step: impl FnMut(usize, usize, &Tensor) -> Result<(), JobError>,
 ) -> Result<ImageData, JobError> {
-    let (text, negative) = model.prompt_pair(prompt, negative_prompt)?;
+    let (text, negative) = model.prompt_pair(&params.prompt, &params.negative_prompt, params.clip_skip)?;
     let mut scheduler =
         model.scheduler_for(SchedulerChoice { kind: SchedulerKind::Ddim, use_karras_sigmas: None })?;
-    scheduler.set_timesteps(steps)?;
-    let conditioning =
-        Conditioning { text: &text, negative: Some(&negative), guidance_scale, guidance_rescale: 0.0 };
+    scheduler.set_timesteps(params.steps)?;
+    let conditioning = Conditioning {
+        text: &text,
+        negative: Some(&negative),
+        guidance_scale: params.guidance_scale,
+        guidance_rescale: 0.0,
+    };
     let latents = sampler::denoise_with(
         &model.unet,
         scheduler.as_mut(),
@@ -104,23 +106,16 @@ pub fn run(
 ) -> Result<Inversion, JobError> {
     let base = &params.base;
     let of = 2 * base.steps;
-    let trajectory = ddim_invert(model, &params.image, &base.prompt, base.steps, |step, _, latents| {
-        ctx.progress(step, of, model.preview(latents, PREVIEW_SIDE).ok());
+    let trajectory =
+        ddim_invert(model, &params.image, &base.prompt, base.steps, base.clip_skip, |step, _, latents| {
+            ctx.progress(step, of, model.preview(latents, PREVIEW_SIDE).ok());
+            ctx.checkpoint()
+        })?;
+    let last = trajectory.last().ok_or_else(|| JobError::Failed("the inversion ran no step".into()))?;
+    let reconstruction = regenerate(model, last, base, |step, _, latents| {
+        ctx.progress(base.steps + step, of, model.preview(latents, PREVIEW_SIDE).ok());
         ctx.checkpoint()
     })?;
-    let last = trajectory.last().ok_or_else(|| JobError::Failed("the inversion ran no step".into()))?;
-    let reconstruction = regenerate(
-        model,
-        last,
-        &base.prompt,
-        &base.negative_prompt,
-        base.steps,
-        base.guidance_scale,
-        |step, _, latents| {
-            ctx.progress(base.steps + step, of, model.preview(latents, PREVIEW_SIDE).ok());
-            ctx.checkpoint()
-        },
-    )?;
     let round_trip = model.decode_to_image(&trajectory[0])?;
     let size = last.size();
     let [_, channels, height, width] = size[..] else {

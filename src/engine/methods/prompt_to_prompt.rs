@@ -12,7 +12,7 @@ use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
 use crate::engine::sampler::{self, Conditioning, Hooks};
 use crate::engine::schedulers::{CpuGeneratorNoise, SharedNoise};
 use crate::engine::{JobContext, JobError};
-use crate::protocol::{LabelledImage, PromptToPromptParams};
+use crate::protocol::{ImageData, LabelledImage, PromptToPromptParams};
 use crate::text::alignment::{self, WordTokens};
 use crate::text::tokenizer::{CHUNK_LENGTH, CHUNK_TOKENS};
 
@@ -43,6 +43,18 @@ pub fn run(
     model: &StableDiffusion,
     params: &PromptToPromptParams,
     ctx: &mut JobContext<'_>,
+) -> Result<Vec<LabelledImage>, JobError> {
+    run_with(model, params, |step, of, preview| {
+        ctx.progress(step, of, preview);
+        ctx.checkpoint()
+    })
+}
+
+/// [`run`] with `on_step(step, of, preview of the target)` instead of a job context.
+pub fn run_with(
+    model: &StableDiffusion,
+    params: &PromptToPromptParams,
+    mut on_step: impl FnMut(usize, usize, Option<ImageData>) -> Result<(), JobError>,
 ) -> Result<Vec<LabelledImage>, JobError> {
     let base = &params.base;
     let factor = model.vae_scale_factor;
@@ -84,9 +96,9 @@ pub fn run(
         }
     }
     // 2. embeddings: [source, target], the negative prompt for both
-    let source = model.encode_prompt(&base.prompt, 1)?;
-    let target = model.encode_prompt(&params.target_prompt, 1)?;
-    let negative = model.encode_prompt(&base.negative_prompt, 1)?;
+    let source = model.encode_prompt(&base.prompt, 1, base.clip_skip)?;
+    let target = model.encode_prompt(&params.target_prompt, 1, base.clip_skip)?;
+    let negative = model.encode_prompt(&base.negative_prompt, 1, base.clip_skip)?;
     if source.size() != target.size() || negative.size() != source.size() {
         return Err(JobError::Failed(
             "the negative prompt must fit one 75-token chunk for prompt-to-prompt".into(),
@@ -133,8 +145,7 @@ pub fn run(
         hooks,
         |step, of, latents| {
             let preview = latents.f_narrow(0, 1, 1).ok().and_then(|t| model.preview(&t, PREVIEW_SIDE).ok());
-            ctx.progress(step, of, preview);
-            ctx.checkpoint()
+            on_step(step, of, preview)
         },
     )?;
     // 5. decode both, and the maps
