@@ -693,6 +693,7 @@ fn run_job(device: DeviceChoice, job: Job, steps: usize, label: &str) -> anyhow:
     match run_job_output(device, job, steps, label)? {
         JobOutput::Image(result) => result.to_rgba_image().context("the engine returned a malformed image"),
         JobOutput::Inversion(_) => bail!("the engine returned an inversion, not an image"),
+        JobOutput::Loaded(_) => bail!("the engine loaded a model but made no image"),
         JobOutput::Images(images) => images
             .first()
             .and_then(|first| first.image.to_rgba_image())

@@ -223,6 +223,8 @@ pub enum Job {
     /// Prompt-to-prompt: the source prompt's image and the target prompt's, with the target's
     /// cross-attention taken from the source's.
     PromptToPrompt(PromptToPromptParams),
+    /// Load a model (and keep it for the jobs that follow).
+    LoadModel(ModelRef),
 }
 
 /// Prompt-to-prompt (Hertz et al. 2022): `base.prompt` is the source prompt.
@@ -335,15 +337,38 @@ impl Job {
             Job::Inpaint(_) => "inpaint",
             Job::Invert(_) => "invert",
             Job::PromptToPrompt(_) => "prompt-to-prompt",
+            Job::LoadModel(_) => "load model",
         }
     }
+}
+
+/// Which queued jobs go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Previews and other work a person is waiting on: ahead of every queued batch job (after
+    /// the interactive ones already queued).
+    Interactive,
+    /// In order of arrival.
+    Batch,
+}
+
+/// A model to load, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRef {
+    pub path: std::path::PathBuf,
+    pub options: ModelOptions,
+    pub precision: Precision,
 }
 
 /// What the UI or CLI asks of the engine.
 #[derive(Debug, Clone)]
 pub enum EngineRequest {
     /// Queue a job; its events carry `id`.
-    Run { id: JobId, job: Box<Job> },
+    Run { id: JobId, job: Box<Job>, priority: Priority },
+    /// Load a model ahead of the jobs that will use it (queued as a job: its events carry `id`).
+    LoadModel { id: JobId, model: ModelRef },
+    /// Free the loaded model once the running job ends (answered with `Unloaded`).
+    Unload,
     /// Cancel a queued or running job; a running one stops before its next step.
     Cancel(JobId),
     /// Finish the current step, drop the queue and end the engine thread.
@@ -357,6 +382,8 @@ pub enum JobOutput {
     Inversion(Box<Inversion>),
     /// Several images: the first is the main result.
     Images(Vec<LabelledImage>),
+    /// A model was loaded: what it is.
+    Loaded(String),
 }
 
 /// The device the engine settled on, for status bars and `info`.
@@ -408,13 +435,15 @@ pub enum EngineEvent {
     Cancelled {
         job: JobId,
     },
+    /// The loaded model was freed (after `EngineRequest::Unload`).
+    Unloaded,
 }
 
 impl EngineEvent {
     /// The job an event belongs to, if any.
     pub fn job(&self) -> Option<JobId> {
         match self {
-            EngineEvent::Ready { .. } | EngineEvent::DeviceWarning { .. } => None,
+            EngineEvent::Ready { .. } | EngineEvent::DeviceWarning { .. } | EngineEvent::Unloaded => None,
             EngineEvent::Started { job }
             | EngineEvent::ModelLoaded { job, .. }
             | EngineEvent::Progress { job, .. }

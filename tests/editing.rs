@@ -106,7 +106,8 @@ fn clip_skip_takes_an_earlier_text_encoder_layer_as_diffusers_does() {
     let image = run(&engine, Job::Generate(params.clone())).expect("generates");
     let difference = max_difference_255(&image, &record["image"]);
     assert!(difference <= 2.0, "clip skip 1: off by {difference}/255");
-    let unskipped = run(&engine, Job::Generate(GenerateParams { clip_skip: 0, ..params })).expect("generates");
+    let unskipped =
+        run(&engine, Job::Generate(GenerateParams { clip_skip: 0, ..params })).expect("generates");
     assert!(max_difference_255(&unskipped, &record["image"]) > 2.0, "clip skip changed nothing");
 }
 

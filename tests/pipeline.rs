@@ -115,3 +115,80 @@ fn half_precision_unets_give_nearly_the_same_image() {
         assert!(worst <= 8, "{precision:?}: a channel differs from f32 by {worst}/255");
     }
 }
+
+#[test]
+fn a_model_loaded_ahead_serves_the_next_jobs_and_unload_frees_it() {
+    use diffusion_studio::protocol::{ModelRef, Precision as P};
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let model =
+        ModelRef { path: fixture("tiny_sd_pipeline"), options: Default::default(), precision: P::F32 };
+    let load = engine.load_model(model);
+    let mut loaded = 0;
+    loop {
+        match engine.events().recv_timeout(std::time::Duration::from_secs(60)).expect("event") {
+            EngineEvent::ModelLoaded { .. } => loaded += 1,
+            EngineEvent::Done { job, output: JobOutput::Loaded(description) } if job == load => {
+                assert!(description.contains("tiny_sd_pipeline"), "{description}");
+                break;
+            }
+            EngineEvent::Failed { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    assert_eq!(loaded, 1);
+    // the generation that follows uses the loaded model: no second load
+    let records: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("pipeline.json")).expect("fixture"))
+            .expect("json");
+    let case = &records.as_array().expect("records")[0];
+    let id = engine.submit(Job::Generate(params(case)));
+    loop {
+        match engine.events().recv_timeout(std::time::Duration::from_secs(60)).expect("event") {
+            EngineEvent::ModelLoaded { .. } => panic!("the model was loaded again"),
+            EngineEvent::Done { job, .. } if job == id => break,
+            EngineEvent::Failed { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    engine.unload();
+    loop {
+        if let EngineEvent::Unloaded =
+            engine.events().recv_timeout(std::time::Duration::from_secs(60)).expect("event")
+        {
+            break;
+        }
+    }
+    // after an unload the next job loads the model again
+    let id = engine.submit(Job::Generate(params(case)));
+    let mut reloaded = false;
+    loop {
+        match engine.events().recv_timeout(std::time::Duration::from_secs(60)).expect("event") {
+            EngineEvent::ModelLoaded { .. } => reloaded = true,
+            EngineEvent::Done { job, .. } if job == id => break,
+            EngineEvent::Failed { message, .. } => panic!("{message}"),
+            _ => {}
+        }
+    }
+    assert!(reloaded);
+}
+
+#[test]
+fn prompt_embeddings_are_computed_once_per_prompt() {
+    use diffusion_studio::engine::pipeline::StableDiffusion;
+    // building modules draws initial weights from the generator seeded engine jobs use
+    let _generator = diffusion_studio::engine::default_generator_lock();
+    let model = StableDiffusion::load(
+        &fixture("tiny_sd_pipeline"),
+        &Default::default(),
+        tch::Device::Cpu,
+        Precision::F32,
+    )
+    .expect("loads");
+    let first = model.encode_prompt("a red circle", 1, 0).expect("encodes");
+    let again = model.encode_prompt("a red circle", 1, 0).expect("encodes");
+    assert_eq!(model.cached_embeddings(), 1);
+    assert!(first.equal(&again));
+    let _ = model.encode_prompt("a red circle", 1, 1).expect("encodes");
+    let _ = model.encode_prompt("a blue circle", 1, 0).expect("encodes");
+    assert_eq!(model.cached_embeddings(), 3);
+}

@@ -22,7 +22,8 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use crate::protocol::{
-    DeviceChoice, DeviceReport, EngineEvent, EngineRequest, ImageData, Job, JobId, JobOutput,
+    DeviceChoice, DeviceReport, EngineEvent, EngineRequest, ImageData, Job, JobId, JobOutput, ModelRef,
+    Priority,
 };
 
 /// Called after every event the engine sends, so that the UI repaints (egui's
@@ -41,7 +42,17 @@ pub enum JobError {
 
 impl From<tch::TchError> for JobError {
     fn from(error: tch::TchError) -> Self {
-        JobError::Failed(format!("tensor operation failed: {error}"))
+        let text = error.to_string();
+        if text.contains("out of memory") {
+            // libtorch frees the failed allocation; the engine goes on with the next job
+            let first_line = text.lines().next().unwrap_or_default();
+            JobError::Failed(format!(
+                "the device ran out of memory ({first_line}); try a smaller size, fewer images at once, \
+                 --dtype f16, or the CPU (--device cpu)"
+            ))
+        } else {
+            JobError::Failed(format!("tensor operation failed: {text}"))
+        }
     }
 }
 
@@ -56,15 +67,18 @@ impl From<schedulers::SchedulerError> for JobError {
 pub trait JobRunner {
     fn device_report(&self) -> DeviceReport;
     fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError>;
+    /// Frees whatever model is loaded.
+    fn unload(&mut self) {}
 }
 
 /// A running job's line to the outside: progress events, and cancellation checks between steps.
 pub struct JobContext<'a> {
     id: JobId,
     requests: &'a Receiver<EngineRequest>,
-    queue: &'a mut VecDeque<(JobId, Job)>,
+    queue: &'a mut VecDeque<Queued>,
     events: &'a EventSink,
     shutdown_requested: bool,
+    unload_requested: bool,
 }
 
 impl JobContext<'_> {
@@ -95,6 +109,7 @@ impl JobContext<'_> {
                             self.shutdown_requested = true;
                             return Err(JobError::Cancelled);
                         }
+                        RequestEffect::Unload => self.unload_requested = true,
                         _ => {}
                     }
                 }
@@ -125,22 +140,38 @@ impl EventSink {
 enum RequestEffect {
     None,
     Cancel(JobId),
+    Unload,
     Shutdown,
 }
 
+/// A job waiting its turn.
+struct Queued {
+    id: JobId,
+    job: Job,
+    priority: Priority,
+}
+
 /// Applies a request to the queue; a cancel of a queued job is answered here.
-fn handle_request(
-    request: EngineRequest,
-    queue: &mut VecDeque<(JobId, Job)>,
-    events: &EventSink,
-) -> RequestEffect {
+fn handle_request(request: EngineRequest, queue: &mut VecDeque<Queued>, events: &EventSink) -> RequestEffect {
     match request {
-        EngineRequest::Run { id, job } => {
-            queue.push_back((id, *job));
+        EngineRequest::Run { id, job, priority } => {
+            let queued = Queued { id, job: *job, priority };
+            match priority {
+                Priority::Batch => queue.push_back(queued),
+                Priority::Interactive => {
+                    let at = queue.iter().take_while(|q| q.priority == Priority::Interactive).count();
+                    queue.insert(at, queued);
+                }
+            }
             RequestEffect::None
         }
+        EngineRequest::LoadModel { id, model } => {
+            queue.push_back(Queued { id, job: Job::LoadModel(model), priority: Priority::Batch });
+            RequestEffect::None
+        }
+        EngineRequest::Unload => RequestEffect::Unload,
         EngineRequest::Cancel(id) => {
-            if let Some(position) = queue.iter().position(|(queued, _)| *queued == id) {
+            if let Some(position) = queue.iter().position(|queued| queued.id == id) {
                 queue.remove(position);
                 events.send(EngineEvent::Cancelled { job: id });
             }
@@ -180,11 +211,36 @@ impl EngineHandle {
         Self { requests: request_tx, events: event_rx, next_id: AtomicU64::new(1), thread }
     }
 
-    /// Queues `job` and returns its id.
+    /// Queues `job` behind the others and returns its id.
     pub fn submit(&self, job: Job) -> JobId {
-        let id = JobId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        self.send(EngineRequest::Run { id, job: Box::new(job) });
+        self.submit_with(job, Priority::Batch)
+    }
+
+    /// Queues `job` ahead of the batch jobs (previews a person waits on).
+    pub fn submit_interactive(&self, job: Job) -> JobId {
+        self.submit_with(job, Priority::Interactive)
+    }
+
+    fn submit_with(&self, job: Job, priority: Priority) -> JobId {
+        let id = self.next_id();
+        self.send(EngineRequest::Run { id, job: Box::new(job), priority });
         id
+    }
+
+    /// Loads `model` ahead of the jobs that use it; its events carry the returned id.
+    pub fn load_model(&self, model: ModelRef) -> JobId {
+        let id = self.next_id();
+        self.send(EngineRequest::LoadModel { id, model });
+        id
+    }
+
+    /// Frees the loaded model after the running job.
+    pub fn unload(&self) {
+        self.send(EngineRequest::Unload);
+    }
+
+    fn next_id(&self) -> JobId {
+        JobId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn cancel(&self, id: JobId) {
@@ -232,16 +288,26 @@ where
         events.send(EngineEvent::DeviceWarning { message });
     }
     events.send(EngineEvent::Ready { device: runner.device_report() });
-    let mut queue: VecDeque<(JobId, Job)> = VecDeque::new();
+    let mut queue: VecDeque<Queued> = VecDeque::new();
+    let mut unload_requested = false;
     loop {
-        // 1. wait for work, applying cancels to the queue
-        while queue.is_empty() {
+        // 1. wait for work, applying cancels to the queue; unload between jobs
+        loop {
+            if std::mem::take(&mut unload_requested) {
+                runner.unload();
+                events.send(EngineEvent::Unloaded);
+            }
+            if !queue.is_empty() {
+                break;
+            }
             let Ok(request) = requests.recv() else { return };
-            if let RequestEffect::Shutdown = handle_request(request, &mut queue, &events) {
-                return;
+            match handle_request(request, &mut queue, &events) {
+                RequestEffect::Shutdown => return,
+                RequestEffect::Unload => unload_requested = true,
+                RequestEffect::None | RequestEffect::Cancel(_) => {}
             }
         }
-        let Some((id, job)) = queue.pop_front() else { continue };
+        let Some(Queued { id, job, .. }) = queue.pop_front() else { continue };
         // 2. run it, turning panics into failures
         events.send(EngineEvent::Started { job: id });
         let mut ctx = JobContext {
@@ -250,9 +316,11 @@ where
             queue: &mut queue,
             events: &events,
             shutdown_requested: false,
+            unload_requested: false,
         };
         let result = catch_unwind(AssertUnwindSafe(|| runner.run(&job, &mut ctx)));
         let shutdown = ctx.shutdown_requested;
+        unload_requested |= ctx.unload_requested;
         // 3. answer
         let event = match result {
             Ok(Ok(output)) => EngineEvent::Done { job: id, output },
@@ -343,6 +411,10 @@ impl JobRunner for TorchRunner {
         device::report(self.device)
     }
 
+    fn unload(&mut self) {
+        self.model = None;
+    }
+
     fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
         let _no_grad = tch::no_grad_guard();
         // Seeds go through libtorch's one default CPU generator; engines in one process (tests)
@@ -372,6 +444,10 @@ impl JobRunner for TorchRunner {
                 let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
                 methods::inversion::run(model, params, ctx)
                     .map(|inversion| JobOutput::Inversion(Box::new(inversion)))
+            }
+            Job::LoadModel(model) => {
+                let loaded = self.load_model(&model.path, &model.options, model.precision, ctx)?;
+                Ok(JobOutput::Loaded(loaded.describe()))
             }
             Job::PromptToPrompt(params) => {
                 let base = &params.base;
@@ -479,6 +555,70 @@ mod tests {
         assert!(matches!(final_event(&engine, queued), EngineEvent::Cancelled { .. }));
         assert!(matches!(final_event(&engine, running), EngineEvent::Done { .. }));
         engine.shutdown();
+    }
+
+    #[test]
+    fn interactive_jobs_go_ahead_of_queued_batch_jobs() {
+        let engine = fake_engine();
+        let running = engine.submit(job(0.5, 5));
+        let batch = engine.submit(job(0.5, 1));
+        let first_preview = engine.submit_interactive(job(0.5, 1));
+        let second_preview = engine.submit_interactive(job(0.5, 1));
+        let mut finished = Vec::new();
+        while finished.len() < 4 {
+            let event = engine.events().recv_timeout(Duration::from_secs(10)).expect("event");
+            if let (Some(id), true) = (event.job(), event.is_final()) {
+                finished.push(id);
+            }
+        }
+        assert_eq!(finished, [running, first_preview, second_preview, batch]);
+        engine.shutdown();
+    }
+
+    /// A runner that counts unloads.
+    struct CountingRunner(Arc<AtomicU64>);
+
+    impl JobRunner for CountingRunner {
+        fn device_report(&self) -> DeviceReport {
+            DeviceReport { name: "fake".into(), description: "fake".into() }
+        }
+        fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
+            FakeRunner.run(job, ctx)
+        }
+        fn unload(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn unload_waits_for_the_running_job_then_frees_the_model() {
+        let unloads = Arc::new(AtomicU64::new(0));
+        let counter = unloads.clone();
+        let engine = EngineHandle::spawn_with(move || (CountingRunner(counter), None), Arc::new(|| {}));
+        let running = engine.submit(job(0.5, 5));
+        engine.unload();
+        let mut order = Vec::new();
+        while order.len() < 2 {
+            match engine.events().recv_timeout(Duration::from_secs(10)).expect("event") {
+                EngineEvent::Done { job, .. } if job == running => order.push("done"),
+                EngineEvent::Unloaded => order.push("unloaded"),
+                _ => {}
+            }
+        }
+        assert_eq!(order, ["done", "unloaded"]);
+        assert_eq!(unloads.load(Ordering::SeqCst), 1);
+        engine.shutdown();
+    }
+
+    #[test]
+    fn running_out_of_memory_says_what_to_do() {
+        let error = tch::TchError::Torch("CUDA out of memory. Tried to allocate 2.00 GiB\nmore".into());
+        let JobError::Failed(message) = JobError::from(error) else { panic!("a failure") };
+        assert!(
+            message.contains("ran out of memory (") && message.contains("Tried to allocate 2.00 GiB)"),
+            "{message}"
+        );
+        assert!(message.contains("--dtype f16"), "{message}");
     }
 
     #[test]

@@ -26,6 +26,9 @@ const SUPPORTED_PIPELINES: &[&str] =
 const LATENT_RGB: [f32; 12] =
     [0.298, 0.207, 0.208, 0.187, 0.286, 0.173, -0.158, 0.189, 0.264, -0.184, -0.271, -0.473];
 
+/// Prompt embeddings kept per model (cleared when full).
+const EMBEDDING_CACHE_SIZE: usize = 64;
+
 /// The longer side of per-step previews, in pixels.
 pub const PREVIEW_SIDE: i64 = 256;
 
@@ -43,6 +46,8 @@ pub struct StableDiffusion {
     pub vae: AutoencoderKl,
     /// A tiny decoder for per-step previews (a diffusers folder's optional `taesd/`).
     pub taesd: Option<AutoencoderTiny>,
+    /// Text embeddings by (prompt, chunks, clip skip): re-edits skip the text encoder.
+    embeddings: std::cell::RefCell<std::collections::HashMap<(String, usize, usize), Tensor>>,
     /// `scheduler_config.json` as text (each scheduler reads it with its defaults).
     scheduler_config: Option<String>,
     /// Where the scheduler config came from, for messages.
@@ -304,6 +309,7 @@ impl StableDiffusion {
             unet,
             vae,
             taesd: None,
+            embeddings: Default::default(),
             scheduler_config: parts.scheduler_config,
             scheduler_config_source: parts.scheduler_config_source,
             vae_scale_factor,
@@ -324,6 +330,30 @@ impl StableDiffusion {
     /// The prompt's text embeddings: (1, 77 × chunks, dim), with `(word:1.3)` weights applied as
     /// AUTOMATIC1111 does (scale each token's embedding, then restore the overall mean).
     pub fn encode_prompt(
+        &self,
+        prompt: &str,
+        chunks_at_least: usize,
+        clip_skip: usize,
+    ) -> Result<Tensor, JobError> {
+        let key = (prompt.to_string(), chunks_at_least, clip_skip);
+        if let Some(cached) = self.embeddings.borrow().get(&key) {
+            return Ok(cached.shallow_clone());
+        }
+        let embedding = self.encode_prompt_uncached(prompt, chunks_at_least, clip_skip)?;
+        let mut cache = self.embeddings.borrow_mut();
+        if cache.len() >= EMBEDDING_CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert(key, embedding.shallow_clone());
+        Ok(embedding)
+    }
+
+    /// How many prompt embeddings are cached.
+    pub fn cached_embeddings(&self) -> usize {
+        self.embeddings.borrow().len()
+    }
+
+    fn encode_prompt_uncached(
         &self,
         prompt: &str,
         chunks_at_least: usize,

@@ -290,6 +290,7 @@ impl StudioApp {
             EngineEvent::DeviceWarning { message } => self.errors.push(message),
             EngineEvent::Started { job } => self.status = format!("Running {job}"),
             EngineEvent::ModelLoaded { description, .. } => self.status = format!("Loaded {description}"),
+            EngineEvent::Unloaded => self.status = "Model unloaded".into(),
             EngineEvent::Progress { job, step, of, preview } => {
                 if let Some(state) = self.jobs.get_mut(&job) {
                     state.step = step;
@@ -320,6 +321,7 @@ impl StudioApp {
                             None => self.errors.push(format!("{job} returned no image")),
                         }
                     }
+                    JobOutput::Loaded(description) => self.status = format!("{label} done: {description}"),
                     JobOutput::Inversion(inversion) => {
                         self.status = format!(
                             "{label} done ({job}): reconstruction PSNR {:.1} dB ({:.1} dB against the VAE round trip) over {} steps",
