@@ -14,8 +14,9 @@ use diffusion_studio::document;
 use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
-    DeviceChoice, EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams, InvertParams, Job,
-    JobOutput, MaskOptions, ModelFamily, ModelOptions, Precision, Prediction, PromptToPromptParams,
+    DeviceChoice, EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams,
+    InstructPix2PixParams, InvertParams, Job, JobOutput, MaskOptions, ModelFamily, ModelOptions, Precision,
+    Prediction, PromptToPromptParams,
 };
 
 #[derive(Parser, Debug)]
@@ -33,8 +34,10 @@ struct Cli {
 /// The editing methods of `edit`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum EditMethod {
-    /// Prompt-to-prompt (Hertz et al. 2022).
+    /// Prompt-to-prompt (Hertz et al. 2022): --source-prompt, --target-prompt.
     P2p,
+    /// InstructPix2Pix (Brooks et al. 2023): --image, the instruction as --prompt.
+    Ip2p,
 }
 
 /// "word=2.5" → ("word", 2.5).
@@ -183,9 +186,15 @@ enum Command {
         model: ModelArgs,
         #[command(flatten)]
         sampling: SamplingArgs,
-        /// The edited prompt.
+        /// p2p: the edited prompt.
         #[arg(long)]
-        target_prompt: std::ffi::OsString,
+        target_prompt: Option<std::ffi::OsString>,
+        /// ip2p: the image to edit (sizes round down to multiples of 8).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// ip2p: how closely to follow the image (the paper's s_I).
+        #[arg(long, default_value_t = 1.5)]
+        image_guidance: f64,
         #[arg(long, default_value_t = 512)]
         width: u32,
         #[arg(long, default_value_t = 512)]
@@ -342,10 +351,12 @@ fn main() -> ExitCode {
         Some(Command::Invert { model, sampling, image, out, reconstruction }) => base_params(model, sampling, 0, 0)
             .and_then(|base| invert(cli.device, base, &image, &out, reconstruction.as_deref())),
         Some(Command::Edit {
-            method: EditMethod::P2p,
+            method,
             model,
             sampling,
             target_prompt,
+            image,
+            image_guidance,
             width,
             height,
             cross_start,
@@ -356,17 +367,28 @@ fn main() -> ExitCode {
             attention_maps,
             source_out,
             out,
-        }) => base_params(model, sampling, width, height).and_then(|base| {
-            let params = PromptToPromptParams {
-                base,
-                target_prompt: text_argument("--target-prompt", target_prompt)?,
-                cross_window: (cross_start, cross_replace),
-                self_window: self_replace,
-                reweight,
-                attention_maps: attention_maps.is_some(),
-                local_blend,
-            };
-            edit_p2p(cli.device, params, &out, source_out.as_deref(), attention_maps.as_deref())
+        }) => base_params(model, sampling, width, height).and_then(|base| match method {
+            EditMethod::P2p => {
+                let Some(target_prompt) = target_prompt else {
+                    bail!("--method p2p needs --target-prompt (the edited prompt)");
+                };
+                let params = PromptToPromptParams {
+                    base,
+                    target_prompt: text_argument("--target-prompt", target_prompt)?,
+                    cross_window: (cross_start, cross_replace),
+                    self_window: self_replace,
+                    reweight,
+                    attention_maps: attention_maps.is_some(),
+                    local_blend,
+                };
+                edit_p2p(cli.device, params, &out, source_out.as_deref(), attention_maps.as_deref())
+            }
+            EditMethod::Ip2p => {
+                let Some(image) = image else {
+                    bail!("--method ip2p needs --image (the image to edit) and the instruction as --prompt");
+                };
+                edit_ip2p(cli.device, base, &image, image_guidance, &out)
+            }
         }),
         Some(Command::Bench(BenchCommand::Unet { preset, latent, passes })) => {
             diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes).map(|seconds| {
@@ -630,6 +652,29 @@ fn invert(
         "reconstruction PSNR: {:.2} dB against the image, {:.2} dB against the VAE's round trip ({steps} DDIM steps, guidance {guidance})",
         inversion.psnr, inversion.psnr_vae
     );
+    Ok(())
+}
+
+fn edit_ip2p(
+    device: DeviceChoice,
+    mut base: GenerateParams,
+    image_path: &std::path::Path,
+    image_guidance_scale: f64,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    device::select(device).map_err(anyhow::Error::msg)?;
+    let image = read_model_image(image_path, "--image")?;
+    (base.width, base.height) = image.dimensions();
+    let infotext = format!("{}, Image CFG scale: {image_guidance_scale}", base.to_infotext());
+    let steps = base.steps;
+    let job = Job::InstructPix2Pix(InstructPix2PixParams {
+        base,
+        image: ImageData::from_rgba_image(&image),
+        image_guidance_scale,
+    });
+    let result = run_job(device, job, steps, "edit")?;
+    document::write_png_with_text_atomic(&result, out, "parameters", &infotext)?;
+    eprintln!("wrote {}", out.display());
     Ok(())
 }
 

@@ -225,6 +225,17 @@ pub enum Job {
     PromptToPrompt(PromptToPromptParams),
     /// Load a model (and keep it for the jobs that follow).
     LoadModel(ModelRef),
+    /// InstructPix2Pix: edit an image by an instruction (`base.prompt`).
+    InstructPix2Pix(InstructPix2PixParams),
+}
+
+/// InstructPix2Pix: `base.prompt` is the instruction; the size is the image's.
+#[derive(Debug, Clone)]
+pub struct InstructPix2PixParams {
+    pub base: GenerateParams,
+    pub image: ImageData,
+    /// How strongly the result follows the source image (the paper's s_I; 1.5 by default).
+    pub image_guidance_scale: f64,
 }
 
 /// Prompt-to-prompt (Hertz et al. 2022): `base.prompt` is the source prompt.
@@ -338,6 +349,7 @@ impl Job {
             Job::Invert(_) => "invert",
             Job::PromptToPrompt(_) => "prompt-to-prompt",
             Job::LoadModel(_) => "load model",
+            Job::InstructPix2Pix(_) => "InstructPix2Pix",
         }
     }
 }

@@ -395,3 +395,29 @@ fn edit_p2p_writes_the_target_the_source_and_attention_maps() {
         assert!(!output.status.success() && stderr.contains(expected), "{stderr}");
     }
 }
+
+#[test]
+fn edit_ip2p_follows_an_instruction_and_needs_an_image() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let out = scratch("ip2p.png");
+    let run = |extra: &[&str], out: &Path| {
+        binary()
+            .args(["edit", "--method", "ip2p", "--model"])
+            .arg(fixtures.join("tiny_sd_ip2p_pipeline"))
+            .args(["--prompt", "make the circle blue", "--steps", "3"])
+            .args(extra)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .expect("runs")
+    };
+    let image = fixtures.join("edit_image.png");
+    let output = run(&["--image", image.to_str().expect("utf-8 path"), "--image-guidance", "1.2"], &out);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(image::open(&out).expect("png").into_rgba8().dimensions(), (16, 16));
+    let parameters = diffusion_studio::document::read_png_text(&out, "parameters").expect("parameters");
+    assert!(parameters.contains("Image CFG scale: 1.2"), "{parameters}");
+    let output = run(&[], &scratch("never-ip2p.png"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--method ip2p needs --image"), "{stderr}");
+}

@@ -112,6 +112,35 @@ fn clip_skip_takes_an_earlier_text_encoder_layer_as_diffusers_does() {
 }
 
 #[test]
+fn instruct_pix2pix_reproduces_diffusers() {
+    use diffusion_studio::protocol::InstructPix2PixParams;
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let cases: Vec<Value> = records().into_iter().filter(|r| r["method"] == "ip2p").collect();
+    assert_eq!(cases.len(), 2);
+    for record in cases {
+        let params = InstructPix2PixParams {
+            base: base(&record),
+            image: png("edit_image.png"),
+            image_guidance_scale: record["image_guidance"].as_f64().expect("scale"),
+        };
+        let image = run(&engine, Job::InstructPix2Pix(params)).expect("edits");
+        let difference = max_difference_255(&image, &record["image"]);
+        assert!(difference <= 2.0, "ip2p {}: off by {difference}/255", record["scheduler"]);
+    }
+    // a model that is not InstructPix2Pix is named
+    let params = InstructPix2PixParams {
+        base: GenerateParams { model: fixture("tiny_sd_pipeline"), ..base(&records()[0]) },
+        image: png("edit_image.png"),
+        image_guidance_scale: 1.5,
+    };
+    let message = run(&engine, Job::InstructPix2Pix(params)).expect_err("a 4-channel model");
+    assert!(
+        message.contains("needs an InstructPix2Pix model (an 8-channel UNet); this one takes 4"),
+        "{message}"
+    );
+}
+
+#[test]
 fn with_composite_on_pixels_outside_a_hard_mask_are_the_source_bytes() {
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
     let source = png("edit_image.png");

@@ -445,6 +445,11 @@ impl JobRunner for TorchRunner {
                 methods::inversion::run(model, params, ctx)
                     .map(|inversion| JobOutput::Inversion(Box::new(inversion)))
             }
+            Job::InstructPix2Pix(params) => {
+                let base = &params.base;
+                let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
+                methods::instruct_pix2pix::run(model, params, ctx).map(JobOutput::Image)
+            }
             Job::LoadModel(model) => {
                 let loaded = self.load_model(&model.path, &model.options, model.precision, ctx)?;
                 Ok(JobOutput::Loaded(loaded.describe()))

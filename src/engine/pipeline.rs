@@ -512,6 +512,7 @@ impl StableDiffusion {
             negative: Some(&negative),
             guidance_scale: params.guidance_scale,
             guidance_rescale: params.guidance_rescale,
+            image_guidance_scale: None,
         };
         let latents = sampler::denoise(
             &self.unet,

@@ -19,6 +19,10 @@ pub struct Conditioning<'a> {
     pub guidance_scale: f64,
     /// φ of guidance rescale, 0 to turn it off.
     pub guidance_rescale: f64,
+    /// InstructPix2Pix (Brooks et al. 2023, eq. 3): three branches — [prompt + image,
+    /// negative + image, negative + no image] — with this image guidance scale; the image comes in
+    /// as `Hooks::extra_channels` (zeros in the last branch).
+    pub image_guidance_scale: Option<f64>,
 }
 
 /// Replaces the latents after a scheduler step: `(scheduler, next step index, latents)`.
@@ -61,23 +65,34 @@ pub fn denoise_with(
     mut hooks: Hooks<'_>,
     mut on_step: impl FnMut(usize, usize, &Tensor) -> Result<(), JobError>,
 ) -> Result<Tensor, JobError> {
-    let guided = conditioning.negative.is_some() && conditioning.guidance_scale > 1.0;
-    // 1. the batched context: [negative, prompt] as diffusers orders it
-    let context = match (guided, conditioning.negative) {
-        (true, Some(negative)) => Tensor::f_cat(&[negative, conditioning.text], 0)?,
+    let image_scale = conditioning.image_guidance_scale;
+    let guided = conditioning.negative.is_some()
+        && conditioning.guidance_scale > 1.0
+        && image_scale.is_none_or(|scale| scale >= 1.0);
+    let branches: i64 = match (guided, image_scale) {
+        (false, _) => 1,
+        (true, None) => 2,
+        (true, Some(_)) => 3,
+    };
+    // 1. the batched context: [negative, prompt] as diffusers orders it; InstructPix2Pix's
+    //    [prompt, negative, negative]
+    let context = match (branches, conditioning.negative) {
+        (2, Some(negative)) => Tensor::f_cat(&[negative, conditioning.text], 0)?,
+        (3, Some(negative)) => Tensor::f_cat(&[conditioning.text, negative, negative], 0)?,
         _ => conditioning.text.shallow_clone(),
     };
     let timesteps = scheduler.timesteps().to_vec();
     let steps = timesteps.len().saturating_sub(hooks.start);
-    let extra = match hooks.extra_channels {
-        Some(extra) if guided => Some(Tensor::f_cat(&[extra, extra], 0)?),
-        Some(extra) => Some(extra.shallow_clone()),
-        None => None,
+    let extra = match (hooks.extra_channels, branches) {
+        (Some(extra), 2) => Some(Tensor::f_cat(&[extra, extra], 0)?),
+        (Some(extra), 3) => Some(Tensor::f_cat(&[extra, extra, &extra.f_zeros_like()?], 0)?),
+        (Some(extra), _) => Some(extra.shallow_clone()),
+        (None, _) => None,
     };
     for (index, t) in timesteps.iter().enumerate().skip(hooks.start) {
         // 2. the model on both branches at once
-        let model_input =
-            if guided { Tensor::f_cat(&[&latents, &latents], 0)? } else { latents.shallow_clone() };
+        let copies: Vec<&Tensor> = (0..branches).map(|_| &latents).collect();
+        let model_input = Tensor::f_cat(&copies, 0)?;
         let mut model_input = scheduler.scale_model_input(&model_input, index)?;
         if let Some(extra) = &extra {
             model_input = Tensor::f_cat(&[&model_input, &extra.f_to_kind(model_input.kind())?], 1)?;
@@ -89,7 +104,13 @@ pub fn denoise_with(
             .forward_controlled(&model_input, *t, &context, hooks.attention)?
             .f_to_kind(latents.kind())?;
         // 3. classifier-free guidance
-        let prediction = if guided {
+        let prediction = if let (3, Some(image_scale)) = (branches, image_scale) {
+            let thirds = output.f_chunk(3, 0)?;
+            let (text, image, unconditional) = (&thirds[0], &thirds[1], &thirds[2]);
+            unconditional
+                .f_add(&text.f_sub(image)?.f_mul_scalar(conditioning.guidance_scale)?)?
+                .f_add(&image.f_sub(unconditional)?.f_mul_scalar(image_scale)?)?
+        } else if guided {
             let halves = output.f_chunk(2, 0)?;
             let (unconditional, text) = (&halves[0], &halves[1]);
             let mut guided_prediction = unconditional

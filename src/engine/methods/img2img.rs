@@ -77,6 +77,7 @@ pub fn run(
         negative: Some(&negative),
         guidance_scale: base.guidance_scale,
         guidance_rescale: base.guidance_rescale,
+        image_guidance_scale: None,
     };
     let hooks = Hooks { start, ..Default::default() };
     let latents = sampler::denoise_with(

@@ -115,6 +115,7 @@ pub fn run(
         negative: Some(&negative),
         guidance_scale: base.guidance_scale,
         guidance_rescale: base.guidance_rescale,
+        image_guidance_scale: None,
     };
     let extra = Tensor::f_cat(&[&latent_mask, &masked_image_latents], 1)?;
     let source_latents = image_latents.as_ref().map(Tensor::shallow_clone);

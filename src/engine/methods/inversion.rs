@@ -34,8 +34,13 @@ pub fn ddim_invert(
     let choice = SchedulerChoice { kind: SchedulerKind::DdimInverse, use_karras_sigmas: None };
     let mut scheduler = model.scheduler_for(choice)?;
     scheduler.set_timesteps(steps)?;
-    let conditioning =
-        Conditioning { text: &text, negative: None, guidance_scale: 1.0, guidance_rescale: 0.0 };
+    let conditioning = Conditioning {
+        text: &text,
+        negative: None,
+        guidance_scale: 1.0,
+        guidance_rescale: 0.0,
+        image_guidance_scale: None,
+    };
     let mut trajectory = vec![latents.shallow_clone()];
     let _last = sampler::denoise_with(
         &model.unet,
@@ -68,6 +73,7 @@ pub fn regenerate(
         negative: Some(&negative),
         guidance_scale: params.guidance_scale,
         guidance_rescale: 0.0,
+        image_guidance_scale: None,
     };
     let latents = sampler::denoise_with(
         &model.unet,

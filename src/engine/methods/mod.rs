@@ -3,5 +3,6 @@
 pub mod forward_noise;
 pub mod img2img;
 pub mod inpaint;
+pub mod instruct_pix2pix;
 pub mod inversion;
 pub mod prompt_to_prompt;

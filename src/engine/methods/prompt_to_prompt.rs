@@ -124,6 +124,7 @@ pub fn run_with(
         negative: Some(&negative),
         guidance_scale: base.guidance_scale,
         guidance_rescale: base.guidance_rescale,
+        image_guidance_scale: None,
     };
     // local blend (the paper's §3.3): after each step, outside the region the blend words attend
     // to (attention ≥ 0.3 of its peak, grown by one cell) the target takes the source's latents
