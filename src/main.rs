@@ -176,6 +176,10 @@ enum Command {
         /// Also write the regenerated image here.
         #[arg(long)]
         reconstruction: Option<PathBuf>,
+        /// Null-text inversion (Mokady et al. 2022): optimise the unconditional embedding per
+        /// step so that regeneration at --guidance reconstructs the image.
+        #[arg(long)]
+        null_text: bool,
     },
     /// Edit a generated image word by word: `--method p2p` (prompt-to-prompt) denoises the source
     /// and target prompts side by side, the target taking the source's cross-attention.
@@ -348,8 +352,10 @@ fn main() -> ExitCode {
             let options = MaskOptions { dilate, feather, invert };
             inpaint(cli.device, base, (&image, &mask), strength, options, !no_composite, &out)
         }),
-        Some(Command::Invert { model, sampling, image, out, reconstruction }) => base_params(model, sampling, 0, 0)
-            .and_then(|base| invert(cli.device, base, &image, &out, reconstruction.as_deref())),
+        Some(Command::Invert { model, sampling, image, out, reconstruction, null_text }) => {
+            base_params(model, sampling, 0, 0)
+                .and_then(|base| invert(cli.device, base, &image, (&out, reconstruction.as_deref()), null_text))
+        }
         Some(Command::Edit {
             method,
             model,
@@ -629,15 +635,16 @@ fn invert(
     device: DeviceChoice,
     mut base: GenerateParams,
     image_path: &std::path::Path,
-    out: &std::path::Path,
-    reconstruction: Option<&std::path::Path>,
+    (out, reconstruction): (&std::path::Path, Option<&std::path::Path>),
+    null_text: bool,
 ) -> anyhow::Result<()> {
     device::select(device).map_err(anyhow::Error::msg)?;
     let image = read_model_image(image_path, "--image")?;
     (base.width, base.height) = image.dimensions();
     let (steps, guidance) = (base.steps, base.guidance_scale);
-    let job = Job::Invert(InvertParams { base, image: ImageData::from_rgba_image(&image) });
-    let JobOutput::Inversion(inversion) = run_job_output(device, job, 2 * steps, "invert")? else {
+    let job = Job::Invert(InvertParams { base, image: ImageData::from_rgba_image(&image), null_text });
+    let phases = if null_text { 3 } else { 2 };
+    let JobOutput::Inversion(inversion) = run_job_output(device, job, phases * steps, "invert")? else {
         bail!("the engine returned an image, not an inversion");
     };
     document::inversion::save(&inversion, out)?;
@@ -649,8 +656,10 @@ fn invert(
         eprintln!("wrote {}", path.display());
     }
     println!(
-        "reconstruction PSNR: {:.2} dB against the image, {:.2} dB against the VAE's round trip ({steps} DDIM steps, guidance {guidance})",
-        inversion.psnr, inversion.psnr_vae
+        "reconstruction PSNR: {:.2} dB against the image, {:.2} dB against the VAE's round trip ({steps} DDIM steps, guidance {guidance}{})",
+        inversion.psnr,
+        inversion.psnr_vae,
+        if null_text { ", null-text" } else { "" }
     );
     Ok(())
 }

@@ -272,6 +272,9 @@ pub struct LabelledImage {
 pub struct InvertParams {
     pub base: GenerateParams,
     pub image: ImageData,
+    /// Also optimise a null-text embedding per step (Mokady et al. 2022) so that regeneration
+    /// at `base.guidance_scale` reconstructs the image.
+    pub null_text: bool,
 }
 
 /// What an inversion produced: plain data, saved and loaded by `document::inversion`.
@@ -294,6 +297,9 @@ pub struct Inversion {
     /// PSNR against the VAE's own round trip of the image (decode(z₀)): the inversion's error
     /// without the autoencoder's.
     pub psnr_vae: f64,
+    /// Null-text inversion's unconditional embedding per step (77 × width each, flattened), in
+    /// sampling order; None for plain DDIM inversion.
+    pub null_text: Option<Vec<Vec<f32>>>,
 }
 
 /// img2img: `base` gives the model, prompts, sampler and seed; the size is the image's.

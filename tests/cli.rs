@@ -340,7 +340,23 @@ fn invert_writes_an_inversion_and_reports_its_psnr() {
     );
     let inversion = diffusion_studio::document::inversion::load(&out).expect("an inversion file");
     assert_eq!((inversion.trajectory.len(), inversion.width), (6, 16));
+    assert!(inversion.null_text.is_none());
     assert_eq!(image::open(&reconstruction).expect("png").into_rgba8().dimensions(), (16, 16));
+    // null-text inversion keeps an unconditional embedding per step in the file
+    let output = binary()
+        .args(["invert", "--null-text", "--model"])
+        .arg(fixtures.join("tiny_sd_pipeline"))
+        .args(["--prompt", "a red circle on a blue background", "--steps", "5", "--image"])
+        .arg(fixtures.join("edit_image.png"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && stdout.contains("null-text"), "{stdout}");
+    let inversion = diffusion_studio::document::inversion::load(&out).expect("an inversion file");
+    let null_text = inversion.null_text.expect("null-text embeddings");
+    assert_eq!((null_text.len(), null_text[0].len()), (5, 77 * 32));
 }
 
 #[test]

@@ -264,6 +264,7 @@ fn ddim_inversion_follows_diffusers_and_its_file_round_trips() {
     let params = InvertParams {
         base: GenerateParams { guidance_scale: 1.0, scheduler: "ddim".into(), seed: 0, ..base(&record) },
         image: png("edit_image.png"),
+        null_text: false,
     };
     let id = engine.submit(Job::Invert(params));
     let result = loop {
@@ -305,4 +306,34 @@ fn ddim_inversion_follows_diffusers_and_its_file_round_trips() {
     assert!(error.to_string().contains("is for a 16×16 image, not 32×16"), "{error}");
     let error = inversion::load(&fixture("tiny_sd_single.safetensors")).expect_err("not an inversion");
     assert!(error.to_string().contains("is not an inversion file"), "{error}");
+}
+
+#[test]
+fn null_text_optimisation_brings_guided_regeneration_back_to_the_inversion() {
+    use diffusion_studio::engine::methods::{inversion, null_text};
+    use diffusion_studio::engine::pipeline::StableDiffusion;
+    let _generator = diffusion_studio::engine::default_generator_lock();
+    let model = StableDiffusion::load(
+        &fixture("tiny_sd_pipeline"),
+        &Default::default(),
+        tch::Device::Cpu,
+        Precision::F32,
+    )
+    .expect("loads");
+    let prompt = "a red circle on a blue background";
+    let trajectory = inversion::ddim_invert(&model, &png("edit_image.png"), prompt, 8, 0, |_, _, _| Ok(()))
+        .expect("inverts");
+    let (text, null) = model.prompt_pair(prompt, "", 0).expect("encodes");
+    let distance = |inner_steps: usize| {
+        let settings = null_text::NullTextSettings { inner_steps, learning_rate: 1e-2 };
+        let (embeddings, latents) =
+            null_text::optimize(&model, &trajectory, &text, &null, 7.5, settings, |_, _, _| Ok(()))
+                .expect("optimises");
+        assert_eq!(embeddings.len(), 8);
+        f64::try_from(latents.mse_loss(&trajectory[0], tch::Reduction::Mean)).expect("a number")
+    };
+    // no optimisation is plain guided regeneration from z_T
+    let (plain, optimised) = (distance(0), distance(20));
+    eprintln!("null-text: z₀ error {optimised:.4} vs plain {plain:.4}");
+    assert!(optimised < 0.8 * plain, "null-text: z₀ error {optimised:.4} vs plain {plain:.4}");
 }

@@ -44,6 +44,18 @@ pub fn save(inversion: &Inversion, path: &Path) -> Result<(), InversionError> {
     }
     let shape = vec![inversion.trajectory.len(), c, h, w];
     let view = TensorView::new(Dtype::F32, shape, &bytes).map_err(|e| write_error(e.to_string()))?;
+    let mut tensors = vec![("trajectory".to_string(), view)];
+    let null_bytes: Vec<u8>;
+    if let Some(null_text) = &inversion.null_text {
+        let width = null_text.first().map_or(0, Vec::len);
+        if null_text.iter().any(|e| e.len() != width) || null_text.len() != inversion.steps {
+            return Err(write_error("the null-text embeddings differ in size or count".into()));
+        }
+        null_bytes = null_text.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::F32, vec![null_text.len(), width], &null_bytes)
+            .map_err(|e| write_error(e.to_string()))?;
+        tensors.push(("null_text".to_string(), view));
+    }
     let metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("model".to_string(), inversion.model.display().to_string()),
@@ -54,8 +66,8 @@ pub fn save(inversion: &Inversion, path: &Path) -> Result<(), InversionError> {
         ("psnr".to_string(), format!("{:.3}", inversion.psnr)),
         ("psnr_vae".to_string(), format!("{:.3}", inversion.psnr_vae)),
     ]);
-    let serialized = safetensors::serialize([("trajectory", view)], Some(metadata))
-        .map_err(|e| write_error(e.to_string()))?;
+    let serialized =
+        safetensors::serialize(tensors, Some(metadata)).map_err(|e| write_error(e.to_string()))?;
     super::write_atomic(path, &serialized).map_err(|e| write_error(e.to_string()))
 }
 
@@ -87,6 +99,18 @@ pub fn load(path: &Path) -> Result<Inversion, InversionError> {
     if shape[0] != steps + 1 {
         return Err(not("its trajectory length does not match its steps"));
     }
+    let null_text = match file.tensor("null_text") {
+        Ok(view) => {
+            let shape = view.shape().to_vec();
+            if view.dtype() != Dtype::F32 || shape.len() != 2 || shape[0] != steps || shape[1] == 0 {
+                return Err(not("its null_text is not an f32 (steps, values) tensor"));
+            }
+            let values: Vec<f32> =
+                view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            Some(values.chunks_exact(shape[1]).map(<[f32]>::to_vec).collect())
+        }
+        Err(_) => None,
+    };
     Ok(Inversion {
         model: field("model")?.into(),
         prompt: field("prompt")?,
@@ -98,6 +122,7 @@ pub fn load(path: &Path) -> Result<Inversion, InversionError> {
         reconstruction: ImageData::new(0, 0, Vec::new()).map_err(|e| not(&e))?,
         psnr: field("psnr")?.parse().unwrap_or(f64::NAN),
         psnr_vae: field("psnr_vae")?.parse().unwrap_or(f64::NAN),
+        null_text,
     })
 }
 

@@ -42,7 +42,9 @@ pub enum JobError {
 
 impl From<tch::TchError> for JobError {
     fn from(error: tch::TchError) -> Self {
-        let text = error.to_string();
+        // libtorch appends a C++ backtrace; a person needs the first part only
+        let full = error.to_string();
+        let text = full.split("\nException raised from").next().unwrap_or(&full).trim_end().to_string();
         if text.contains("out of memory") {
             // libtorch frees the failed allocation; the engine goes on with the next job
             let first_line = text.lines().next().unwrap_or_default();

@@ -40,6 +40,9 @@ pub struct Hooks<'a> {
     pub after_step: Option<&'a mut AfterStep<'a>>,
     /// Called by every attention layer (prompt-to-prompt, attention maps, paint-with-words).
     pub attention: Option<&'a dyn AttentionControl>,
+    /// A negative (unconditional) embedding per step from `start` on, instead of
+    /// `Conditioning::negative` (null-text inversion's optimised embeddings).
+    pub negative_per_step: Option<&'a [Tensor]>,
 }
 
 /// Runs every step of `scheduler` from `latents`. `on_step(step, of, latents)` is called after
@@ -100,8 +103,17 @@ pub fn denoise_with(
         if let Some(control) = hooks.attention {
             control.begin_step(StepInfo { step: index - hooks.start, of: steps, guided });
         }
+        let step_context = match (hooks.negative_per_step, branches) {
+            (Some(negatives), 2) => {
+                let negative = negatives.get(index - hooks.start).ok_or_else(|| {
+                    JobError::Failed(format!("no unconditional embedding for step {}", index - hooks.start))
+                })?;
+                Some(Tensor::f_cat(&[negative, conditioning.text], 0)?)
+            }
+            _ => None,
+        };
         let output = unet
-            .forward_controlled(&model_input, *t, &context, hooks.attention)?
+            .forward_controlled(&model_input, *t, step_context.as_ref().unwrap_or(&context), hooks.attention)?
             .f_to_kind(latents.kind())?;
         // 3. classifier-free guidance
         let prediction = if let (3, Some(image_scale)) = (branches, image_scale) {

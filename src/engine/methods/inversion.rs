@@ -8,6 +8,7 @@ use tch::Tensor;
 
 use crate::engine::image_tensor::tensor_from_image;
 use crate::engine::methods::img2img::check_size;
+use crate::engine::methods::null_text::{self, NullTextSettings};
 use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
 use crate::engine::sampler::{self, Conditioning, Hooks};
 use crate::engine::schedulers::{CpuGeneratorNoise, SchedulerChoice, SchedulerKind};
@@ -62,6 +63,7 @@ pub fn regenerate(
     model: &StableDiffusion,
     noise_latents: &Tensor,
     params: &GenerateParams,
+    null_text: Option<&[Tensor]>,
     mut on_step: impl FnMut(usize, usize, &Tensor) -> Result<(), JobError>,
 ) -> Result<ImageData, JobError> {
     let (text, negative) = model.prompt_pair(&params.prompt, &params.negative_prompt, params.clip_skip)?;
@@ -81,10 +83,16 @@ pub fn regenerate(
         noise_latents.shallow_clone(),
         &conditioning,
         &mut CpuGeneratorNoise,
-        Hooks::default(),
+        Hooks { negative_per_step: null_text, ..Default::default() },
         |step, of, latents| on_step(step, of, latents),
     )?;
     model.decode_to_image(&latents)
+}
+
+/// A tensor's values in f32 on the CPU, flattened.
+fn flatten(tensor: &Tensor) -> Result<Vec<f32>, JobError> {
+    let flat = tensor.f_to_kind(tch::Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?;
+    Ok(Vec::<f32>::try_from(&flat)?)
 }
 
 /// Peak signal-to-noise ratio of two same-size images' RGB, in dB (∞ when equal).
@@ -111,15 +119,38 @@ pub fn run(
     ctx: &mut JobContext<'_>,
 ) -> Result<Inversion, JobError> {
     let base = &params.base;
-    let of = 2 * base.steps;
+    let phases = if params.null_text { 3 } else { 2 };
+    let of = phases * base.steps;
+    // 1. DDIM inversion without guidance: the pivot trajectory
     let trajectory =
         ddim_invert(model, &params.image, &base.prompt, base.steps, base.clip_skip, |step, _, latents| {
             ctx.progress(step, of, model.preview(latents, PREVIEW_SIDE).ok());
             ctx.checkpoint()
         })?;
     let last = trajectory.last().ok_or_else(|| JobError::Failed("the inversion ran no step".into()))?;
-    let reconstruction = regenerate(model, last, base, |step, _, latents| {
-        ctx.progress(base.steps + step, of, model.preview(latents, PREVIEW_SIDE).ok());
+    // 2. null-text optimisation along it, for the guidance scale asked
+    let null_text = if params.null_text {
+        let (text, negative) = model.prompt_pair(&base.prompt, &base.negative_prompt, base.clip_skip)?;
+        let (embeddings, _) = null_text::optimize(
+            model,
+            &trajectory,
+            &text,
+            &negative,
+            base.guidance_scale,
+            NullTextSettings::default(),
+            |step, _, latents| {
+                ctx.progress(base.steps + step, of, model.preview(latents, PREVIEW_SIDE).ok());
+                ctx.checkpoint()
+            },
+        )?;
+        Some(embeddings)
+    } else {
+        None
+    };
+    // 3. regeneration with the prompt and guidance
+    let done = (phases - 1) * base.steps;
+    let reconstruction = regenerate(model, last, base, null_text.as_deref(), |step, _, latents| {
+        ctx.progress(done + step, of, model.preview(latents, PREVIEW_SIDE).ok());
         ctx.checkpoint()
     })?;
     let round_trip = model.decode_to_image(&trajectory[0])?;
@@ -127,14 +158,7 @@ pub fn run(
     let [_, channels, height, width] = size[..] else {
         return Err(JobError::Failed(format!("unexpected latent shape {size:?}")));
     };
-    let trajectory = trajectory
-        .iter()
-        .map(|latents| {
-            let flat =
-                latents.f_to_kind(tch::Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?;
-            Ok(Vec::<f32>::try_from(&flat)?)
-        })
-        .collect::<Result<Vec<_>, JobError>>()?;
+    let trajectory = trajectory.iter().map(flatten).collect::<Result<Vec<_>, JobError>>()?;
     Ok(Inversion {
         model: model.source.clone(),
         prompt: base.prompt.clone(),
@@ -146,5 +170,8 @@ pub fn run(
         psnr: psnr(&params.image, &reconstruction),
         psnr_vae: psnr(&round_trip, &reconstruction),
         reconstruction,
+        null_text: null_text
+            .map(|list| list.iter().map(flatten).collect::<Result<Vec<_>, _>>())
+            .transpose()?,
     })
 }

@@ -5,4 +5,5 @@ pub mod img2img;
 pub mod inpaint;
 pub mod instruct_pix2pix;
 pub mod inversion;
+pub mod null_text;
 pub mod prompt_to_prompt;

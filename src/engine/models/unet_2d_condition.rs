@@ -238,7 +238,7 @@ impl UNet2DConditionModel {
         let mid_attention =
             Transformer2DModel::new(&mid / "attentions" / 0, last, config.heads(levels - 1), options(1));
         let time = &root / "time_embedding";
-        Self {
+        let mut model = Self {
             time_linear_1: nn::linear(&time / "linear_1", channels[0], temb, Default::default()),
             time_linear_2: nn::linear(&time / "linear_2", temb, temb, Default::default()),
             conv_in: conv2d(&root / "conv_in", config.in_channels, channels[0], 3, 1, 1),
@@ -249,7 +249,11 @@ impl UNet2DConditionModel {
             conv_out: conv2d(&root / "conv_out", channels[0], config.out_channels, 3, 1, 1),
             config,
             vs,
-        }
+        };
+        // inference only: no gradients for the weights (null-text inversion differentiates
+        // through the UNet to its inputs)
+        model.vs.freeze();
+        model
     }
 
     /// Loads a diffusers `unet/` folder.
@@ -268,6 +272,7 @@ impl UNet2DConditionModel {
     /// Converts the weights to `kind` (f16/bf16 halve memory; inputs are cast on entry).
     pub fn set_kind(&mut self, kind: Kind) {
         self.vs.set_kind(kind);
+        self.vs.freeze();
     }
 
     /// sample: (batch, in_channels, h, w); timestep: the scheduler's t (fractional allowed);
@@ -285,6 +290,27 @@ impl UNet2DConditionModel {
         control: Option<&dyn AttentionControl>,
     ) -> Result<Tensor, tch::TchError> {
         let _no_grad = tch::no_grad_guard();
+        self.forward_inner(sample, timestep, context, control)
+    }
+
+    /// [`Self::forward`] with gradients flowing to `sample` and `context` (the weights are frozen):
+    /// for optimising inputs, as null-text inversion optimises the unconditional embedding.
+    pub fn forward_differentiable(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+    ) -> Result<Tensor, tch::TchError> {
+        self.forward_inner(sample, timestep, context, None)
+    }
+
+    fn forward_inner(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        control: Option<&dyn AttentionControl>,
+    ) -> Result<Tensor, tch::TchError> {
         let kind = self.vs.kind();
         let (batch, _, height, width) = sample.size4()?;
         let sample = sample.f_to_kind(kind)?;
