@@ -196,6 +196,10 @@ enum Command {
         /// ip2p: the image to edit (sizes round down to multiples of 8).
         #[arg(long)]
         image: Option<PathBuf>,
+        /// p2p: edit an inverted real image (from `invert`, with this model; its prompt is the
+        /// source prompt, its steps and DDIM are used).
+        #[arg(long)]
+        inversion: Option<PathBuf>,
         /// ip2p: how closely to follow the image (the paper's s_I).
         #[arg(long, default_value_t = 1.5)]
         image_guidance: f64,
@@ -362,6 +366,7 @@ fn main() -> ExitCode {
             sampling,
             target_prompt,
             image,
+            inversion,
             image_guidance,
             width,
             height,
@@ -373,10 +378,14 @@ fn main() -> ExitCode {
             attention_maps,
             source_out,
             out,
-        }) => base_params(model, sampling, width, height).and_then(|base| match method {
+        }) => base_params(model, sampling, width, height).and_then(|mut base| match method {
             EditMethod::P2p => {
                 let Some(target_prompt) = target_prompt else {
                     bail!("--method p2p needs --target-prompt (the edited prompt)");
+                };
+                let inversion = match &inversion {
+                    Some(path) => Some(Box::new(load_inversion_for(path, &mut base)?)),
+                    None => None,
                 };
                 let params = PromptToPromptParams {
                     base,
@@ -386,6 +395,7 @@ fn main() -> ExitCode {
                     reweight,
                     attention_maps: attention_maps.is_some(),
                     local_blend,
+                    inversion,
                 };
                 edit_p2p(cli.device, params, &out, source_out.as_deref(), attention_maps.as_deref())
             }
@@ -662,6 +672,30 @@ fn invert(
         if null_text { ", null-text" } else { "" }
     );
     Ok(())
+}
+
+/// Reads an inversion for a p2p edit with `base`'s model: its size, steps and DDIM become the
+/// edit's, and its prompt must be the source prompt.
+fn load_inversion_for(
+    path: &std::path::Path,
+    base: &mut GenerateParams,
+) -> anyhow::Result<diffusion_studio::protocol::Inversion> {
+    let inversion = document::inversion::load(path)?;
+    document::inversion::check_fits(&inversion, path, &base.model, inversion.width, inversion.height)?;
+    if inversion.prompt != base.prompt {
+        bail!(
+            "--inversion {} was made with the prompt \"{}\"; give it as --source-prompt (not \"{}\")",
+            path.display(),
+            inversion.prompt,
+            base.prompt
+        );
+    }
+    if base.steps != inversion.steps || base.scheduler != "ddim" {
+        eprintln!("note: editing an inversion runs DDIM over its {} steps", inversion.steps);
+    }
+    (base.width, base.height, base.steps, base.scheduler) =
+        (inversion.width, inversion.height, inversion.steps, "ddim".into());
+    Ok(inversion)
 }
 
 fn edit_ip2p(

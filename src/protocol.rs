@@ -256,6 +256,9 @@ pub struct PromptToPromptParams {
     /// Local blend: words (of the source or target prompt) whose attention marks the region to
     /// edit; outside it the target keeps the source's latents. Empty: edit everywhere.
     pub local_blend: Vec<String>,
+    /// Edit an inverted real image: start from its z_T and sample with DDIM over its steps
+    /// (and its null-text embeddings, if any) instead of from seeded noise.
+    pub inversion: Option<Box<Inversion>>,
 }
 
 /// An image a job produced, with what it is ("source", "target", "attention: red", …).

@@ -437,3 +437,44 @@ fn edit_ip2p_follows_an_instruction_and_needs_an_image() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("--method ip2p needs --image"), "{stderr}");
 }
+
+#[test]
+fn edit_p2p_edits_an_inversion_made_with_the_same_model_and_prompt() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let inversion = scratch("to-edit.safetensors");
+    let output = binary()
+        .args(["invert", "--model"])
+        .arg(fixtures.join("tiny_sd_pipeline"))
+        .args(["--prompt", "a red circle", "--steps", "4", "--image"])
+        .arg(fixtures.join("edit_image.png"))
+        .arg("--out")
+        .arg(&inversion)
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let edit = |model: &str, source: &str, out: &Path| {
+        binary()
+            .args(["edit", "--method", "p2p", "--model"])
+            .arg(fixtures.join(model))
+            .args(["--source-prompt", source, "--target-prompt", "a green circle", "--inversion"])
+            .arg(&inversion)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .expect("runs")
+    };
+    let out = scratch("edited-inversion.png");
+    let output = edit("tiny_sd_pipeline", "a red circle", &out);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("editing an inversion runs DDIM over its 4 steps"), "{stderr}");
+    assert_eq!(image::open(&out).expect("png").into_rgba8().dimensions(), (16, 16));
+    for (model, source, expected) in [
+        ("tiny_sd_pipeline", "a blue square", "was made with the prompt \"a red circle\""),
+        ("tiny_sd2_pipeline", "a red circle", "was made with the model"),
+    ] {
+        let output = edit(model, source, &scratch("never-edited.png"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{stderr}");
+    }
+}

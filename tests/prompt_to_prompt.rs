@@ -44,6 +44,7 @@ fn p2p(source: &str, target: &str, scheduler: &str) -> PromptToPromptParams {
         reweight: Vec::new(),
         attention_maps: false,
         local_blend: Vec::new(),
+        inversion: None,
     }
 }
 
@@ -179,4 +180,40 @@ fn word_edits_naming_words_not_in_the_prompt_are_refused_by_name() {
     let message = run(&engine, Job::PromptToPrompt(params)).expect_err("backwards window");
     assert!(message.contains("cross-attention window"), "{message}");
     run(&engine, Job::PromptToPrompt(p2p("a red circle", "a green circle", "ddim"))).expect("still serves");
+}
+
+#[test]
+fn an_inverted_image_is_edited_from_its_inversion_and_the_same_prompt_gives_its_reconstruction() {
+    use diffusion_studio::protocol::InvertParams;
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let prompt = "a red circle on a blue background";
+    let photo = image::open(fixture("edit_image.png")).expect("fixture").into_rgba8();
+    let invert = InvertParams {
+        base: GenerateParams { negative_prompt: String::new(), ..base(prompt, "ddim") },
+        image: ImageData::from_rgba_image(&photo),
+        null_text: true,
+    };
+    let inversion = match run(&engine, Job::Invert(invert)).expect("inverts") {
+        JobOutput::Inversion(inversion) => inversion,
+        other => panic!("expected an inversion, got {other:?}"),
+    };
+    let edit = |target: &str| PromptToPromptParams {
+        base: GenerateParams { negative_prompt: String::new(), ..base(prompt, "ddim") },
+        inversion: Some(inversion.clone()),
+        ..p2p(prompt, target, "ddim")
+    };
+    let same = images(run(&engine, Job::PromptToPrompt(edit(prompt))).expect("edits"));
+    assert!(
+        max_difference(&same[1].image, &inversion.reconstruction) <= 1,
+        "source ≠ the null-text reconstruction"
+    );
+    assert!(
+        max_difference(&same[0].image, &inversion.reconstruction) <= 1,
+        "target ≠ the null-text reconstruction"
+    );
+    let swapped = images(
+        run(&engine, Job::PromptToPrompt(edit("a green circle on a blue background"))).expect("edits"),
+    );
+    assert_eq!(swapped[1].image.rgba, same[1].image.rgba, "the source branch does not depend on the target");
+    assert_ne!(swapped[0].image.rgba, same[0].image.rgba, "the swap changed nothing");
 }

@@ -181,6 +181,7 @@ pub fn edit_runs(
         reweight: Vec::new(),
         attention_maps: false,
         local_blend: Vec::new(),
+        inversion: None,
     };
     let sync = || {
         if let Device::Cuda(index) = device {

@@ -106,15 +106,51 @@ pub fn run_with(
     }
     let text = Tensor::f_cat(&[&source, &target], 0)?;
     let negative = Tensor::f_cat(&[&negative, &negative], 0)?;
-    // 3. the same noise for both
-    let mut scheduler = model.scheduler(&base.scheduler)?;
-    scheduler.set_timesteps(base.steps)?;
-    tch::manual_seed(base.seed as i64);
+    // 3. the same start for both: seeded noise, or an inverted image's z_T (then DDIM over the
+    //    inversion's steps, with its null-text embeddings when it has them)
     let channels = model.unet.config.out_channels;
-    let latents = model
-        .cpu_randn(&[1, channels, height / factor, width / factor])?
-        .f_mul_scalar(scheduler.init_noise_sigma())?
-        .f_repeat([2, 1, 1, 1])?;
+    let latent_size = [1, channels, height / factor, width / factor];
+    let (mut scheduler, latents, null_text) = match &params.inversion {
+        None => {
+            let mut scheduler = model.scheduler(&base.scheduler)?;
+            scheduler.set_timesteps(base.steps)?;
+            tch::manual_seed(base.seed as i64);
+            let latents = model.cpu_randn(&latent_size)?.f_mul_scalar(scheduler.init_noise_sigma())?;
+            (scheduler, latents, None)
+        }
+        Some(inversion) => {
+            let [c, h, w] = inversion.latent_shape;
+            if [1, c as i64, h as i64, w as i64] != latent_size {
+                return Err(JobError::Failed(format!(
+                    "the inversion's latents are {c}×{h}×{w}, this edit needs {}×{}×{}; invert the image with this model and size",
+                    latent_size[1], latent_size[2], latent_size[3]
+                )));
+            }
+            let mut scheduler = model.scheduler("ddim")?;
+            scheduler.set_timesteps(inversion.steps)?;
+            let last = inversion
+                .trajectory
+                .last()
+                .ok_or_else(|| JobError::Failed("the inversion is empty".into()))?;
+            let latents = Tensor::f_from_slice(last)?.f_view(latent_size)?.f_to_device(model.device)?;
+            let hidden = model.unet.config.cross_attention_dim;
+            let null_text = match &inversion.null_text {
+                Some(list) => Some(
+                    list.iter()
+                        .map(|values| {
+                            Ok(Tensor::f_from_slice(values)?
+                                .f_view([1, -1, hidden])?
+                                .f_to_device(model.device)?
+                                .f_repeat([2, 1, 1])?)
+                        })
+                        .collect::<Result<Vec<_>, JobError>>()?,
+                ),
+                None => None,
+            };
+            (scheduler, latents, null_text)
+        }
+    };
+    let latents = latents.f_repeat([2, 1, 1, 1])?;
     // 4. the loop with the control in every attention layer
     let resolution = map_resolution(model, height / factor, width / factor);
     let control =
@@ -135,6 +171,7 @@ pub fn run_with(
     let hooks = Hooks {
         attention: Some(&control),
         after_step: if params.local_blend.is_empty() { None } else { Some(&mut blend) },
+        negative_per_step: null_text.as_deref(),
         ..Default::default()
     };
     let latents = sampler::denoise_with(
