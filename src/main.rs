@@ -539,10 +539,35 @@ fn generate(device: DeviceChoice, mut params: GenerateParams, out: &std::path::P
     }
     let infotext = params.to_infotext();
     let steps = params.steps;
-    let image = run_job(device, Job::Generate(params), steps, "generate")?;
-    document::write_png_with_text_atomic(&image, out, "parameters", &infotext)?;
+    run_and_write(device, Job::Generate(params), steps, "generate", out, &infotext)
+}
+
+/// Runs an image job and writes its PNG with `infotext` as its parameters.
+fn run_and_write(
+    device: DeviceChoice,
+    job: Job,
+    steps: usize,
+    label: &str,
+    out: &std::path::Path,
+    infotext: &str,
+) -> anyhow::Result<()> {
+    let result = run_job(device, job, steps, label)?;
+    document::write_png_with_text_atomic(&result, out, "parameters", infotext)?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// Checks the device, then reads the input image (rounded to multiples of 8), whose size the
+/// job takes.
+fn start_image_job(
+    device: DeviceChoice,
+    base: &mut GenerateParams,
+    image_path: &std::path::Path,
+) -> anyhow::Result<image::RgbaImage> {
+    device::select(device).map_err(anyhow::Error::msg)?;
+    let image = read_model_image(image_path, "--image")?;
+    (base.width, base.height) = image.dimensions();
+    Ok(image)
 }
 
 /// Reads an input image whose sides round down to multiples of 8 (resized, and said so).
@@ -571,19 +596,14 @@ fn img2img(
     strength: f64,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
-    device::select(device).map_err(anyhow::Error::msg)?;
     if !(strength > 0.0 && strength <= 1.0) {
         bail!("--strength must be in (0, 1], got {strength}");
     }
-    let image = read_model_image(image_path, "--image")?;
-    (base.width, base.height) = image.dimensions();
+    let image = start_image_job(device, &mut base, image_path)?;
     let infotext = format!("{}, Denoising strength: {strength}", base.to_infotext());
     let steps = ((base.steps as f64 * strength) as usize).max(1);
     let job = Job::Img2Img(Img2ImgParams { base, image: ImageData::from_rgba_image(&image), strength });
-    let result = run_job(device, job, steps, "img2img")?;
-    document::write_png_with_text_atomic(&result, out, "parameters", &infotext)?;
-    eprintln!("wrote {}", out.display());
-    Ok(())
+    run_and_write(device, job, steps, "img2img", out, &infotext)
 }
 
 fn inpaint(
@@ -595,14 +615,13 @@ fn inpaint(
     composite: bool,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
-    device::select(device).map_err(anyhow::Error::msg)?;
     if !(strength > 0.0 && strength <= 1.0) {
         bail!("--strength must be in (0, 1], got {strength}");
     }
     if !(mask_options.feather >= 0.0 && mask_options.feather <= 256.0) {
         bail!("--feather must be between 0 and 256 pixels, got {}", mask_options.feather);
     }
-    let image = read_model_image(image_path, "--image")?;
+    let image = start_image_job(device, &mut base, image_path)?;
     let mut mask = document::read_image(mask_path)?;
     if mask.dimensions() != image.dimensions() {
         eprintln!(
@@ -620,7 +639,6 @@ fn inpaint(
             image::imageops::FilterType::Triangle,
         );
     }
-    (base.width, base.height) = image.dimensions();
     let infotext = format!(
         "{}, Denoising strength: {strength}, Mask blur: {}",
         base.to_infotext(),
@@ -635,10 +653,7 @@ fn inpaint(
         mask_options,
         composite,
     });
-    let result = run_job(device, job, steps, "inpaint")?;
-    document::write_png_with_text_atomic(&result, out, "parameters", &infotext)?;
-    eprintln!("wrote {}", out.display());
-    Ok(())
+    run_and_write(device, job, steps, "inpaint", out, &infotext)
 }
 
 fn invert(
@@ -648,9 +663,7 @@ fn invert(
     (out, reconstruction): (&std::path::Path, Option<&std::path::Path>),
     null_text: bool,
 ) -> anyhow::Result<()> {
-    device::select(device).map_err(anyhow::Error::msg)?;
-    let image = read_model_image(image_path, "--image")?;
-    (base.width, base.height) = image.dimensions();
+    let image = start_image_job(device, &mut base, image_path)?;
     let (steps, guidance) = (base.steps, base.guidance_scale);
     let job = Job::Invert(InvertParams { base, image: ImageData::from_rgba_image(&image), null_text });
     let phases = if null_text { 3 } else { 2 };
@@ -705,9 +718,7 @@ fn edit_ip2p(
     image_guidance_scale: f64,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
-    device::select(device).map_err(anyhow::Error::msg)?;
-    let image = read_model_image(image_path, "--image")?;
-    (base.width, base.height) = image.dimensions();
+    let image = start_image_job(device, &mut base, image_path)?;
     let infotext = format!("{}, Image CFG scale: {image_guidance_scale}", base.to_infotext());
     let steps = base.steps;
     let job = Job::InstructPix2Pix(InstructPix2PixParams {
@@ -715,10 +726,7 @@ fn edit_ip2p(
         image: ImageData::from_rgba_image(&image),
         image_guidance_scale,
     });
-    let result = run_job(device, job, steps, "edit")?;
-    document::write_png_with_text_atomic(&result, out, "parameters", &infotext)?;
-    eprintln!("wrote {}", out.display());
-    Ok(())
+    run_and_write(device, job, steps, "edit", out, &infotext)
 }
 
 fn edit_p2p(

@@ -8,6 +8,24 @@ use crate::engine::device;
 use crate::engine::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::protocol::DeviceChoice;
 
+/// Seconds per run of `work` on `device`, averaged over `runs` after one warm-up run (CUDA work
+/// is synchronised before the clock is read).
+fn time_runs(device: Device, runs: usize, work: &dyn Fn() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let sync = || {
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    };
+    work()?;
+    sync();
+    let start = Instant::now();
+    for _ in 0..runs.max(1) {
+        work()?;
+    }
+    sync();
+    Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
+}
+
 /// Seconds per forward pass of a random-weight UNet from `preset` on (2, 4, latent, latent)
 /// latents and a (2, 77, cross_attention_dim) context, after one warm-up pass.
 pub fn unet_passes(choice: DeviceChoice, preset: &str, latent: i64, passes: usize) -> anyhow::Result<f64> {
@@ -22,19 +40,9 @@ pub fn unet_passes(choice: DeviceChoice, preset: &str, latent: i64, passes: usiz
     tch::manual_seed(0);
     let sample = Tensor::f_randn([2, 4, latent, latent], (Kind::Float, device))?;
     let context = Tensor::f_randn([2, 77, context_dim], (Kind::Float, device))?;
-    let sync = || {
-        if let Device::Cuda(index) = device {
-            tch::Cuda::synchronize(index as i64);
-        }
-    };
-    drop(unet.forward(&sample, 500.0, &context)?);
-    sync();
-    let start = Instant::now();
-    for _ in 0..passes.max(1) {
-        drop(unet.forward(&sample, 500.0, &context)?);
-    }
-    sync();
-    Ok(start.elapsed().as_secs_f64() / passes.max(1) as f64)
+    time_runs(device, passes, &|| {
+        unet.forward(&sample, 500.0, &context).map(drop).map_err(anyhow::Error::from)
+    })
 }
 
 /// Seconds per text-to-image job on the engine (model loaded by a warm-up job first), 16×16
@@ -117,20 +125,9 @@ pub fn random_pipeline_runs(
         height: size,
         precision,
     };
-    let sync = || {
-        if let Device::Cuda(index) = device {
-            tch::Cuda::synchronize(index as i64);
-        }
-    };
-    let run = || model.generate_with(&params, |_, _, _| Ok(())).map_err(|error| anyhow::anyhow!("{error}"));
-    run()?;
-    sync();
-    let start = Instant::now();
-    for _ in 0..runs.max(1) {
-        run()?;
-    }
-    sync();
-    Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
+    time_runs(device, runs, &|| {
+        model.generate_with(&params, |_, _, _| Ok(())).map(drop).map_err(|error| anyhow::anyhow!("{error}"))
+    })
 }
 
 /// Seconds per plain generation and per prompt-to-prompt edit (swap one word, cross window 0–0.8,
@@ -183,21 +180,7 @@ pub fn edit_runs(
         local_blend: Vec::new(),
         inversion: None,
     };
-    let sync = || {
-        if let Device::Cuda(index) = device {
-            tch::Cuda::synchronize(index as i64);
-        }
-    };
-    let time = |work: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<f64> {
-        work()?;
-        sync();
-        let start = Instant::now();
-        for _ in 0..runs.max(1) {
-            work()?;
-        }
-        sync();
-        Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
-    };
+    let time = |work: &dyn Fn() -> anyhow::Result<()>| time_runs(device, runs, work);
     let plain = time(&|| {
         loaded.generate_with(&base, |_, _, _| Ok(())).map(drop).map_err(|e| anyhow::anyhow!("{e}"))
     })?;

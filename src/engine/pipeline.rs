@@ -507,13 +507,7 @@ impl StableDiffusion {
                 .f_to_device(self.device)?
                 .f_mul_scalar(scheduler.init_noise_sigma())?;
         // 4. the loop, with a preview of the predicted image every step
-        let conditioning = Conditioning {
-            text: &text,
-            negative: Some(&negative),
-            guidance_scale: params.guidance_scale,
-            guidance_rescale: params.guidance_rescale,
-            image_guidance_scale: None,
-        };
+        let conditioning = Conditioning::guided(&text, &negative, params);
         let latents = sampler::denoise(
             &self.unet,
             scheduler.as_mut(),

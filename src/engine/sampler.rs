@@ -25,6 +25,19 @@ pub struct Conditioning<'a> {
     pub image_guidance_scale: Option<f64>,
 }
 
+impl<'a> Conditioning<'a> {
+    /// Classifier-free guidance with `params`' scales.
+    pub fn guided(text: &'a Tensor, negative: &'a Tensor, params: &crate::protocol::GenerateParams) -> Self {
+        Self {
+            text,
+            negative: Some(negative),
+            guidance_scale: params.guidance_scale,
+            guidance_rescale: params.guidance_rescale,
+            image_guidance_scale: None,
+        }
+    }
+}
+
 /// Replaces the latents after a scheduler step: `(scheduler, next step index, latents)`.
 pub type AfterStep<'a> = dyn FnMut(&dyn Scheduler, usize, Tensor) -> Result<Tensor, JobError> + 'a;
 

@@ -6,9 +6,9 @@
 use tch::Tensor;
 
 use crate::engine::image_tensor::tensor_from_image;
-use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
-use crate::engine::sampler::{self, Conditioning, Hooks};
-use crate::engine::schedulers::{CpuGeneratorNoise, Scheduler};
+use crate::engine::pipeline::StableDiffusion;
+use crate::engine::sampler::{Conditioning, Hooks};
+use crate::engine::schedulers::Scheduler;
 use crate::engine::{JobContext, JobError};
 use crate::protocol::{GenerateParams, ImageData, Img2ImgParams};
 
@@ -72,25 +72,8 @@ pub fn run(
     let noise = model.cpu_randn(&image_latents.size())?;
     let latents = scheduler.add_noise(&image_latents, &noise, start)?;
     // 3. the loop from there
-    let conditioning = Conditioning {
-        text: &text,
-        negative: Some(&negative),
-        guidance_scale: base.guidance_scale,
-        guidance_rescale: base.guidance_rescale,
-        image_guidance_scale: None,
-    };
+    let conditioning = Conditioning::guided(&text, &negative, base);
     let hooks = Hooks { start, ..Default::default() };
-    let latents = sampler::denoise_with(
-        &model.unet,
-        scheduler.as_mut(),
-        latents,
-        &conditioning,
-        &mut CpuGeneratorNoise,
-        hooks,
-        |step, of, latents| {
-            ctx.progress(step, of, model.preview(latents, PREVIEW_SIDE).ok());
-            ctx.checkpoint()
-        },
-    )?;
+    let latents = super::denoise_job(model, scheduler.as_mut(), latents, &conditioning, hooks, ctx)?;
     model.decode_to_image(&latents)
 }

@@ -10,9 +10,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::engine::image_tensor::{image_from_tensor, tensor_from_image};
 use crate::engine::methods::img2img::{check_size, prepare, start_index};
-use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
-use crate::engine::sampler::{self, Conditioning, Hooks};
-use crate::engine::schedulers::{CpuGeneratorNoise, Scheduler};
+use crate::engine::pipeline::StableDiffusion;
+use crate::engine::sampler::{Conditioning, Hooks};
+use crate::engine::schedulers::Scheduler;
 use crate::engine::{JobContext, JobError};
 use crate::protocol::{ImageData, InpaintParams, MaskOptions};
 
@@ -110,13 +110,7 @@ pub fn run(
     let keep = pixel_mask.f_lt(0.5)?.f_to_kind(Kind::Float)?.f_to_device(model.device)?;
     let masked_image_latents = model.encode_image_sample(&image.f_mul(&keep)?)?;
     // 4. the loop, with the method's hooks
-    let conditioning = Conditioning {
-        text: &text,
-        negative: Some(&negative),
-        guidance_scale: base.guidance_scale,
-        guidance_rescale: base.guidance_rescale,
-        image_guidance_scale: None,
-    };
+    let conditioning = Conditioning::guided(&text, &negative, base);
     let extra = Tensor::f_cat(&[&latent_mask, &masked_image_latents], 1)?;
     let source_latents = image_latents.as_ref().map(Tensor::shallow_clone);
     let steps_total = scheduler.timesteps().len();
@@ -134,18 +128,7 @@ pub fn run(
     } else {
         Hooks { start, after_step: Some(&mut blend), ..Default::default() }
     };
-    let latents = sampler::denoise_with(
-        &model.unet,
-        scheduler.as_mut(),
-        latents,
-        &conditioning,
-        &mut CpuGeneratorNoise,
-        hooks,
-        |step, of, latents| {
-            ctx.progress(step, of, model.preview(latents, PREVIEW_SIDE).ok());
-            ctx.checkpoint()
-        },
-    )?;
+    let latents = super::denoise_job(model, scheduler.as_mut(), latents, &conditioning, hooks, ctx)?;
     // 5. decode, and put the unmasked pixels back exactly
     let scaled = latents.f_div_scalar(model.vae.config.scaling_factor)?;
     let decoded = model.vae.decode(&scaled)?.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?;

@@ -6,9 +6,8 @@
 
 use crate::engine::image_tensor::tensor_from_image;
 use crate::engine::methods::img2img::{check_size, prepare};
-use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
-use crate::engine::sampler::{self, Conditioning, Hooks};
-use crate::engine::schedulers::CpuGeneratorNoise;
+use crate::engine::pipeline::StableDiffusion;
+use crate::engine::sampler::{Conditioning, Hooks};
 use crate::engine::{JobContext, JobError};
 use crate::protocol::{ImageData, InstructPix2PixParams};
 
@@ -52,17 +51,6 @@ pub fn run(
         image_guidance_scale: Some(params.image_guidance_scale),
     };
     let hooks = Hooks { extra_channels: Some(&image_latents), ..Default::default() };
-    let latents = sampler::denoise_with(
-        &model.unet,
-        scheduler.as_mut(),
-        latents,
-        &conditioning,
-        &mut CpuGeneratorNoise,
-        hooks,
-        |step, of, latents| {
-            ctx.progress(step, of, model.preview(latents, PREVIEW_SIDE).ok());
-            ctx.checkpoint()
-        },
-    )?;
+    let latents = super::denoise_job(model, scheduler.as_mut(), latents, &conditioning, hooks, ctx)?;
     model.decode_to_image(&latents)
 }

@@ -7,3 +7,33 @@ pub mod instruct_pix2pix;
 pub mod inversion;
 pub mod null_text;
 pub mod prompt_to_prompt;
+
+use tch::Tensor;
+
+use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
+use crate::engine::sampler::{self, Conditioning, Hooks};
+use crate::engine::schedulers::{CpuGeneratorNoise, Scheduler};
+use crate::engine::{JobContext, JobError};
+
+/// The sampler run as a job: a preview and a cancel check after every step.
+pub(crate) fn denoise_job(
+    model: &StableDiffusion,
+    scheduler: &mut dyn Scheduler,
+    latents: Tensor,
+    conditioning: &Conditioning<'_>,
+    hooks: Hooks<'_>,
+    ctx: &mut JobContext<'_>,
+) -> Result<Tensor, JobError> {
+    sampler::denoise_with(
+        &model.unet,
+        scheduler,
+        latents,
+        conditioning,
+        &mut CpuGeneratorNoise,
+        hooks,
+        |step, of, latents| {
+            ctx.progress(step, of, model.preview(latents, PREVIEW_SIDE).ok());
+            ctx.checkpoint()
+        },
+    )
+}

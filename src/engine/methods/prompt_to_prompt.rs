@@ -155,13 +155,7 @@ pub fn run_with(
     let resolution = map_resolution(model, height / factor, width / factor);
     let control =
         PromptToPrompt::new(mapper, equalizer, params.cross_window, params.self_window, Some(resolution));
-    let conditioning = Conditioning {
-        text: &text,
-        negative: Some(&negative),
-        guidance_scale: base.guidance_scale,
-        guidance_rescale: base.guidance_rescale,
-        image_guidance_scale: None,
-    };
+    let conditioning = Conditioning::guided(&text, &negative, base);
     // local blend (the paper's §3.3): after each step, outside the region the blend words attend
     // to (attention ≥ 0.3 of its peak, grown by one cell) the target takes the source's latents
     let blend_positions = blend_positions(&params.local_blend, &source_words, &target_words)?;
