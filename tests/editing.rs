@@ -2,9 +2,12 @@
 //! `StableDiffusionInpaintPipeline` (tests/fixtures/editing.json), and the properties diffusers
 //! has no counterpart for: exact compositing outside the mask, clear errors for bad masks.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
+
+use common::{fixture, max_difference_255, record_params as base, run_image as run};
 
 use diffusion_studio::engine::EngineHandle;
 use diffusion_studio::protocol::{
@@ -12,42 +15,8 @@ use diffusion_studio::protocol::{
     MaskOptions, Precision,
 };
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
 fn png(name: &str) -> ImageData {
     ImageData::from_rgba_image(&image::open(fixture(name)).expect("fixture image").into_rgba8())
-}
-
-fn run(engine: &EngineHandle, job: Job) -> Result<ImageData, String> {
-    let id = engine.submit(job);
-    loop {
-        match engine.events().recv_timeout(Duration::from_secs(300)).expect("engine answers") {
-            EngineEvent::Done { job, output: JobOutput::Image(image) } if job == id => return Ok(image),
-            EngineEvent::Failed { job, message } if job == id => return Err(message),
-            _ => {}
-        }
-    }
-}
-
-fn base(record: &Value) -> GenerateParams {
-    GenerateParams {
-        model: fixture(record["model"].as_str().expect("model")),
-        model_options: Default::default(),
-        prompt: record["prompt"].as_str().expect("prompt").into(),
-        negative_prompt: record["negative_prompt"].as_str().expect("negative").into(),
-        steps: record["steps"].as_u64().expect("steps") as usize,
-        scheduler: record["scheduler"].as_str().expect("scheduler").into(),
-        guidance_scale: record["guidance"].as_f64().expect("guidance"),
-        guidance_rescale: 0.0,
-        clip_skip: 0,
-        seed: record["seed"].as_u64().expect("seed"),
-        width: 16,
-        height: 16,
-        precision: Precision::F32,
-    }
 }
 
 fn hard_mask() -> MaskOptions {
@@ -70,15 +39,6 @@ fn job(record: &Value, composite: bool) -> Job {
         }),
     }
 }
-
-fn max_difference_255(image: &ImageData, expected: &Value) -> f64 {
-    let expected: Vec<f64> =
-        expected.as_array().expect("image").iter().map(|v| v.as_f64().expect("f")).collect();
-    let rgb: Vec<u8> = image.rgba.chunks(4).flat_map(|p| p[..3].to_vec()).collect();
-    assert_eq!(rgb.len(), expected.len());
-    rgb.iter().zip(&expected).map(|(a, b)| (f64::from(*a) - b * 255.0).abs()).fold(0.0, f64::max)
-}
-
 fn records() -> Vec<Value> {
     let text = std::fs::read_to_string(fixture("editing.json")).expect("fixture");
     serde_json::from_str::<Value>(&text).expect("json").as_array().expect("records").clone()

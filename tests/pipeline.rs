@@ -1,49 +1,15 @@
 //! Text-to-image through the engine against diffusers' `StableDiffusionPipeline` on a tiny model
 //! (`tests/fixtures/tiny_sd_pipeline`): same seed, prompt, scheduler and steps → the same image.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
+
+use common::{fixture, record_params as params, run_image as run};
 
 use diffusion_studio::engine::EngineHandle;
-use diffusion_studio::protocol::{
-    DeviceChoice, EngineEvent, GenerateParams, ImageData, Job, JobOutput, Precision,
-};
+use diffusion_studio::protocol::{DeviceChoice, EngineEvent, GenerateParams, Job, JobOutput, Precision};
 use serde_json::Value;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn run(engine: &EngineHandle, job: Job) -> Result<ImageData, String> {
-    let id = engine.submit(job);
-    loop {
-        match engine.events().recv_timeout(Duration::from_secs(120)).map_err(|e| e.to_string())? {
-            EngineEvent::Done { job, output: JobOutput::Image(image) } if job == id => return Ok(image),
-            EngineEvent::Failed { job, message } if job == id => return Err(message),
-            _ => {}
-        }
-    }
-}
-
-fn params(case: &Value) -> GenerateParams {
-    GenerateParams {
-        model: fixture(case["model"].as_str().expect("model")),
-        model_options: Default::default(),
-        prompt: case["prompt"].as_str().expect("prompt").into(),
-        negative_prompt: case["negative_prompt"].as_str().expect("negative").into(),
-        steps: case["steps"].as_u64().expect("steps") as usize,
-        scheduler: case["scheduler"].as_str().expect("scheduler").into(),
-        guidance_scale: case["guidance"].as_f64().expect("guidance"),
-        guidance_rescale: 0.0,
-        clip_skip: 0,
-        seed: case["seed"].as_u64().expect("seed"),
-        width: case["width"].as_u64().expect("width") as u32,
-        height: case["height"].as_u64().expect("height") as u32,
-        precision: Precision::F32,
-    }
-}
-
 #[test]
 fn generation_reproduces_diffusers_images_for_each_scheduler_and_sd2_v_prediction() {
     let cases: Value =
@@ -57,15 +23,8 @@ fn generation_reproduces_diffusers_images_for_each_scheduler_and_sd2_v_predictio
             case["scheduler"].as_str().expect("name")
         );
         let image = run(&engine, Job::Generate(params(case))).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expected: Vec<f64> =
-            case["image"].as_array().expect("image").iter().map(|v| v.as_f64().expect("float")).collect();
         assert_eq!((image.width, image.height), (16, 16));
-        let mut worst = 0f64;
-        for (pixel, rgb) in image.rgba.chunks(4).zip(expected.chunks(3)) {
-            for channel in 0..3 {
-                worst = worst.max((f64::from(pixel[channel]) - rgb[channel] * 255.0).abs());
-            }
-        }
+        let worst = common::max_difference_255(&image, &case["image"]);
         assert!(worst <= 2.0, "{name}: a pixel differs from diffusers by {worst:.2}/255");
     }
     assert!(cases.as_array().expect("cases").len() >= 10, "every scheduler, two model shapes");

@@ -3,20 +3,16 @@
 //! re-weighting by 1 is the identity, injection keeps the target near the source, and bad word
 //! edits are named.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
+
+use common::{fixture, run_output as run};
 
 use diffusion_studio::engine::EngineHandle;
 use diffusion_studio::protocol::{
-    DeviceChoice, EngineEvent, GenerateParams, ImageData, Job, JobOutput, LabelledImage, Precision,
-    PromptToPromptParams,
+    DeviceChoice, GenerateParams, ImageData, Job, JobOutput, LabelledImage, Precision, PromptToPromptParams,
 };
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
 fn base(prompt: &str, scheduler: &str) -> GenerateParams {
     GenerateParams {
         model: fixture("tiny_sd_pipeline"),
@@ -47,18 +43,6 @@ fn p2p(source: &str, target: &str, scheduler: &str) -> PromptToPromptParams {
         inversion: None,
     }
 }
-
-fn run(engine: &EngineHandle, job: Job) -> Result<JobOutput, String> {
-    let id = engine.submit(job);
-    loop {
-        match engine.events().recv_timeout(Duration::from_secs(300)).expect("engine answers") {
-            EngineEvent::Done { job, output } if job == id => return Ok(output),
-            EngineEvent::Failed { job, message } if job == id => return Err(message),
-            _ => {}
-        }
-    }
-}
-
 fn image(output: JobOutput) -> ImageData {
     match output {
         JobOutput::Image(image) => image,

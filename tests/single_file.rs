@@ -3,8 +3,10 @@
 //! diffusers' images; full-size SD 1.5 / 2.1 key layouts (recorded without weights) must be
 //! detected as diffusers detects them and fill every weight of the release-config models.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,10 +23,7 @@ use diffusion_studio::protocol::{
 use serde_json::Value;
 use tch::Device;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
+use common::{fixture, max_difference_255};
 fn records() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("single_file.json")).expect("fixture"))
         .expect("json")
@@ -62,15 +61,6 @@ fn params(record: &Value, options: ModelOptions) -> GenerateParams {
         precision: Precision::F32,
     }
 }
-
-fn max_difference_255(image: &ImageData, expected: &Value) -> f64 {
-    let expected: Vec<f64> =
-        expected.as_array().expect("image").iter().map(|v| v.as_f64().expect("f")).collect();
-    let rgb: Vec<u8> = image.rgba.chunks(4).flat_map(|p| p[..3].to_vec()).collect();
-    assert_eq!(rgb.len(), expected.len());
-    rgb.iter().zip(&expected).map(|(a, b)| (f64::from(*a) - b * 255.0).abs()).fold(0.0, f64::max)
-}
-
 #[test]
 fn single_files_generate_diffusers_from_single_file_images() {
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
