@@ -271,15 +271,7 @@ fn ddim_inversion_follows_diffusers_and_its_file_round_trips() {
 #[test]
 fn null_text_optimisation_brings_guided_regeneration_back_to_the_inversion() {
     use diffusion_studio::engine::methods::{inversion, null_text};
-    use diffusion_studio::engine::pipeline::StableDiffusion;
-    let _generator = diffusion_studio::engine::default_generator_lock();
-    let model = StableDiffusion::load(
-        &fixture("tiny_sd_pipeline"),
-        &Default::default(),
-        tch::Device::Cpu,
-        Precision::F32,
-    )
-    .expect("loads");
+    let (_generator, model) = common::load_model("tiny_sd_pipeline");
     let prompt = "a red circle on a blue background";
     let trajectory = inversion::ddim_invert(&model, &png("edit_image.png"), prompt, 8, 0, |_, _, _| Ok(()))
         .expect("inverts");

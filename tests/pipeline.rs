@@ -133,16 +133,7 @@ fn a_model_loaded_ahead_serves_the_next_jobs_and_unload_frees_it() {
 
 #[test]
 fn prompt_embeddings_are_computed_once_per_prompt() {
-    use diffusion_studio::engine::pipeline::StableDiffusion;
-    // building modules draws initial weights from the generator seeded engine jobs use
-    let _generator = diffusion_studio::engine::default_generator_lock();
-    let model = StableDiffusion::load(
-        &fixture("tiny_sd_pipeline"),
-        &Default::default(),
-        tch::Device::Cpu,
-        Precision::F32,
-    )
-    .expect("loads");
+    let (_generator, model) = common::load_model("tiny_sd_pipeline");
     let first = model.encode_prompt("a red circle", 1, 0).expect("encodes");
     let again = model.encode_prompt("a red circle", 1, 0).expect("encodes");
     assert_eq!(model.cached_embeddings(), 1);

@@ -18,7 +18,7 @@ use diffusion_studio::engine::models::unet_2d_condition::{UNet2DConditionConfig,
 use diffusion_studio::engine::models::vae::{AutoencoderKl, AutoencoderKlConfig};
 use diffusion_studio::protocol::{
     DeviceChoice, EngineEvent, GenerateParams, ImageData, Job, JobOutput, ModelFamily, ModelOptions,
-    Precision, Prediction,
+    Prediction,
 };
 use serde_json::Value;
 use tch::Device;
@@ -45,21 +45,7 @@ fn run(engine: &EngineHandle, job: Job) -> Result<(ImageData, Vec<String>), Stri
 }
 
 fn params(record: &Value, options: ModelOptions) -> GenerateParams {
-    GenerateParams {
-        model: fixture(record["file"].as_str().expect("file")),
-        model_options: options,
-        prompt: record["prompt"].as_str().expect("prompt").into(),
-        negative_prompt: record["negative_prompt"].as_str().expect("negative").into(),
-        steps: record["steps"].as_u64().expect("steps") as usize,
-        scheduler: record["scheduler"].as_str().expect("scheduler").into(),
-        guidance_scale: record["guidance"].as_f64().expect("guidance"),
-        guidance_rescale: 0.0,
-        clip_skip: 0,
-        seed: record["seed"].as_u64().expect("seed"),
-        width: record["width"].as_u64().expect("width") as u32,
-        height: record["height"].as_u64().expect("height") as u32,
-        precision: Precision::F32,
-    }
+    GenerateParams { model_options: options, ..common::record_params(record) }
 }
 #[test]
 fn single_files_generate_diffusers_from_single_file_images() {

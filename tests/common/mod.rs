@@ -13,6 +13,23 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+/// A fixture model loaded directly (not through an engine), with libtorch's default generator
+/// held: building modules draws their initial weights from it, which must not interleave with a
+/// seeded job running in the same test binary. Keep the guard while the model is used.
+pub fn load_model(
+    name: &str,
+) -> (std::sync::MutexGuard<'static, ()>, diffusion_studio::engine::pipeline::StableDiffusion) {
+    let guard = diffusion_studio::engine::default_generator_lock();
+    let model = diffusion_studio::engine::pipeline::StableDiffusion::load(
+        &fixture(name),
+        &Default::default(),
+        tch::Device::Cpu,
+        Precision::F32,
+    )
+    .expect("the fixture model loads");
+    (guard, model)
+}
+
 /// A JSON fixture file.
 pub fn json(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(name)).expect("fixture")).expect("json")
@@ -43,7 +60,7 @@ pub fn run_image(engine: &EngineHandle, job: Job) -> Result<ImageData, String> {
 pub fn record_params(record: &Value) -> GenerateParams {
     let size = |key: &str| record[key].as_u64().unwrap_or(16) as u32;
     GenerateParams {
-        model: fixture(record["model"].as_str().expect("model")),
+        model: fixture(record["model"].as_str().or(record["file"].as_str()).expect("model or file")),
         model_options: Default::default(),
         prompt: record["prompt"].as_str().expect("prompt").into(),
         negative_prompt: record["negative_prompt"].as_str().expect("negative").into(),
