@@ -12,7 +12,7 @@ use common::{fixture, max_difference_255, record_params as base, run_image as ru
 use diffusion_studio::engine::EngineHandle;
 use diffusion_studio::protocol::{
     DeviceChoice, EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams, Job, JobOutput,
-    MaskOptions, Precision,
+    MaskOptions,
 };
 use serde_json::Value;
 fn png(name: &str) -> ImageData {
