@@ -201,3 +201,30 @@ fn an_inverted_image_is_edited_from_its_inversion_and_the_same_prompt_gives_its_
     assert_eq!(swapped[1].image.rgba, same[1].image.rgba, "the source branch does not depend on the target");
     assert_ne!(swapped[0].image.rgba, same[0].image.rgba, "the swap changed nothing");
 }
+
+#[test]
+fn a_re_edit_replays_the_recorded_source_and_matches_a_fresh_edit() {
+    let source = "a red circle on a blue background";
+    for scheduler in ["ddim", "euler-a"] {
+        let warm = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+        let mut first = p2p(source, "a green circle on a blue background", scheduler);
+        first.local_blend = vec!["red".into()];
+        run(&warm, Job::PromptToPrompt(first.clone())).expect("records the source");
+        let mut second = first.clone();
+        second.target_prompt = "a yellow circle on a blue background".into();
+        second.local_blend = vec!["red".into()];
+        second.attention_maps = true;
+        let replayed = images(run(&warm, Job::PromptToPrompt(second.clone())).expect("replays"));
+        let fresh_engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+        let fresh = images(run(&fresh_engine, Job::PromptToPrompt(second)).expect("edits"));
+        assert_eq!(replayed.len(), fresh.len());
+        for (a, b) in replayed.iter().zip(&fresh) {
+            assert_eq!(a.label, b.label);
+            assert!(
+                max_difference(&a.image, &b.image) <= 1,
+                "{scheduler}: {} differs when replayed",
+                a.label
+            );
+        }
+    }
+}

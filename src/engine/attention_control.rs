@@ -135,16 +135,21 @@ impl AttentionStore {
 
     /// Adds the conditional half of `probs` (batch, heads, queries, keys).
     fn store(&self, call: &AttentionCall, probs: &Tensor) -> Result<(), tch::TchError> {
-        if !self.wants(call) {
-            return Ok(());
-        }
-        self.resolution.borrow_mut().get_or_insert((call.height, call.width));
         let batch = probs.size()[0];
         let conditional = if *self.guided.borrow() {
             probs.f_narrow(0, batch / 2, batch / 2)?
         } else {
             probs.shallow_clone()
         };
+        self.store_conditional(call, &conditional)
+    }
+
+    /// Adds conditional probabilities (prompts, heads, queries, keys).
+    fn store_conditional(&self, call: &AttentionCall, conditional: &Tensor) -> Result<(), tch::TchError> {
+        if !self.wants(call) {
+            return Ok(());
+        }
+        self.resolution.borrow_mut().get_or_insert((call.height, call.width));
         let map = conditional.f_to_kind(Kind::Float)?.f_mean_dim(1, false, Kind::Float)?.f_detach()?;
         for (sum, count) in [(&self.sum, &self.count), (&self.step_sum, &self.step_count)] {
             let mut sum = sum.borrow_mut();
@@ -177,6 +182,24 @@ impl AttentionControl for AttentionStore {
 /// is taken from the source's — cross-attention through a token `mapper` (word swap and added
 /// words) scaled per token by `equalizer` (re-weighting) inside the cross window, self-attention
 /// of the low-resolution layers inside the self window — and cross-attention is stored.
+/// The source branch of a prompt-to-prompt run, recorded so that later edits of the same source
+/// run the target branch only: per step, the source's conditional attention probabilities
+/// (heads, queries, keys) of every call the control wanted, in call order; its latents after each
+/// step; and its image.
+pub struct SourceRecord {
+    pub attention: Vec<Vec<Tensor>>,
+    pub latents: Vec<Tensor>,
+    pub image: crate::protocol::ImageData,
+}
+
+/// Whether the batch holds source and target, or the target alone against a recording.
+enum Mode {
+    /// [source, target] (each half, under guidance); the source's attention is recorded.
+    Paired { record: RefCell<Vec<Vec<Tensor>>> },
+    /// [target] (each half); the source's attention comes from the record.
+    Replay { record: std::rc::Rc<SourceRecord>, call: std::cell::Cell<usize> },
+}
+
 pub struct PromptToPrompt {
     /// For each target token position, the source position whose attention it takes, or None
     /// for a new word (keeps its own attention).
@@ -194,6 +217,7 @@ pub struct PromptToPrompt {
     step: RefCell<Option<StepInfo>>,
     /// (mapper as a (keys, keys) matrix, per-key alpha, equalizer), built on the first call.
     tensors: RefCell<Option<(Tensor, Tensor, Tensor)>>,
+    mode: Mode,
 }
 
 impl PromptToPrompt {
@@ -213,6 +237,22 @@ impl PromptToPrompt {
             store: AttentionStore::new(store_resolution),
             step: RefCell::new(None),
             tensors: RefCell::new(None),
+            mode: Mode::Paired { record: RefCell::new(Vec::new()) },
+        }
+    }
+
+    /// Runs the target branch alone against `record` (made by a paired run with the same
+    /// source, windows and map resolution, so the wanted calls line up).
+    pub fn replaying(mut self, record: std::rc::Rc<SourceRecord>) -> Self {
+        self.mode = Mode::Replay { record, call: std::cell::Cell::new(0) };
+        self
+    }
+
+    /// The source attention recorded by a paired run, per step.
+    pub fn take_recorded_attention(&self) -> Vec<Vec<Tensor>> {
+        match &self.mode {
+            Mode::Paired { record } => std::mem::take(&mut *record.borrow_mut()),
+            Mode::Replay { .. } => Vec::new(),
         }
     }
 
@@ -254,6 +294,10 @@ impl AttentionControl for PromptToPrompt {
     fn begin_step(&self, info: StepInfo) {
         *self.step.borrow_mut() = Some(info);
         self.store.begin(info);
+        match &self.mode {
+            Mode::Paired { record } => record.borrow_mut().push(Vec::new()),
+            Mode::Replay { call, .. } => call.set(0),
+        }
     }
 
     fn wants(&self, call: &AttentionCall) -> bool {
@@ -265,15 +309,44 @@ impl AttentionControl for PromptToPrompt {
     }
 
     fn edit(&self, call: &AttentionCall, probs: Tensor) -> Result<Tensor, tch::TchError> {
-        let guided = self.step.borrow().is_some_and(|s| s.guided);
+        let step = *self.step.borrow();
+        let guided = step.is_some_and(|s| s.guided);
         let batch = probs.size()[0];
         let half = if guided { batch / 2 } else { 0 };
-        if batch - half != 2 {
+        let prompts = match &self.mode {
+            Mode::Paired { .. } => 2,
+            Mode::Replay { .. } => 1,
+        };
+        if batch - half != prompts {
             return Err(tch::TchError::Shape(format!(
-                "prompt-to-prompt runs a source and a target prompt, got a batch of {batch}"
+                "prompt-to-prompt expected {prompts} prompt(s) in the batch, got a batch of {batch}"
             )));
         }
-        let (source, target) = (probs.f_select(0, half)?, probs.f_select(0, half + 1)?);
+        let target = probs.f_select(0, batch - 1)?;
+        let source = match &self.mode {
+            Mode::Paired { record } => {
+                let source = probs.f_select(0, half)?;
+                if let Some(current) = record.borrow_mut().last_mut() {
+                    current.push(source.f_detach()?);
+                }
+                source
+            }
+            Mode::Replay { record, call: index } => {
+                let at = index.get();
+                index.set(at + 1);
+                let step = step.map_or(0, |s| s.step);
+                record
+                    .attention
+                    .get(step)
+                    .and_then(|calls| calls.get(at))
+                    .ok_or_else(|| {
+                        tch::TchError::Shape(format!(
+                            "the recorded source has no attention call {at} at step {step}"
+                        ))
+                    })?
+                    .f_to_device(target.device())?
+            }
+        };
         let edited = if call.cross {
             if self.in_window(self.cross_window.0, self.cross_window.1) {
                 let keys = probs.size()[3];
@@ -294,13 +367,12 @@ impl AttentionControl for PromptToPrompt {
         } else {
             source.shallow_clone()
         };
-        let mut parts: Vec<Tensor> = (0..half).map(|i| probs.f_select(0, i)).collect::<Result<_, _>>()?;
-        parts.push(probs.f_select(0, half)?);
-        parts.push(edited);
-        let result = Tensor::f_stack(&parts, 0)?;
         if call.cross {
-            self.store.store(call, &result)?;
+            self.store.store_conditional(call, &Tensor::f_stack(&[&source, &edited], 0)?)?;
         }
-        Ok(result)
+        let mut parts: Vec<Tensor> =
+            (0..batch - 1).map(|i| probs.f_select(0, i)).collect::<Result<_, _>>()?;
+        parts.push(edited);
+        Tensor::f_stack(&parts, 0)
     }
 }

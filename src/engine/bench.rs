@@ -130,16 +130,18 @@ pub fn random_pipeline_runs(
     })
 }
 
-/// Seconds per plain generation and per prompt-to-prompt edit (swap one word, cross window 0–0.8,
-/// self window 0.4) at equal steps with DDIM and CFG 7.5, on `model` (a diffusers folder or
-/// single file) or, for "sd_v1_5"/"sd_v2_1", a release-shaped model with random weights.
+/// Seconds per plain generation, per first prompt-to-prompt edit of a source (both branches,
+/// recording the source) and per re-edit of it (the target branch against the recording) — swap
+/// one word, cross window 0–0.8, self window 0.4, equal steps, DDIM, CFG 7.5 — on `model` (a
+/// diffusers folder or single file) or, for "sd_v1_5"/"sd_v2_1", a release-shaped model with
+/// random weights.
 pub fn edit_runs(
     choice: DeviceChoice,
     model: &str,
     size: u32,
     steps: usize,
     runs: usize,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, f64)> {
     use crate::engine::methods::prompt_to_prompt;
     use crate::engine::pipeline::StableDiffusion;
     use crate::protocol::{GenerateParams, ModelFamily, PromptToPromptParams};
@@ -184,10 +186,15 @@ pub fn edit_runs(
     let plain = time(&|| {
         loaded.generate_with(&base, |_, _, _| Ok(())).map(drop).map_err(|e| anyhow::anyhow!("{e}"))
     })?;
-    let p2p = time(&|| {
+    let edit_once = || {
         prompt_to_prompt::run_with(&loaded, &edit, |_, _, _| Ok(()))
             .map(drop)
             .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    let first = time(&|| {
+        loaded.forget_recorded_source();
+        edit_once()
     })?;
-    Ok((plain, p2p))
+    let again = time(&edit_once)?;
+    Ok((plain, first, again))
 }

@@ -48,6 +48,9 @@ pub struct StableDiffusion {
     pub taesd: Option<AutoencoderTiny>,
     /// Text embeddings by (prompt, chunks, clip skip): re-edits skip the text encoder.
     embeddings: std::cell::RefCell<std::collections::HashMap<(String, usize, usize), Tensor>>,
+    /// The last prompt-to-prompt source branch, by what it depends on: re-edits replay it.
+    p2p_source:
+        std::cell::RefCell<Option<(String, std::rc::Rc<crate::engine::attention_control::SourceRecord>)>>,
     /// `scheduler_config.json` as text (each scheduler reads it with its defaults).
     scheduler_config: Option<String>,
     /// Where the scheduler config came from, for messages.
@@ -310,6 +313,7 @@ impl StableDiffusion {
             vae,
             taesd: None,
             embeddings: Default::default(),
+            p2p_source: Default::default(),
             scheduler_config: parts.scheduler_config,
             scheduler_config_source: parts.scheduler_config_source,
             vae_scale_factor,
@@ -346,6 +350,27 @@ impl StableDiffusion {
         }
         cache.insert(key, embedding.shallow_clone());
         Ok(embedding)
+    }
+
+    /// The recorded prompt-to-prompt source branch for `key`, if it is the one kept.
+    pub fn recorded_source(
+        &self,
+        key: &str,
+    ) -> Option<std::rc::Rc<crate::engine::attention_control::SourceRecord>> {
+        match &*self.p2p_source.borrow() {
+            Some((kept, record)) if kept == key => Some(record.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps `record` as the prompt-to-prompt source for `key` (one at a time).
+    pub fn record_source(&self, key: String, record: crate::engine::attention_control::SourceRecord) {
+        *self.p2p_source.borrow_mut() = Some((key, std::rc::Rc::new(record)));
+    }
+
+    /// Drops the recorded prompt-to-prompt source (the next edit runs both branches).
+    pub fn forget_recorded_source(&self) {
+        *self.p2p_source.borrow_mut() = None;
     }
 
     /// How many prompt embeddings are cached.

@@ -6,7 +6,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::engine::attention_control::PromptToPrompt;
+use crate::engine::attention_control::{PromptToPrompt, SourceRecord};
 use crate::engine::image_tensor::image_from_tensor;
 use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
 use crate::engine::sampler::{self, Conditioning, Hooks};
@@ -104,8 +104,14 @@ pub fn run_with(
             "the negative prompt must fit one 75-token chunk for prompt-to-prompt".into(),
         ));
     }
-    let text = Tensor::f_cat(&[&source, &target], 0)?;
-    let negative = Tensor::f_cat(&[&negative, &negative], 0)?;
+    // a later edit of the same source replays its recorded branch and runs the target alone
+    let resolution = map_resolution(model, height / factor, width / factor);
+    let key = source_key(params, resolution);
+    let recorded = model.recorded_source(&key);
+    let prompts: i64 = if recorded.is_some() { 1 } else { 2 };
+    let text =
+        if recorded.is_some() { target.shallow_clone() } else { Tensor::f_cat(&[&source, &target], 0)? };
+    let negative = negative.f_repeat([prompts, 1, 1])?;
     // 3. the same start for both: seeded noise, or an inverted image's z_T (then DDIM over the
     //    inversion's steps, with its null-text embeddings when it has them)
     let channels = model.unet.config.out_channels;
@@ -141,7 +147,7 @@ pub fn run_with(
                             Ok(Tensor::f_from_slice(values)?
                                 .f_view([1, -1, hidden])?
                                 .f_to_device(model.device)?
-                                .f_repeat([2, 1, 1])?)
+                                .f_repeat([prompts, 1, 1])?)
                         })
                         .collect::<Result<Vec<_>, JobError>>()?,
                 ),
@@ -150,24 +156,43 @@ pub fn run_with(
             (scheduler, latents, null_text)
         }
     };
-    let latents = latents.f_repeat([2, 1, 1, 1])?;
+    let latents = latents.f_repeat([prompts, 1, 1, 1])?;
     // 4. the loop with the control in every attention layer
-    let resolution = map_resolution(model, height / factor, width / factor);
     let control =
         PromptToPrompt::new(mapper, equalizer, params.cross_window, params.self_window, Some(resolution));
+    let control = match &recorded {
+        Some(record) => control.replaying(record.clone()),
+        None => control,
+    };
     let conditioning = Conditioning::guided(&text, &negative, base);
     // local blend (the paper's §3.3): after each step, outside the region the blend words attend
     // to (attention ≥ 0.3 of its peak, grown by one cell) the target takes the source's latents
     let blend_positions = blend_positions(&params.local_blend, &source_words, &target_words)?;
-    let mut blend = |_: &dyn crate::engine::schedulers::Scheduler, _: usize, latents: Tensor| {
-        local_blend(&control, &blend_positions, latents)
-    };
+    let mut blend =
+        |_: &dyn crate::engine::schedulers::Scheduler, next: usize, latents: Tensor| match &recorded {
+            Some(record) => {
+                let source = record.latents.get(next - 1).ok_or_else(|| {
+                    JobError::Failed(format!("the recorded source has no latents for step {next}"))
+                })?;
+                local_blend(&control, &blend_positions, source, &latents)
+            }
+            None => {
+                let target = local_blend(
+                    &control,
+                    &blend_positions,
+                    &latents.f_narrow(0, 0, 1)?,
+                    &latents.f_narrow(0, 1, 1)?,
+                )?;
+                Ok(Tensor::f_cat(&[&latents.f_narrow(0, 0, 1)?, &target], 0)?)
+            }
+        };
     let hooks = Hooks {
         attention: Some(&control),
         after_step: if params.local_blend.is_empty() { None } else { Some(&mut blend) },
         negative_per_step: null_text.as_deref(),
         ..Default::default()
     };
+    let mut source_latents = Vec::new();
     let latents = sampler::denoise_with(
         &model.unet,
         scheduler.as_mut(),
@@ -176,14 +201,30 @@ pub fn run_with(
         &mut SharedNoise(&mut CpuGeneratorNoise),
         hooks,
         |step, of, latents| {
-            let preview = latents.f_narrow(0, 1, 1).ok().and_then(|t| model.preview(&t, PREVIEW_SIDE).ok());
-            on_step(step, of, preview)
+            if recorded.is_none() {
+                source_latents.push(latents.f_narrow(0, 0, 1)?.f_detach()?);
+            }
+            let target = latents.f_narrow(0, prompts - 1, 1)?;
+            on_step(step, of, model.preview(&target, PREVIEW_SIDE).ok())
         },
     )?;
-    // 5. decode both, and the maps
+    // 5. decode; keep a new source's record for the next edit
+    let target_image = model.decode_to_image(&latents.f_narrow(0, prompts - 1, 1)?)?;
+    let source_image = match &recorded {
+        Some(record) => record.image.clone(),
+        None => {
+            let image = model.decode_to_image(&latents.f_narrow(0, 0, 1)?)?;
+            let attention = control.take_recorded_attention();
+            model.record_source(
+                key,
+                SourceRecord { attention, latents: source_latents, image: image.clone() },
+            );
+            image
+        }
+    };
     let mut images = vec![
-        LabelledImage { label: "target".into(), image: model.decode_to_image(&latents.f_narrow(0, 1, 1)?)? },
-        LabelledImage { label: "source".into(), image: model.decode_to_image(&latents.f_narrow(0, 0, 1)?)? },
+        LabelledImage { label: "target".into(), image: target_image },
+        LabelledImage { label: "source".into(), image: source_image },
     ];
     if params.attention_maps {
         images.extend(attention_maps(&control, &target_words, base.width, base.height)?);
@@ -220,10 +261,11 @@ fn blend_positions(
 fn local_blend(
     control: &PromptToPrompt,
     positions: &[Vec<i64>; 2],
-    latents: Tensor,
+    source: &Tensor,
+    target: &Tensor,
 ) -> Result<Tensor, JobError> {
-    let Some(maps) = control.store.average()? else { return Ok(latents) };
-    let (height, width) = (latents.size()[2], latents.size()[3]);
+    let Some(maps) = control.store.average()? else { return Ok(target.shallow_clone()) };
+    let (height, width) = (target.size()[2], target.size()[3]);
     let mut masks = Vec::new();
     for (branch, list) in positions.iter().enumerate() {
         if list.is_empty() {
@@ -243,15 +285,41 @@ fn local_blend(
         let peak = map.f_amax([2, 3], true)?.f_clamp_min(1e-12)?;
         masks.push(map.f_div(&peak)?.f_gt(0.3)?.f_to_kind(Kind::Float)?);
     }
-    let Some(mut mask) = masks.pop() else { return Ok(latents) };
+    let Some(mut mask) = masks.pop() else { return Ok(target.shallow_clone()) };
     for other in masks {
         mask = mask.f_maximum(&other)?;
     }
-    let mask = mask.f_to_device(latents.device())?.f_to_kind(latents.kind())?;
-    let source = latents.f_narrow(0, 0, 1)?;
-    let target = latents.f_narrow(0, 1, 1)?;
-    let blended = source.f_add(&target.f_sub(&source)?.f_mul(&mask)?)?;
-    Ok(Tensor::f_cat(&[&source, &blended], 0)?)
+    let mask = mask.f_to_device(target.device())?.f_to_kind(target.kind())?;
+    Ok(source.f_add(&target.f_sub(source)?.f_mul(&mask)?)?)
+}
+
+/// What a recorded source branch depends on: everything but the target prompt and its word
+/// edits (an inverted image by a fingerprint of its z_T).
+fn source_key(params: &PromptToPromptParams, resolution: (i64, i64)) -> String {
+    use std::hash::{Hash, Hasher};
+    let base = &params.base;
+    let inversion = params.inversion.as_ref().map(|inversion| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for latents in inversion.trajectory.last().into_iter().chain(inversion.null_text.iter().flatten()) {
+            latents.iter().for_each(|v| v.to_bits().hash(&mut hasher));
+        }
+        hasher.finish()
+    });
+    format!(
+        "{:?}",
+        (
+            (&base.prompt, &base.negative_prompt, base.seed, base.steps, &base.scheduler),
+            (
+                base.guidance_scale.to_bits(),
+                base.guidance_rescale.to_bits(),
+                base.clip_skip,
+                base.width,
+                base.height
+            ),
+            (params.cross_window.0.to_bits(), params.cross_window.1.to_bits(), params.self_window.to_bits()),
+            (resolution, params.local_blend.is_empty(), inversion),
+        )
+    )
 }
 
 /// Each target word's cross-attention averaged over its tokens, layers and steps, normalised to
@@ -316,9 +384,9 @@ mod tests {
         let _ = control.edit(&call, probs).expect("stores");
         // source latents 0, target 1, on an 8×8 grid
         let cpu = (Kind::Float, tch::Device::Cpu);
-        let latents = Tensor::cat(&[Tensor::zeros([1, 1, 8, 8], cpu), Tensor::ones([1, 1, 8, 8], cpu)], 0);
-        let blended = local_blend(&control, &[vec![2], vec![2]], latents).expect("blends");
-        let target = Vec::<f32>::try_from(blended.get(1).flatten(0, -1)).expect("floats");
+        let (source, target) = (Tensor::zeros([1, 1, 8, 8], cpu), Tensor::ones([1, 1, 8, 8], cpu));
+        let blended = local_blend(&control, &[vec![2], vec![2]], &source, &target).expect("blends");
+        let target = Vec::<f32>::try_from(blended.flatten(0, -1)).expect("floats");
         // the attended cell, grown by one cell (max-pool 3×3) and upsampled 2×: the top-left 4×4
         for y in 0..8 {
             for x in 0..8 {
@@ -326,7 +394,5 @@ mod tests {
                 assert_eq!(target[y * 8 + x], expected, "({x}, {y})");
             }
         }
-        let source = Vec::<f32>::try_from(blended.get(0).flatten(0, -1)).expect("floats");
-        assert!(source.iter().all(|v| *v == 0.0));
     }
 }
