@@ -15,8 +15,8 @@ use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
     DeviceChoice, EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams,
-    InstructPix2PixParams, InvertParams, Job, JobOutput, MaskOptions, ModelFamily, ModelOptions, Precision,
-    Prediction, PromptToPromptParams,
+    InstructPix2PixParams, InvertParams, Job, JobOutput, MagicMixParams, MaskOptions, ModelFamily,
+    ModelOptions, Precision, Prediction, PromptToPromptParams,
 };
 
 #[derive(Parser, Debug)]
@@ -38,6 +38,8 @@ enum EditMethod {
     P2p,
     /// InstructPix2Pix (Brooks et al. 2023): --image, the instruction as --prompt.
     Ip2p,
+    /// MagicMix (Liew et al. 2022): --image gives the layout, --prompt the content.
+    Magicmix,
 }
 
 /// "word=2.5" → ("word", 2.5).
@@ -203,6 +205,15 @@ enum Command {
         /// ip2p: how closely to follow the image (the paper's s_I).
         #[arg(long, default_value_t = 1.5)]
         image_guidance: f64,
+        /// magicmix: the layout phase ends at this noise level (fraction of the steps)…
+        #[arg(long, default_value_t = 0.3)]
+        kmin: f64,
+        /// …and starts at this one (the image is noised to it).
+        #[arg(long, default_value_t = 0.6)]
+        kmax: f64,
+        /// magicmix: the weight of the generated latents in the layout phase's mix (ν).
+        #[arg(long, default_value_t = 0.5)]
+        mix_factor: f64,
         #[arg(long, default_value_t = 512)]
         width: u32,
         #[arg(long, default_value_t = 512)]
@@ -368,6 +379,9 @@ fn main() -> ExitCode {
             image,
             inversion,
             image_guidance,
+            kmin,
+            kmax,
+            mix_factor,
             width,
             height,
             cross_start,
@@ -404,6 +418,23 @@ fn main() -> ExitCode {
                     bail!("--method ip2p needs --image (the image to edit) and the instruction as --prompt");
                 };
                 edit_ip2p(cli.device, base, &image, image_guidance, &out)
+            }
+            EditMethod::Magicmix => {
+                let Some(image) = image else {
+                    bail!("--method magicmix needs --image (the layout) and the new content as --prompt");
+                };
+                let image = start_image_job(cli.device, &mut base, &image)?;
+                let infotext =
+                    format!("{}, MagicMix: kmin {kmin}, kmax {kmax}, mix {mix_factor}", base.to_infotext());
+                let steps = base.steps;
+                let job = Job::MagicMix(MagicMixParams {
+                    base,
+                    image: ImageData::from_rgba_image(&image),
+                    kmin,
+                    kmax,
+                    mix_factor,
+                });
+                run_and_write(cli.device, job, steps, "edit", &out, &infotext)
             }
         }),
         Some(Command::Bench(BenchCommand::Unet { preset, latent, passes })) => {

@@ -227,6 +227,21 @@ pub enum Job {
     LoadModel(ModelRef),
     /// InstructPix2Pix: edit an image by an instruction (`base.prompt`).
     InstructPix2Pix(InstructPix2PixParams),
+    /// MagicMix: the image's layout, the prompt's content.
+    MagicMix(MagicMixParams),
+}
+
+/// MagicMix (Liew et al. 2022): `base.prompt` names the new content; the size is the image's.
+#[derive(Debug, Clone)]
+pub struct MagicMixParams {
+    pub base: GenerateParams,
+    pub image: ImageData,
+    /// Noise levels, as fractions of the steps: the image is noised to `kmax`, and until `kmin`
+    /// each step's latents are mixed with the image's noised to that step (the paper: 0.6, 0.3).
+    pub kmin: f64,
+    pub kmax: f64,
+    /// The weight of the generated latents in that mix (the paper's ν; 1 keeps none of the image).
+    pub mix_factor: f64,
 }
 
 /// InstructPix2Pix: `base.prompt` is the instruction; the size is the image's.
@@ -359,6 +374,7 @@ impl Job {
             Job::PromptToPrompt(_) => "prompt-to-prompt",
             Job::LoadModel(_) => "load model",
             Job::InstructPix2Pix(_) => "InstructPix2Pix",
+            Job::MagicMix(_) => "MagicMix",
         }
     }
 }

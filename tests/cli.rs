@@ -478,3 +478,21 @@ fn edit_p2p_edits_an_inversion_made_with_the_same_model_and_prompt() {
         assert!(!output.status.success() && stderr.contains(expected), "{stderr}");
     }
 }
+
+#[test]
+fn edit_magicmix_takes_the_layout_from_an_image() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let out = scratch("magicmix.png");
+    let output = binary()
+        .args(["edit", "--method", "magicmix", "--model"])
+        .arg(fixtures.join("tiny_sd_pipeline"))
+        .args(["--prompt", "a blue star", "--steps", "5", "--kmin", "0.2", "--kmax", "0.8", "--image"])
+        .arg(fixtures.join("edit_image.png"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let parameters = diffusion_studio::document::read_png_text(&out, "parameters").expect("parameters");
+    assert!(parameters.contains("MagicMix: kmin 0.2, kmax 0.8, mix 0.5"), "{parameters}");
+}

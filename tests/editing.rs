@@ -289,3 +289,38 @@ fn null_text_optimisation_brings_guided_regeneration_back_to_the_inversion() {
     eprintln!("null-text: z₀ error {optimised:.4} vs plain {plain:.4}");
     assert!(optimised < 0.8 * plain, "null-text: z₀ error {optimised:.4} vs plain {plain:.4}");
 }
+
+#[test]
+fn magic_mix_without_mixing_is_img2img_and_with_mixing_keeps_more_of_the_layout() {
+    use diffusion_studio::protocol::{Img2ImgParams, MagicMixParams};
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let record = records().into_iter().find(|r| r["method"] == "img2img").expect("a record");
+    let base = GenerateParams { steps: 10, prompt: "a blue star".into(), ..base(&record) };
+    let magic = |mix_factor: f64, kmin: f64| MagicMixParams {
+        base: base.clone(),
+        image: png("edit_image.png"),
+        kmin,
+        kmax: 0.6,
+        mix_factor,
+    };
+    let img2img = run(
+        &engine,
+        Job::Img2Img(Img2ImgParams { base: base.clone(), image: png("edit_image.png"), strength: 0.6 }),
+    )
+    .expect("img2img");
+    let unmixed = run(&engine, Job::MagicMix(magic(1.0, 0.3))).expect("magicmix");
+    assert_eq!(unmixed.rgba, img2img.rgba, "ν = 1 must be img2img at strength kmax");
+    let mixed = run(&engine, Job::MagicMix(magic(0.5, 0.3))).expect("magicmix");
+    let source = png("edit_image.png");
+    let distance = |image: &ImageData| -> f64 {
+        image.rgba.iter().zip(source.rgba.iter()).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum()
+    };
+    assert!(
+        distance(&mixed) < distance(&img2img),
+        "mixing towards the layout should stay closer to the image: {} vs {}",
+        distance(&mixed),
+        distance(&img2img)
+    );
+    let message = run(&engine, Job::MagicMix(magic(0.5, 0.8))).expect_err("kmin above kmax");
+    assert!(message.contains("need 0 ≤ kmin ≤ kmax ≤ 1"), "{message}");
+}

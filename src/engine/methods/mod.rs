@@ -5,6 +5,7 @@ pub mod img2img;
 pub mod inpaint;
 pub mod instruct_pix2pix;
 pub mod inversion;
+pub mod magic_mix;
 pub mod null_text;
 pub mod prompt_to_prompt;
 
