@@ -16,7 +16,7 @@ use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
     DeviceChoice, EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams,
     InstructPix2PixParams, InvertParams, Job, JobOutput, MagicMixParams, MaskOptions, ModelFamily,
-    ModelOptions, Precision, Prediction, PromptToPromptParams,
+    ModelOptions, PaintWithWordsParams, Precision, Prediction, PromptToPromptParams,
 };
 
 #[derive(Parser, Debug)]
@@ -40,6 +40,17 @@ enum EditMethod {
     Ip2p,
     /// MagicMix (Liew et al. 2022): --image gives the layout, --prompt the content.
     Magicmix,
+    /// Paint-with-words (eDiffi): --region WORD=MASK.png binds painted regions to prompt words.
+    Pww,
+}
+
+/// "word=mask.png" → ("word", path).
+fn parse_region(text: &str) -> Result<(String, PathBuf), String> {
+    let (word, path) = text.split_once('=').ok_or_else(|| format!("'{text}' is not WORD=MASK.png"))?;
+    if word.trim().is_empty() || path.is_empty() {
+        return Err(format!("'{text}': give a word and a mask file"));
+    }
+    Ok((word.trim().to_string(), PathBuf::from(path)))
 }
 
 /// "word=2.5" → ("word", 2.5).
@@ -214,6 +225,12 @@ enum Command {
         /// magicmix: the weight of the generated latents in the layout phase's mix (ν).
         #[arg(long, default_value_t = 0.5)]
         mix_factor: f64,
+        /// pww: WORD=MASK.png, white where the word goes (repeatable; resized to the output).
+        #[arg(long, value_parser = parse_region)]
+        region: Vec<(String, PathBuf)>,
+        /// pww: how hard the regions pull (eDiffi's w).
+        #[arg(long, default_value_t = 0.4)]
+        pww_strength: f64,
         #[arg(long, default_value_t = 512)]
         width: u32,
         #[arg(long, default_value_t = 512)]
@@ -382,6 +399,8 @@ fn main() -> ExitCode {
             kmin,
             kmax,
             mix_factor,
+            region,
+            pww_strength,
             width,
             height,
             cross_start,
@@ -418,6 +437,50 @@ fn main() -> ExitCode {
                     bail!("--method ip2p needs --image (the image to edit) and the instruction as --prompt");
                 };
                 edit_ip2p(cli.device, base, &image, image_guidance, &out)
+            }
+            EditMethod::Pww => {
+                device::select(cli.device).map_err(anyhow::Error::msg)?;
+                (base.width, base.height) = (base.width / 8 * 8, base.height / 8 * 8);
+                let mut regions = Vec::new();
+                for (word, path) in &region {
+                    let mut mask = document::read_image(path)?;
+                    if mask.dimensions() != (base.width, base.height) {
+                        eprintln!(
+                            "note: --region {word}={} resized from {}×{} to {}×{}",
+                            path.display(),
+                            mask.width(),
+                            mask.height(),
+                            base.width,
+                            base.height
+                        );
+                        mask = image::imageops::resize(
+                            &mask,
+                            base.width,
+                            base.height,
+                            image::imageops::FilterType::Triangle,
+                        );
+                    }
+                    regions.push((word.clone(), ImageData::from_rgba_image(&mask)));
+                }
+                let words: Vec<&str> = region.iter().map(|(word, _)| word.as_str()).collect();
+                let infotext =
+                    format!("{}, Paint with words: {} (w {pww_strength})", base.to_infotext(), words.join(" "));
+                let steps = base.steps;
+                let params = PaintWithWordsParams {
+                    base,
+                    regions,
+                    strength: pww_strength,
+                    attention_maps: attention_maps.is_some(),
+                };
+                let outputs = [("image", Some(out.as_path()))];
+                run_and_write_images(
+                    cli.device,
+                    Job::PaintWithWords(params),
+                    steps,
+                    &outputs,
+                    attention_maps.as_deref(),
+                    &infotext,
+                )
             }
             EditMethod::Magicmix => {
                 let Some(image) = image else {
@@ -785,34 +848,41 @@ fn edit_p2p(
         params.cross_window.1,
         params.self_window
     );
+    let steps = params.base.steps;
+    let outputs = [("target", Some(out)), ("source", source_out)];
+    run_and_write_images(device, Job::PromptToPrompt(params), steps, &outputs, maps, &infotext)
+}
+
+/// Runs a job that makes several labelled images and writes those asked for: a label's file
+/// from `outputs`, attention maps ("attention: WORD") numbered into `maps`.
+fn run_and_write_images(
+    device: DeviceChoice,
+    job: Job,
+    steps: usize,
+    outputs: &[(&str, Option<&std::path::Path>)],
+    maps: Option<&std::path::Path>,
+    infotext: &str,
+) -> anyhow::Result<()> {
     if let Some(folder) = maps {
         std::fs::create_dir_all(folder).with_context(|| format!("--attention-maps {}", folder.display()))?;
     }
-    let steps = params.base.steps;
-    let JobOutput::Images(images) = run_job_output(device, Job::PromptToPrompt(params), steps, "edit")?
-    else {
+    let JobOutput::Images(images) = run_job_output(device, job, steps, "edit")? else {
         bail!("the engine returned no images");
     };
     let mut map_index = 0;
     for labelled in images {
         let rgba = labelled.image.to_rgba_image().context("the engine returned a malformed image")?;
-        let path = match labelled.label.as_str() {
-            "target" => out.to_path_buf(),
-            "source" => match source_out {
-                Some(path) => path.to_path_buf(),
-                None => continue,
-            },
-            label => match (maps, label.strip_prefix("attention: ")) {
-                (Some(folder), Some(word)) => {
-                    let safe: String =
-                        word.chars().map(|c| if c.is_alphanumeric() { c } else { '_' }).collect();
-                    map_index += 1;
-                    folder.join(format!("{map_index:02}-{safe}.png"))
-                }
-                _ => continue,
-            },
+        let named = outputs.iter().find(|(label, _)| *label == labelled.label).and_then(|(_, path)| *path);
+        let path = match (named, maps, labelled.label.strip_prefix("attention: ")) {
+            (Some(path), _, _) => path.to_path_buf(),
+            (None, Some(folder), Some(word)) => {
+                let safe: String = word.chars().map(|c| if c.is_alphanumeric() { c } else { '_' }).collect();
+                map_index += 1;
+                folder.join(format!("{map_index:02}-{safe}.png"))
+            }
+            _ => continue,
         };
-        document::write_png_with_text_atomic(&rgba, &path, "parameters", &infotext)?;
+        document::write_png_with_text_atomic(&rgba, &path, "parameters", infotext)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

@@ -229,6 +229,20 @@ pub enum Job {
     InstructPix2Pix(InstructPix2PixParams),
     /// MagicMix: the image's layout, the prompt's content.
     MagicMix(MagicMixParams),
+    /// Paint-with-words: painted regions bound to words of the prompt.
+    PaintWithWords(PaintWithWordsParams),
+}
+
+/// Paint-with-words (eDiffi): text to image where each region's word attends more inside it.
+#[derive(Debug, Clone)]
+pub struct PaintWithWordsParams {
+    pub base: GenerateParams,
+    /// A word of the prompt and its region (white = the word's place), the output's size.
+    pub regions: Vec<(String, ImageData)>,
+    /// The paper's w: how hard the regions pull (0.4 by default).
+    pub strength: f64,
+    /// Also return each word's cross-attention map.
+    pub attention_maps: bool,
 }
 
 /// MagicMix (Liew et al. 2022): `base.prompt` names the new content; the size is the image's.
@@ -375,6 +389,7 @@ impl Job {
             Job::LoadModel(_) => "load model",
             Job::InstructPix2Pix(_) => "InstructPix2Pix",
             Job::MagicMix(_) => "MagicMix",
+            Job::PaintWithWords(_) => "paint-with-words",
         }
     }
 }

@@ -496,3 +496,43 @@ fn edit_magicmix_takes_the_layout_from_an_image() {
     let parameters = diffusion_studio::document::read_png_text(&out, "parameters").expect("parameters");
     assert!(parameters.contains("MagicMix: kmin 0.2, kmax 0.8, mix 0.5"), "{parameters}");
 }
+
+#[test]
+fn edit_pww_binds_painted_regions_to_words() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mask = scratch("circle-region.png");
+    let mut region = image::RgbaImage::from_pixel(32, 32, image::Rgba([0, 0, 0, 255]));
+    for y in 0..32 {
+        for x in 0..16 {
+            region.put_pixel(x, y, image::Rgba([255, 255, 255, 255]));
+        }
+    }
+    region.save(&mask).expect("mask");
+    let (out, maps) = (scratch("pww.png"), scratch("pww-maps"));
+    let output = binary()
+        .args(["edit", "--method", "pww", "--model"])
+        .arg(fixtures.join("tiny_sd_pipeline"))
+        .args(["--prompt", "a red circle", "--steps", "3", "--width", "16", "--height", "16", "--region"])
+        .arg(format!("circle={}", mask.display()))
+        .arg("--attention-maps")
+        .arg(&maps)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("resized from 32×32 to 16×16"), "{stderr}");
+    assert_eq!(image::open(&out).expect("png").into_rgba8().dimensions(), (16, 16));
+    assert!(maps.join("03-circle.png").is_file());
+    let output = binary()
+        .args(["edit", "--method", "pww", "--model"])
+        .arg(fixtures.join("tiny_sd_pipeline"))
+        .args(["--prompt", "a red circle", "--steps", "2", "--width", "16", "--height", "16"])
+        .args(["--region", "circle", "--out"])
+        .arg(scratch("never-pww.png"))
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("'circle' is not WORD=MASK.png"), "{stderr}");
+}

@@ -228,3 +228,49 @@ fn a_re_edit_replays_the_recorded_source_and_matches_a_fresh_edit() {
         }
     }
 }
+
+#[test]
+fn paint_with_words_pulls_a_words_attention_into_its_region() {
+    use diffusion_studio::protocol::PaintWithWordsParams;
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let prompt = "a red circle on a blue background";
+    let left_half: Vec<u8> =
+        (0..16 * 16).flat_map(|i| if i % 16 < 8 { [255, 255, 255, 255] } else { [0, 0, 0, 255] }).collect();
+    let region = ImageData::new(16, 16, left_half).expect("mask");
+    let paint = |regions: Vec<(String, ImageData)>| PaintWithWordsParams {
+        base: base(prompt, "ddim"),
+        regions,
+        strength: 0.4,
+        attention_maps: true,
+    };
+    // without regions it is plain generation
+    let plain = image(run(&engine, Job::Generate(base(prompt, "ddim"))).expect("generates"));
+    let unpainted = images(run(&engine, Job::PaintWithWords(paint(Vec::new()))).expect("paints"));
+    assert!(max_difference(&unpainted[0].image, &plain) <= 1);
+    // with "circle" painted on the left, its attention moves left
+    let painted = images(
+        run(&engine, Job::PaintWithWords(paint(vec![("circle".into(), region.clone())]))).expect("paints"),
+    );
+    let left_share = |maps: &[LabelledImage]| {
+        let map = &maps.iter().find(|m| m.label == "attention: circle").expect("a circle map").image;
+        let (mut left, mut all) = (0.0, 0.0);
+        for (i, pixel) in map.rgba.chunks(4).enumerate() {
+            let value = f64::from(pixel[0]);
+            all += value;
+            if i % 16 < 8 {
+                left += value;
+            }
+        }
+        left / all
+    };
+    let (before, after) = (left_share(&unpainted), left_share(&painted));
+    assert!(after > before + 0.05, "circle's attention on the left: {before:.3} → {after:.3}");
+    assert_ne!(painted[0].image.rgba, unpainted[0].image.rgba);
+    // bad words and regions are named
+    let message =
+        run(&engine, Job::PaintWithWords(paint(vec![("star".into(), region.clone())]))).expect_err("no star");
+    assert!(message.contains("painted word \"star\" is not in the prompt"), "{message}");
+    let small = ImageData::new(8, 8, [255; 256].to_vec()).expect("mask");
+    let message = run(&engine, Job::PaintWithWords(paint(vec![("circle".into(), small)]))).expect_err("size");
+    assert!(message.contains("the region of \"circle\" is 8×8"), "{message}");
+}

@@ -45,6 +45,11 @@ pub trait AttentionControl {
     fn begin_step(&self, _info: StepInfo) {}
     /// Whether this call needs explicit probabilities (false: fused attention, no `edit`).
     fn wants(&self, call: &AttentionCall) -> bool;
+    /// scores: (batch, heads, queries, keys), q·kᵀ/√d before the softmax → the scores to use
+    /// (paint-with-words adds to them); called only where `wants` is true.
+    fn edit_scores(&self, _call: &AttentionCall, scores: Tensor) -> Result<Tensor, tch::TchError> {
+        Ok(scores)
+    }
     /// probs: (batch, heads, queries, keys), softmax over keys → the probabilities to use.
     fn edit(&self, call: &AttentionCall, probs: Tensor) -> Result<Tensor, tch::TchError>;
 }
@@ -374,5 +379,74 @@ impl AttentionControl for PromptToPrompt {
             (0..batch - 1).map(|i| probs.f_select(0, i)).collect::<Result<_, _>>()?;
         parts.push(edited);
         Tensor::f_stack(&parts, 0)
+    }
+}
+
+/// Paint-with-words (Balaji et al. 2022, eDiffi §4.3): each painted region raises its word's
+/// cross-attention scores inside the region by w · log(1 + σ) · max(q·kᵀ) — strong while the
+/// image is mostly noise, fading as σ falls — and the maps are stored.
+pub struct PaintWithWords {
+    /// Per region: the token positions of its word, and its mask (height, width) in [0, 1] at
+    /// the image's resolution.
+    pub regions: Vec<(Vec<i64>, Tensor)>,
+    /// The paper's w.
+    pub strength: f64,
+    /// σ of each step (√((1 − ᾱ)/ᾱ) at its timestep).
+    pub sigmas: Vec<f64>,
+    pub store: AttentionStore,
+    step: RefCell<Option<StepInfo>>,
+}
+
+impl PaintWithWords {
+    pub fn new(
+        regions: Vec<(Vec<i64>, Tensor)>,
+        strength: f64,
+        sigmas: Vec<f64>,
+        store: Option<(i64, i64)>,
+    ) -> Self {
+        Self { regions, strength, sigmas, store: AttentionStore::new(store), step: RefCell::new(None) }
+    }
+}
+
+impl AttentionControl for PaintWithWords {
+    fn begin_step(&self, info: StepInfo) {
+        *self.step.borrow_mut() = Some(info);
+        self.store.begin(info);
+    }
+
+    fn wants(&self, call: &AttentionCall) -> bool {
+        call.cross && (!self.regions.is_empty() || self.store.wants(call))
+    }
+
+    fn edit_scores(&self, call: &AttentionCall, scores: Tensor) -> Result<Tensor, tch::TchError> {
+        let step = self.step.borrow().map_or(0, |s| s.step);
+        let sigma = self.sigmas.get(step).copied().unwrap_or(0.0);
+        if self.regions.is_empty() || sigma <= 0.0 {
+            return Ok(scores);
+        }
+        let keys = scores.size()[3];
+        let (kind, device) = (scores.kind(), scores.device());
+        // (queries, keys) of region masks at this layer's resolution on their words' columns
+        let mut bias = Tensor::f_zeros([call.height * call.width, keys], (tch::Kind::Float, device))?;
+        for (positions, mask) in &self.regions {
+            let cells = mask
+                .f_to_device(device)?
+                .f_view([1, 1, mask.size()[0], mask.size()[1]])?
+                .f_to_kind(tch::Kind::Float)?
+                .f_adaptive_avg_pool2d([call.height, call.width])?
+                .f_view([call.height * call.width, 1])?;
+            for position in positions.iter().filter(|p| **p < keys) {
+                let index = Tensor::f_from_slice(&[*position])?.f_to_device(device)?;
+                bias = bias.f_index_add(1, &index, &cells)?;
+            }
+        }
+        let peak = f64::try_from(scores.f_max()?.f_to_kind(tch::Kind::Double)?)?;
+        let weight = self.strength * (1.0 + sigma).ln() * peak;
+        scores.f_add(&bias.f_mul_scalar(weight)?.f_to_kind(kind)?)
+    }
+
+    fn edit(&self, call: &AttentionCall, probs: Tensor) -> Result<Tensor, tch::TchError> {
+        self.store.store(call, &probs)?;
+        Ok(probs)
     }
 }

@@ -447,6 +447,11 @@ impl JobRunner for TorchRunner {
                 methods::inversion::run(model, params, ctx)
                     .map(|inversion| JobOutput::Inversion(Box::new(inversion)))
             }
+            Job::PaintWithWords(params) => {
+                let base = &params.base;
+                let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
+                methods::paint_with_words::run(model, params, ctx).map(JobOutput::Images)
+            }
             Job::MagicMix(params) => {
                 let base = &params.base;
                 let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;

@@ -455,6 +455,24 @@ impl StableDiffusion {
         self.scheduler_for(SchedulerChoice::from_name(name)?)
     }
 
+    /// σ = √((1 − ᾱ)/ᾱ) at each of `timesteps` (rounded to training steps), from this model's
+    /// noise schedule.
+    pub fn sigmas_at(&self, timesteps: &[f64]) -> Result<Vec<f64>, JobError> {
+        let kind = crate::engine::schedulers::SchedulerKind::Ddim;
+        let config = match &self.scheduler_config {
+            Some(text) => SchedulerConfig::from_json(kind, text, &self.scheduler_config_source)?,
+            None => SchedulerConfig::stable_diffusion(kind),
+        };
+        let alphas = crate::engine::schedulers::alphas_cumprod(&crate::engine::schedulers::betas(&config)?)?;
+        Ok(timesteps
+            .iter()
+            .map(|t| {
+                let alpha = f64::from(alphas[(t.round().max(0.0) as usize).min(alphas.len() - 1)]);
+                ((1.0 - alpha) / alpha).sqrt()
+            })
+            .collect())
+    }
+
     /// The scheduler `choice` with this model's scheduler config.
     pub fn scheduler_for(
         &self,

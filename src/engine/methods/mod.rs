@@ -7,6 +7,7 @@ pub mod instruct_pix2pix;
 pub mod inversion;
 pub mod magic_mix;
 pub mod null_text;
+pub mod paint_with_words;
 pub mod prompt_to_prompt;
 
 use tch::Tensor;

@@ -6,7 +6,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::engine::attention_control::{PromptToPrompt, SourceRecord};
+use crate::engine::attention_control::{AttentionStore, PromptToPrompt, SourceRecord};
 use crate::engine::image_tensor::image_from_tensor;
 use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
 use crate::engine::sampler::{self, Conditioning, Hooks};
@@ -18,7 +18,7 @@ use crate::text::tokenizer::{CHUNK_LENGTH, CHUNK_TOKENS};
 
 /// The resolution attention maps are kept at: the feature map of the third level (16×16 for SD
 /// at 512², as in the paper's code), or the coarsest the UNet has.
-fn map_resolution(model: &StableDiffusion, height: i64, width: i64) -> (i64, i64) {
+pub(crate) fn map_resolution(model: &StableDiffusion, height: i64, width: i64) -> (i64, i64) {
     let levels = model.unet.config.block_out_channels.len();
     let (mut h, mut w) = (height, width);
     for _ in 0..2.min(levels - 1) {
@@ -27,7 +27,11 @@ fn map_resolution(model: &StableDiffusion, height: i64, width: i64) -> (i64, i64
     (h, w)
 }
 
-fn prompt_words(model: &StableDiffusion, prompt: &str, which: &str) -> Result<Vec<WordTokens>, JobError> {
+pub(crate) fn prompt_words(
+    model: &StableDiffusion,
+    prompt: &str,
+    which: &str,
+) -> Result<Vec<WordTokens>, JobError> {
     let words = alignment::words(model.tokenizer(), prompt).map_err(|e| JobError::Failed(e.to_string()))?;
     let count: usize = words.iter().map(|w| w.tokens.len()).sum();
     if count > CHUNK_TOKENS {
@@ -227,7 +231,7 @@ pub fn run_with(
         LabelledImage { label: "source".into(), image: source_image },
     ];
     if params.attention_maps {
-        images.extend(attention_maps(&control, &target_words, base.width, base.height)?);
+        images.extend(attention_maps(&control.store, 1, &target_words, base.width, base.height)?);
     }
     Ok(images)
 }
@@ -324,14 +328,15 @@ fn source_key(params: &PromptToPromptParams, resolution: (i64, i64)) -> String {
 
 /// Each target word's cross-attention averaged over its tokens, layers and steps, normalised to
 /// [0, 1], as a grey image of the output's size.
-fn attention_maps(
-    control: &PromptToPrompt,
+pub(crate) fn attention_maps(
+    store: &AttentionStore,
+    prompt: i64,
     words: &[WordTokens],
     width: u32,
     height: u32,
 ) -> Result<Vec<LabelledImage>, JobError> {
-    let Some(maps) = control.store.average()? else { return Ok(Vec::new()) };
-    let target = maps.f_select(0, 1)?; // (h, w, keys)
+    let Some(maps) = store.average()? else { return Ok(Vec::new()) };
+    let target = maps.f_select(0, prompt)?; // (h, w, keys)
     let mut images = Vec::new();
     for (index, word) in words.iter().enumerate() {
         let positions: Vec<i64> = alignment::word_positions(words, index).map(|p| p as i64).collect();

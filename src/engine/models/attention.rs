@@ -75,6 +75,7 @@ impl Attention {
                 .f_to_kind(compute)?
                 .f_matmul(&k.f_to_kind(compute)?.f_transpose(-1, -2)?)?
                 .f_mul_scalar(1.0 / (head_dim as f64).sqrt())?;
+            let scores = control.edit_scores(&call, scores)?;
             let probs = control.edit(&call, scores.f_softmax(-1, compute)?)?;
             probs.f_to_kind(kind)?.f_matmul(&v)?
         } else if self.upcast && q.kind() != Kind::Float {
