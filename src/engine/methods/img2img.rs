@@ -40,6 +40,19 @@ pub fn check_size(model: &StableDiffusion, image: &ImageData, what: &str) -> Res
     Ok(())
 }
 
+/// Checks that `params`' output size fits the model's latent grid.
+pub fn check_output_size(model: &StableDiffusion, params: &GenerateParams) -> Result<(), JobError> {
+    let factor = model.vae_scale_factor as u32;
+    let fits = |side: u32| side >= factor && side.is_multiple_of(factor);
+    if !fits(params.width) || !fits(params.height) {
+        return Err(JobError::Failed(format!(
+            "width and height must be multiples of {factor}, got {}×{}",
+            params.width, params.height
+        )));
+    }
+    Ok(())
+}
+
 /// The prompts' embeddings and the scheduler with its timesteps set, as every method starts.
 pub fn prepare(
     model: &StableDiffusion,

@@ -23,11 +23,7 @@ pub fn run(
     let base = &params.base;
     let factor = model.vae_scale_factor;
     let (width, height) = (i64::from(base.width), i64::from(base.height));
-    if width < factor || height < factor || width % factor != 0 || height % factor != 0 {
-        return Err(JobError::Failed(format!(
-            "width and height must be multiples of {factor}, got {width}×{height}"
-        )));
-    }
+    crate::engine::methods::img2img::check_output_size(model, base)?;
     if !(params.strength.is_finite() && params.strength >= 0.0) {
         return Err(JobError::Failed(format!("the strength must be 0 or more, got {}", params.strength)));
     }

@@ -63,11 +63,7 @@ pub fn run_with(
     let base = &params.base;
     let factor = model.vae_scale_factor;
     let (width, height) = (i64::from(base.width), i64::from(base.height));
-    if width < factor || height < factor || width % factor != 0 || height % factor != 0 {
-        return Err(JobError::Failed(format!(
-            "width and height must be multiples of {factor}, got {width}×{height}"
-        )));
-    }
+    crate::engine::methods::img2img::check_output_size(model, base)?;
     let (cross_start, cross_end) = params.cross_window;
     if !(0.0..=1.0).contains(&cross_start) || !(0.0..=1.0).contains(&cross_end) || cross_start > cross_end {
         return Err(JobError::Failed(format!(
