@@ -14,7 +14,7 @@ use diffusion_studio::document;
 use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
-    DeviceChoice, EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams,
+    DeviceChoice, DiffEditParams, EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams,
     InstructPix2PixParams, InvertParams, Job, JobOutput, MagicMixParams, MaskOptions, ModelFamily,
     ModelOptions, PaintWithWordsParams, Precision, Prediction, PromptToPromptParams,
 };
@@ -42,6 +42,8 @@ enum EditMethod {
     Magicmix,
     /// Paint-with-words (eDiffi): --region WORD=MASK.png binds painted regions to prompt words.
     Pww,
+    /// DiffEdit (Couairon et al. 2022): --image, --source-prompt (what it shows), --target-prompt.
+    Diffedit,
 }
 
 /// "word=mask.png" → ("word", path).
@@ -113,6 +115,7 @@ struct SamplingArgs {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per run; boxing buys nothing
 enum Command {
     /// Print the version, libtorch, CPU threads, CUDA devices, audio output and models found.
     Info,
@@ -231,6 +234,18 @@ enum Command {
         /// pww: how hard the regions pull (eDiffi's w).
         #[arg(long, default_value_t = 0.4)]
         pww_strength: f64,
+        /// diffedit: how far to invert before re-denoising (the paper's encoding ratio).
+        #[arg(long, default_value_t = 0.8)]
+        encode_ratio: f64,
+        /// diffedit: noise samples averaged for the mask.
+        #[arg(long, default_value_t = 10)]
+        mask_samples: usize,
+        /// diffedit: use this mask (white = edit) instead of estimating one.
+        #[arg(long)]
+        mask: Option<PathBuf>,
+        /// diffedit: write the mask used here (to correct it and pass it back with --mask).
+        #[arg(long)]
+        mask_out: Option<PathBuf>,
         #[arg(long, default_value_t = 512)]
         width: u32,
         #[arg(long, default_value_t = 512)]
@@ -401,6 +416,10 @@ fn main() -> ExitCode {
             mix_factor,
             region,
             pww_strength,
+            encode_ratio,
+            mask_samples,
+            mask,
+            mask_out,
             width,
             height,
             cross_start,
@@ -437,6 +456,48 @@ fn main() -> ExitCode {
                     bail!("--method ip2p needs --image (the image to edit) and the instruction as --prompt");
                 };
                 edit_ip2p(cli.device, base, &image, image_guidance, &out)
+            }
+            EditMethod::Diffedit => {
+                let (Some(image), Some(target_prompt)) = (image, target_prompt) else {
+                    bail!("--method diffedit needs --image, --source-prompt (what it shows) and --target-prompt");
+                };
+                let image = start_image_job(cli.device, &mut base, &image)?;
+                let mask = match &mask {
+                    Some(path) => {
+                        let mut mask = document::read_image(path)?;
+                        if mask.dimensions() != image.dimensions() {
+                            eprintln!(
+                                "note: --mask {} resized from {}×{} to the image's {}×{}",
+                                path.display(),
+                                mask.width(),
+                                mask.height(),
+                                image.width(),
+                                image.height()
+                            );
+                            mask = image::imageops::resize(
+                                &mask,
+                                image.width(),
+                                image.height(),
+                                image::imageops::FilterType::Triangle,
+                            );
+                        }
+                        Some(ImageData::from_rgba_image(&mask))
+                    }
+                    None => None,
+                };
+                let source_prompt = std::mem::replace(&mut base.prompt, text_argument("--target-prompt", target_prompt)?);
+                let infotext = format!("{}, DiffEdit from: {source_prompt}, encode ratio {encode_ratio}", base.to_infotext());
+                let steps = base.steps;
+                let params = DiffEditParams {
+                    base,
+                    source_prompt,
+                    image: ImageData::from_rgba_image(&image),
+                    strength: encode_ratio,
+                    mask_samples,
+                    mask,
+                };
+                let outputs = [("image", Some(out.as_path())), ("mask", mask_out.as_deref())];
+                run_and_write_images(cli.device, Job::DiffEdit(params), steps, &outputs, None, &infotext)
             }
             EditMethod::Pww => {
                 device::select(cli.device).map_err(anyhow::Error::msg)?;

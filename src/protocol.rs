@@ -231,6 +231,23 @@ pub enum Job {
     MagicMix(MagicMixParams),
     /// Paint-with-words: painted regions bound to words of the prompt.
     PaintWithWords(PaintWithWordsParams),
+    /// DiffEdit: the region where the prompts disagree, repainted with the target prompt.
+    DiffEdit(DiffEditParams),
+}
+
+/// DiffEdit (Couairon et al. 2022): `base.prompt` is the target prompt; the size is the image's.
+#[derive(Debug, Clone)]
+pub struct DiffEditParams {
+    pub base: GenerateParams,
+    /// What the image shows now ("a red circle"); the target prompt says what it should.
+    pub source_prompt: String,
+    pub image: ImageData,
+    /// How far to invert before re-denoising (the paper's encoding ratio r; 0.8 by default).
+    pub strength: f64,
+    /// Noise samples averaged for the mask (10 by default).
+    pub mask_samples: usize,
+    /// A mask to use instead of estimating one (white = edit): the estimated mask, corrected.
+    pub mask: Option<ImageData>,
 }
 
 /// Paint-with-words (eDiffi): text to image where each region's word attends more inside it.
@@ -390,6 +407,7 @@ impl Job {
             Job::InstructPix2Pix(_) => "InstructPix2Pix",
             Job::MagicMix(_) => "MagicMix",
             Job::PaintWithWords(_) => "paint-with-words",
+            Job::DiffEdit(_) => "DiffEdit",
         }
     }
 }

@@ -536,3 +536,42 @@ fn edit_pww_binds_painted_regions_to_words() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("'circle' is not WORD=MASK.png"), "{stderr}");
 }
+
+#[test]
+fn edit_diffedit_writes_the_edit_and_its_mask() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let (out, mask) = (scratch("diffedit.png"), scratch("diffedit-mask.png"));
+    let output = binary()
+        .args(["edit", "--method", "diffedit", "--model"])
+        .arg(fixtures.join("tiny_sd_pipeline"))
+        .args(["--source-prompt", "a red circle", "--target-prompt", "a green square", "--steps", "4"])
+        .args(["--mask-samples", "2", "--image"])
+        .arg(fixtures.join("edit_image.png"))
+        .arg("--mask-out")
+        .arg(&mask)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(image::open(&out).expect("png").into_rgba8().dimensions(), (16, 16));
+    assert_eq!(image::open(&mask).expect("png").into_rgba8().dimensions(), (16, 16));
+    // the mask fed back in is used as given
+    let again = scratch("diffedit-again.png");
+    let output = binary()
+        .args(["edit", "--method", "diffedit", "--model"])
+        .arg(fixtures.join("tiny_sd_pipeline"))
+        .args(["--source-prompt", "a red circle", "--target-prompt", "a green square", "--steps", "4"])
+        .args(["--mask-samples", "2", "--image"])
+        .arg(fixtures.join("edit_image.png"))
+        .arg("--mask")
+        .arg(&mask)
+        .arg("--out")
+        .arg(&again)
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (first, second) =
+        (image::open(&out).expect("png").into_rgba8(), image::open(&again).expect("png").into_rgba8());
+    assert_eq!(first.as_raw(), second.as_raw(), "the written mask reproduces the edit");
+}

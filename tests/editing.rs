@@ -324,3 +324,56 @@ fn magic_mix_without_mixing_is_img2img_and_with_mixing_keeps_more_of_the_layout(
     let message = run(&engine, Job::MagicMix(magic(0.5, 0.8))).expect_err("kmin above kmax");
     assert!(message.contains("need 0 ≤ kmin ≤ kmax ≤ 1"), "{message}");
 }
+
+#[test]
+fn diffedit_masks_where_the_prompts_disagree_and_keeps_the_rest_exactly() {
+    use diffusion_studio::protocol::DiffEditParams;
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let record = records().into_iter().find(|r| r["method"] == "img2img").expect("a record");
+    let source = png("edit_image.png");
+    let edit = |target: &str, mask: Option<ImageData>| DiffEditParams {
+        base: GenerateParams { steps: 8, prompt: target.into(), ..base(&record) },
+        source_prompt: "a red circle on a blue background".into(),
+        image: source.clone(),
+        strength: 0.8,
+        mask_samples: 4,
+        mask,
+    };
+    let outputs =
+        |params: DiffEditParams| match common::run_output(&engine, Job::DiffEdit(params)).expect("edits") {
+            JobOutput::Images(images) => images,
+            other => panic!("expected images, got {other:?}"),
+        };
+    // the same prompt disagrees nowhere: an all-black mask, the source back exactly
+    let same = outputs(edit("a red circle on a blue background", None));
+    assert_eq!((same[0].label.as_str(), same[1].label.as_str()), ("image", "mask"));
+    assert!(same[1].image.rgba.chunks(4).all(|p| p[0] == 0), "an all-black mask");
+    assert_eq!(same[0].image.rgba, source.rgba);
+    // another prompt: a binary mask, and outside it the source's pixels exactly
+    let other = outputs(edit("a green square on a blue background", None));
+    let mask = &other[1].image;
+    assert!(mask.rgba.chunks(4).all(|p| p[0] == 0 || p[0] == 255), "a binary mask");
+    let white = mask.rgba.chunks(4).filter(|p| p[0] == 255).count();
+    assert!(
+        white > 0 && white < 256,
+        "the prompts disagree somewhere, not everywhere: {white} of 256 pixels"
+    );
+    for (i, pixel) in mask.rgba.chunks(4).enumerate() {
+        if pixel[0] == 0 {
+            assert_eq!(
+                other[0].image.rgba[i * 4..i * 4 + 4],
+                source.rgba[i * 4..i * 4 + 4],
+                "pixel {i} outside the mask"
+            );
+        }
+    }
+    // a corrected mask is used as given
+    let white = ImageData::new(16, 16, [255; 1024].to_vec()).expect("mask");
+    let everywhere = outputs(edit("a green square on a blue background", Some(white)));
+    assert!(everywhere[1].image.rgba.chunks(4).all(|p| p[0] == 255));
+    assert_ne!(everywhere[0].image.rgba, source.rgba);
+    let small = ImageData::new(8, 8, [255; 256].to_vec()).expect("mask");
+    let message =
+        common::run_output(&engine, Job::DiffEdit(edit("a green square", Some(small)))).expect_err("size");
+    assert!(message.contains("the mask is 8×8 but the image is 16×16"), "{message}");
+}

@@ -447,6 +447,11 @@ impl JobRunner for TorchRunner {
                 methods::inversion::run(model, params, ctx)
                     .map(|inversion| JobOutput::Inversion(Box::new(inversion)))
             }
+            Job::DiffEdit(params) => {
+                let base = &params.base;
+                let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
+                methods::diffedit::run(model, params, ctx).map(JobOutput::Images)
+            }
             Job::PaintWithWords(params) => {
                 let base = &params.base;
                 let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;

@@ -1,0 +1,119 @@
+//! DiffEdit (Couairon et al. 2022, <https://arxiv.org/abs/2210.11427>): (1) the mask — noise the
+//! image's latents to half the schedule with several noise samples, predict the noise under the
+//! source and the target prompt, average |ε_target − ε_source| over channels and samples, clip at
+//! 3× its mean, normalise, threshold at 0.5; (2) DDIM-invert the image with the source prompt to
+//! the encoding ratio r; (3) denoise from there with the target prompt, and after every step
+//! put the inversion's latents back outside the mask. The mask is returned so a person can
+//! correct it and run again; pixels outside it are composited back from the source exactly.
+
+use tch::{Kind, Tensor};
+
+use crate::engine::image_tensor::{image_from_tensor, tensor_from_image};
+use crate::engine::methods::img2img::{check_size, prepare, start_index};
+use crate::engine::methods::inpaint::{composite, prepare_mask};
+use crate::engine::methods::inversion::ddim_invert;
+use crate::engine::pipeline::StableDiffusion;
+use crate::engine::sampler::{Conditioning, Hooks};
+use crate::engine::schedulers::{Scheduler, SchedulerChoice, SchedulerKind};
+use crate::engine::{JobContext, JobError};
+use crate::protocol::{DiffEditParams, LabelledImage, MaskOptions};
+
+/// The estimated mask on the latent grid: (1, 1, h, w), 0 or 1.
+pub fn estimate_mask(
+    model: &StableDiffusion,
+    params: &DiffEditParams,
+    latents: &Tensor,
+) -> Result<Tensor, JobError> {
+    let base = &params.base;
+    let samples = params.mask_samples.max(1) as i64;
+    let (source, negative) =
+        model.prompt_pair(&params.source_prompt, &base.negative_prompt, base.clip_skip)?;
+    let (target, _) = model.prompt_pair(&base.prompt, &base.negative_prompt, base.clip_skip)?;
+    let mut scheduler =
+        model.scheduler_for(SchedulerChoice { kind: SchedulerKind::Ddim, use_karras_sigmas: None })?;
+    scheduler.set_timesteps(base.steps)?;
+    // half-way down the schedule (the paper's mask encoding ratio 0.5)
+    let index = start_index(base.steps, 0.5, 1)?;
+    let t = scheduler.timesteps()[index];
+    tch::manual_seed(base.seed as i64);
+    let noise = model.cpu_randn(&[samples, latents.size()[1], latents.size()[2], latents.size()[3]])?;
+    let noised = scheduler.add_noise(&latents.f_repeat([samples, 1, 1, 1])?, &noise, index)?;
+    let guided = |text: &Tensor| -> Result<Tensor, JobError> {
+        let context =
+            Tensor::f_cat(&[&negative.f_repeat([samples, 1, 1])?, &text.f_repeat([samples, 1, 1])?], 0)?;
+        let input = Tensor::f_cat(&[&noised, &noised], 0)?;
+        let output = model.unet.forward(&input, t, &context)?.f_to_kind(Kind::Float)?;
+        let halves = output.f_chunk(2, 0)?;
+        Ok(halves[0].f_add(&halves[1].f_sub(&halves[0])?.f_mul_scalar(base.guidance_scale)?)?)
+    };
+    let difference =
+        guided(&target)?.f_sub(&guided(&source)?)?.f_abs()?.f_mean_dim(&[0i64, 1][..], true, Kind::Float)?;
+    let clip = f64::try_from(difference.f_mean(Kind::Float)?)? * 3.0;
+    if clip <= 0.0 {
+        return Ok(difference.f_zeros_like()?);
+    }
+    Ok(difference.f_clamp(0.0, clip)?.f_div_scalar(clip)?.f_gt(0.5)?.f_to_kind(Kind::Float)?)
+}
+
+/// Runs DiffEdit as an engine job: [image, mask].
+pub fn run(
+    model: &StableDiffusion,
+    params: &DiffEditParams,
+    ctx: &mut JobContext<'_>,
+) -> Result<Vec<LabelledImage>, JobError> {
+    check_size(model, &params.image, "image")?;
+    let base = &params.base;
+    let factor = model.vae_scale_factor;
+    let (height, width) = (i64::from(params.image.height), i64::from(params.image.width));
+    let pixels = tensor_from_image(&params.image, model.device)?;
+    let latents = model.vae.encode(&pixels)?.mode().f_mul_scalar(model.vae.config.scaling_factor)?;
+    // 1. the mask: given, or estimated
+    let latent_mask = match &params.mask {
+        Some(mask) => {
+            if (mask.width, mask.height) != (params.image.width, params.image.height) {
+                return Err(JobError::Failed(format!(
+                    "the mask is {}×{} but the image is {width}×{height}; resize the mask to the image",
+                    mask.width, mask.height
+                )));
+            }
+            let hard = MaskOptions { dilate: 0, feather: 0.0, invert: false };
+            prepare_mask(mask, &hard)?
+                .f_adaptive_avg_pool2d([height / factor, width / factor])?
+                .f_gt(0.5)?
+                .f_to_kind(Kind::Float)?
+        }
+        None => estimate_mask(model, params, &latents)?,
+    }
+    .f_to_device(model.device)?;
+    // 2. DDIM inversion with the source prompt
+    let trajectory =
+        ddim_invert(model, &params.image, &params.source_prompt, base.steps, base.clip_skip, |_, _, _| {
+            ctx.checkpoint()
+        })?;
+    // 3. DDIM from the encoding ratio with the target prompt, the inversion kept outside the mask
+    let (text, negative, _) = prepare(model, base)?;
+    let mut scheduler =
+        model.scheduler_for(SchedulerChoice { kind: SchedulerKind::Ddim, use_karras_sigmas: None })?;
+    scheduler.set_timesteps(base.steps)?;
+    let start = start_index(base.steps, params.strength, 1)?;
+    let steps = base.steps;
+    let start_latents = trajectory[steps - start].shallow_clone();
+    let conditioning = Conditioning::guided(&text, &negative, base);
+    let mut keep = |_: &dyn Scheduler, next: usize, latents: Tensor| -> Result<Tensor, JobError> {
+        let inverted = &trajectory[steps - next];
+        Ok(inverted.f_add(&latents.f_sub(inverted)?.f_mul(&latent_mask)?)?)
+    };
+    let hooks = Hooks { start, after_step: Some(&mut keep), ..Default::default() };
+    let edited = super::denoise_job(model, scheduler.as_mut(), start_latents, &conditioning, hooks, ctx)?;
+    // 4. decode; pixels outside the (upsampled) mask from the source
+    let pixel_mask =
+        latent_mask.f_upsample_nearest2d([height, width], None, None)?.f_to_device(tch::Device::Cpu)?;
+    let generated = model.decode_to_image(&edited)?;
+    let image = composite(&params.image, &generated, &pixel_mask)?;
+    let mask_image =
+        image_from_tensor(&pixel_mask.f_repeat([1, 3, 1, 1])?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?)?;
+    Ok(vec![
+        LabelledImage { label: "image".into(), image },
+        LabelledImage { label: "mask".into(), image: mask_image },
+    ])
+}
