@@ -464,24 +464,8 @@ fn main() -> ExitCode {
                 let image = start_image_job(cli.device, &mut base, &image)?;
                 let mask = match &mask {
                     Some(path) => {
-                        let mut mask = document::read_image(path)?;
-                        if mask.dimensions() != image.dimensions() {
-                            eprintln!(
-                                "note: --mask {} resized from {}×{} to the image's {}×{}",
-                                path.display(),
-                                mask.width(),
-                                mask.height(),
-                                image.width(),
-                                image.height()
-                            );
-                            mask = image::imageops::resize(
-                                &mask,
-                                image.width(),
-                                image.height(),
-                                image::imageops::FilterType::Triangle,
-                            );
-                        }
-                        Some(ImageData::from_rgba_image(&mask))
+                        let label = format!("--mask {}", path.display());
+                        Some(ImageData::from_rgba_image(&read_mask(path, &label, image.dimensions())?))
                     }
                     None => None,
                 };
@@ -504,23 +488,8 @@ fn main() -> ExitCode {
                 (base.width, base.height) = (base.width / 8 * 8, base.height / 8 * 8);
                 let mut regions = Vec::new();
                 for (word, path) in &region {
-                    let mut mask = document::read_image(path)?;
-                    if mask.dimensions() != (base.width, base.height) {
-                        eprintln!(
-                            "note: --region {word}={} resized from {}×{} to {}×{}",
-                            path.display(),
-                            mask.width(),
-                            mask.height(),
-                            base.width,
-                            base.height
-                        );
-                        mask = image::imageops::resize(
-                            &mask,
-                            base.width,
-                            base.height,
-                            image::imageops::FilterType::Triangle,
-                        );
-                    }
+                    let label = format!("--region {word}={}", path.display());
+                    let mask = read_mask(path, &label, (base.width, base.height))?;
                     regions.push((word.clone(), ImageData::from_rgba_image(&mask)));
                 }
                 let words: Vec<&str> = region.iter().map(|(word, _)| word.as_str()).collect();
@@ -728,6 +697,17 @@ fn start_image_job(
     Ok(image)
 }
 
+/// Reads a mask or region image, resized to `size` (and said so) when it differs.
+/// `label` names it in the note ("--mask m.png").
+fn read_mask(path: &std::path::Path, label: &str, size: (u32, u32)) -> anyhow::Result<image::RgbaImage> {
+    let mask = document::read_image(path)?;
+    if mask.dimensions() == size {
+        return Ok(mask);
+    }
+    eprintln!("note: {label} resized from {}×{} to {}×{}", mask.width(), mask.height(), size.0, size.1);
+    Ok(image::imageops::resize(&mask, size.0, size.1, image::imageops::FilterType::Triangle))
+}
+
 /// Reads an input image whose sides round down to multiples of 8 (resized, and said so).
 fn read_model_image(path: &std::path::Path, what: &str) -> anyhow::Result<image::RgbaImage> {
     let image = document::read_image(path)?;
@@ -780,23 +760,7 @@ fn inpaint(
         bail!("--feather must be between 0 and 256 pixels, got {}", mask_options.feather);
     }
     let image = start_image_job(device, &mut base, image_path)?;
-    let mut mask = document::read_image(mask_path)?;
-    if mask.dimensions() != image.dimensions() {
-        eprintln!(
-            "note: --mask {} resized from {}×{} to the image's {}×{}",
-            mask_path.display(),
-            mask.width(),
-            mask.height(),
-            image.width(),
-            image.height()
-        );
-        mask = image::imageops::resize(
-            &mask,
-            image.width(),
-            image.height(),
-            image::imageops::FilterType::Triangle,
-        );
-    }
+    let mask = read_mask(mask_path, &format!("--mask {}", mask_path.display()), image.dimensions())?;
     let infotext = format!(
         "{}, Denoising strength: {strength}, Mask blur: {}",
         base.to_infotext(),
