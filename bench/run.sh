@@ -42,6 +42,14 @@ recording and runs the target branch only.
 |---|---|---|---|---|---|---|
 | tiny pipeline, 16×16, 20 DDIM steps, CFG | $(field "$edit_tiny" plain) | $(field "$edit_tiny" p2p) | $(field "$edit_tiny" ratio) | $(field "$edit_tiny" re-edit) | $(field "$edit_tiny" re-ratio) | ≤ 1.3 |
 | SD 1.5-shaped random model, 256×256, 5 DDIM steps, CFG | $(field "$edit_sd" plain) | $(field "$edit_sd" p2p) | $(field "$edit_sd" ratio) | $(field "$edit_sd" re-edit) | $(field "$edit_sd" re-ratio) | ≤ 1.3 |
+
+Null-text inversion (DDIM inversion, then 10 Adam steps per step on the unconditional embedding,
+early stop, as Mokady et al.) of an image, against one plain generation of the same steps.
+
+| work | plain generation (s) | null-text inversion (s) | ratio | target |
+|---|---|---|---|---|
+| tiny pipeline, 16×16, 20 steps | $(field "$edit_tiny" plain) | $(field "$edit_tiny" null-text) | $(field "$edit_tiny" null-ratio) | ≤ 10 |
+| SD 1.5-shaped random model, 256×256, 5 steps | $(field "$edit_sd" plain) | $(field "$edit_sd" null-text) | $(field "$edit_sd" null-ratio) | ≤ 10 |
 TABLE
 )
 echo "$table"

@@ -543,15 +543,18 @@ fn main() -> ExitCode {
             )
         }
         Some(Command::Bench(BenchCommand::Edit { model, size, steps, runs })) => {
-            diffusion_studio::engine::bench::edit_runs(cli.device, &model, size, steps, runs).map(
-                |(plain, first, again)| {
-                    println!(
-                        "edit {model} {size}x{size} {steps} steps: plain {plain:.4} s, p2p {first:.4} s, ratio {:.2}, re-edit {again:.4} s, re-ratio {:.2}",
-                        first / plain,
-                        again / plain
-                    );
-                },
-            )
+            diffusion_studio::engine::bench::edit_runs(cli.device, &model, size, steps, runs).map(|t| {
+                println!(
+                    "edit {model} {size}x{size} {steps} steps: plain {:.4} s, p2p {:.4} s, ratio {:.2}, re-edit {:.4} s, re-ratio {:.2}, null-text {:.4} s, null-ratio {:.2}",
+                    t.plain,
+                    t.first,
+                    t.first / t.plain,
+                    t.again,
+                    t.again / t.plain,
+                    t.null_text,
+                    t.null_text / t.plain
+                );
+            })
         }
         Some(Command::Bench(BenchCommand::Generate { model, steps, runs })) => {
             diffusion_studio::engine::bench::generate_runs(cli.device, &model, steps, runs).map(|seconds| {

@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::engine::device;
 use crate::engine::models::unet_2d_condition::{UNet2DConditionConfig, UNet2DConditionModel};
+use crate::engine::{JobError, device};
 use crate::protocol::DeviceChoice;
 
 /// Seconds per run of `work` on `device`, averaged over `runs` after one warm-up run (CUDA work
@@ -141,8 +141,8 @@ pub fn edit_runs(
     size: u32,
     steps: usize,
     runs: usize,
-) -> anyhow::Result<(f64, f64, f64)> {
-    use crate::engine::methods::prompt_to_prompt;
+) -> anyhow::Result<EditTimes> {
+    use crate::engine::methods::{inversion, null_text, prompt_to_prompt};
     use crate::engine::pipeline::StableDiffusion;
     use crate::protocol::{GenerateParams, ModelFamily, PromptToPromptParams};
     let device = device::select(choice).map_err(anyhow::Error::msg)?;
@@ -196,5 +196,25 @@ pub fn edit_runs(
         edit_once()
     })?;
     let again = time(&edit_once)?;
-    Ok((plain, first, again))
+    // null-text inversion of a plain generation's image (the paper's 10 Adam steps per step)
+    let image = loaded.generate_with(&base, |_, _, _| Ok(())).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let null_text = time(&|| {
+        let fail = |e: JobError| anyhow::anyhow!("{e}");
+        let trajectory = inversion::ddim_invert(&loaded, &image, &base.prompt, steps, 0, |_, _, _| Ok(()))
+            .map_err(fail)?;
+        let (text, null) = loaded.prompt_pair(&base.prompt, "", 0).map_err(fail)?;
+        let settings = null_text::NullTextSettings::default();
+        null_text::optimize(&loaded, &trajectory, &text, &null, 7.5, settings, |_, _, _| Ok(()))
+            .map(drop)
+            .map_err(fail)
+    })?;
+    Ok(EditTimes { plain, first, again, null_text })
+}
+
+/// Seconds per plain generation, first prompt-to-prompt edit, re-edit, and null-text inversion.
+pub struct EditTimes {
+    pub plain: f64,
+    pub first: f64,
+    pub again: f64,
+    pub null_text: f64,
 }
