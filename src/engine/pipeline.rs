@@ -440,6 +440,16 @@ impl StableDiffusion {
         Ok(posterior.sample(&epsilon)?.f_mul_scalar(self.vae.config.scaling_factor)?)
     }
 
+    /// Text-to-image's starting latents for a `height`×`width` (pixels) image: the generator seeded
+    /// with `seed`, one standard-normal latent drawn on the CPU (as diffusers draws it) and moved
+    /// to the device, scaled by the scheduler's `init_noise_sigma`.
+    pub fn seeded_latents(&self, seed: u64, height: i64, width: i64, sigma: f64) -> Result<Tensor, JobError> {
+        tch::manual_seed(seed as i64);
+        let factor = self.vae_scale_factor;
+        let size = [1, self.unet.config.out_channels, height / factor, width / factor];
+        Ok(self.cpu_randn(&size)?.f_mul_scalar(sigma)?)
+    }
+
     /// Standard normal noise of `size` from the default CPU generator, on the model's device.
     pub fn cpu_randn(&self, size: &[i64]) -> Result<Tensor, JobError> {
         Ok(Tensor::f_randn(size, (Kind::Float, Device::Cpu))?.f_to_device(self.device)?)
@@ -458,11 +468,7 @@ impl StableDiffusion {
     /// σ = √((1 − ᾱ)/ᾱ) at each of `timesteps` (rounded to training steps), from this model's
     /// noise schedule.
     pub fn sigmas_at(&self, timesteps: &[f64]) -> Result<Vec<f64>, JobError> {
-        let kind = crate::engine::schedulers::SchedulerKind::Ddim;
-        let config = match &self.scheduler_config {
-            Some(text) => SchedulerConfig::from_json(kind, text, &self.scheduler_config_source)?,
-            None => SchedulerConfig::stable_diffusion(kind),
-        };
+        let config = self.scheduler_config_for(crate::engine::schedulers::SchedulerKind::Ddim)?;
         let alphas = crate::engine::schedulers::alphas_cumprod(&crate::engine::schedulers::betas(&config)?)?;
         Ok(timesteps
             .iter()
@@ -478,11 +484,18 @@ impl StableDiffusion {
         &self,
         choice: SchedulerChoice,
     ) -> Result<Box<dyn crate::engine::schedulers::Scheduler>, JobError> {
-        let config = match &self.scheduler_config {
-            Some(text) => SchedulerConfig::from_json(choice.kind, text, &self.scheduler_config_source)?,
-            None => SchedulerConfig::stable_diffusion(choice.kind),
-        };
-        Ok(choice.build(config)?)
+        Ok(choice.build(self.scheduler_config_for(choice.kind)?)?)
+    }
+
+    /// This model's scheduler config read for `kind` (SD's defaults when the model has none).
+    fn scheduler_config_for(
+        &self,
+        kind: crate::engine::schedulers::SchedulerKind,
+    ) -> Result<SchedulerConfig, JobError> {
+        Ok(match &self.scheduler_config {
+            Some(text) => SchedulerConfig::from_json(kind, text, &self.scheduler_config_source)?,
+            None => SchedulerConfig::stable_diffusion(kind),
+        })
     }
 
     /// A cheap look at (scaled) latents for progress: the tiny decoder when the model has one,
@@ -543,12 +556,7 @@ impl StableDiffusion {
         // 3. the scheduler and the seeded initial latents (drawn on the CPU, as diffusers)
         let mut scheduler = self.scheduler(&params.scheduler)?;
         scheduler.set_timesteps(params.steps)?;
-        tch::manual_seed(params.seed as i64);
-        let channels = self.unet.config.out_channels;
-        let latents =
-            Tensor::f_randn([1, channels, height / factor, width / factor], (Kind::Float, Device::Cpu))?
-                .f_to_device(self.device)?
-                .f_mul_scalar(scheduler.init_noise_sigma())?;
+        let latents = self.seeded_latents(params.seed, height, width, scheduler.init_noise_sigma())?;
         // 4. the loop, with a preview of the predicted image every step
         let conditioning = Conditioning::guided(&text, &negative, params);
         let latents = sampler::denoise(

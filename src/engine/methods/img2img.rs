@@ -67,6 +67,22 @@ pub fn prepare(
     Ok((text, negative, scheduler))
 }
 
+/// SDEdit's start, in diffusers' draw order from the seeded generator: the image's latents
+/// (a VAE posterior sample), the noise, and the latents noised to step `start`.
+pub fn noised_image(
+    model: &StableDiffusion,
+    image: &ImageData,
+    seed: u64,
+    scheduler: &dyn Scheduler,
+    start: usize,
+) -> Result<(Tensor, Tensor, Tensor), JobError> {
+    tch::manual_seed(seed as i64);
+    let image_latents = model.encode_image_sample(&tensor_from_image(image, model.device)?)?;
+    let noise = model.cpu_randn(&image_latents.size())?;
+    let latents = scheduler.add_noise(&image_latents, &noise, start)?;
+    Ok((image_latents, noise, latents))
+}
+
 /// Runs img2img as an engine job.
 pub fn run(
     model: &StableDiffusion,
@@ -79,11 +95,7 @@ pub fn run(
     let (text, negative, mut scheduler) = prepare(model, base)?;
     let start = start_index(base.steps, params.strength, scheduler.order())?;
     // 2. the image's latents, noised to the start step (draws: VAE sample, then the noise)
-    tch::manual_seed(base.seed as i64);
-    let image = tensor_from_image(&params.image, model.device)?;
-    let image_latents = model.encode_image_sample(&image)?;
-    let noise = model.cpu_randn(&image_latents.size())?;
-    let latents = scheduler.add_noise(&image_latents, &noise, start)?;
+    let (_, _, latents) = noised_image(model, &params.image, base.seed, scheduler.as_ref(), start)?;
     // 3. the loop from there
     let conditioning = Conditioning::guided(&text, &negative, base);
     let hooks = Hooks { start, ..Default::default() };

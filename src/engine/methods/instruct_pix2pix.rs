@@ -36,12 +36,8 @@ pub fn run(
     let image = tensor_from_image(&params.image, model.device)?;
     let image_latents = model.vae.encode(&image)?.mode();
     // 2. the initial noise
-    tch::manual_seed(base.seed as i64);
-    let factor = model.vae_scale_factor;
-    let (height, width) = (i64::from(params.image.height) / factor, i64::from(params.image.width) / factor);
-    let latents = model
-        .cpu_randn(&[1, model.unet.config.out_channels, height, width])?
-        .f_mul_scalar(scheduler.init_noise_sigma())?;
+    let (height, width) = (i64::from(params.image.height), i64::from(params.image.width));
+    let latents = model.seeded_latents(base.seed, height, width, scheduler.init_noise_sigma())?;
     // 3. three-branch guidance with the image as extra channels
     let conditioning = Conditioning {
         text: &text,

@@ -4,8 +4,7 @@
 //! noised to that step, weight ν on the generated ones; below `kmin` denoising is plain (the
 //! content phase). With ν = 1 it is img2img at strength `kmax`.
 
-use crate::engine::image_tensor::tensor_from_image;
-use crate::engine::methods::img2img::{check_size, prepare, start_index};
+use crate::engine::methods::img2img::{check_size, noised_image, prepare, start_index};
 use crate::engine::pipeline::StableDiffusion;
 use crate::engine::sampler::{Conditioning, Hooks};
 use crate::engine::schedulers::Scheduler;
@@ -33,11 +32,7 @@ pub fn run(
     let start = start_index(base.steps, kmax, order)?;
     let end = base.steps.saturating_sub((base.steps as f64 * kmin) as usize) * order;
     // 2. the image's latents noised to the start (as img2img draws them)
-    tch::manual_seed(base.seed as i64);
-    let image = tensor_from_image(&params.image, model.device)?;
-    let layout = model.encode_image_sample(&image)?;
-    let noise = model.cpu_randn(&layout.size())?;
-    let latents = scheduler.add_noise(&layout, &noise, start)?;
+    let (layout, noise, latents) = noised_image(model, &params.image, base.seed, scheduler.as_ref(), start)?;
     // 3. the loop; inside the layout phase, mix towards the noised layout after each step
     let conditioning = Conditioning::guided(&text, &negative, base);
     let mut mixing =

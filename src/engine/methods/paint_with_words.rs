@@ -53,10 +53,7 @@ pub fn run(
     // 2. the schedule's σ per step, prompts, seeded noise
     let (text, negative, mut scheduler) = crate::engine::methods::img2img::prepare(model, base)?;
     let sigmas = model.sigmas_at(scheduler.timesteps())?;
-    tch::manual_seed(base.seed as i64);
-    let latents = model
-        .cpu_randn(&[1, model.unet.config.out_channels, height / factor, width / factor])?
-        .f_mul_scalar(scheduler.init_noise_sigma())?;
+    let latents = model.seeded_latents(base.seed, height, width, scheduler.init_noise_sigma())?;
     // 3. the loop with the regions in every cross-attention layer
     let resolution = map_resolution(model, height / factor, width / factor);
     let control = PaintWithWords::new(regions, params.strength, sigmas, Some(resolution));

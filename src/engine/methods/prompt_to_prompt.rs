@@ -120,8 +120,7 @@ pub fn run_with(
         None => {
             let mut scheduler = model.scheduler(&base.scheduler)?;
             scheduler.set_timesteps(base.steps)?;
-            tch::manual_seed(base.seed as i64);
-            let latents = model.cpu_randn(&latent_size)?.f_mul_scalar(scheduler.init_noise_sigma())?;
+            let latents = model.seeded_latents(base.seed, height, width, scheduler.init_noise_sigma())?;
             (scheduler, latents, None)
         }
         Some(inversion) => {
