@@ -8,8 +8,8 @@
 
 use tch::{Kind, Tensor};
 
-use crate::engine::image_tensor::{image_from_tensor, tensor_from_image};
-use crate::engine::methods::img2img::{check_size, prepare, start_index};
+use crate::engine::image_tensor::image_from_tensor;
+use crate::engine::methods::img2img::{check_size, start_index};
 use crate::engine::methods::inpaint::{composite, prepare_mask};
 use crate::engine::methods::inversion::ddim_invert;
 use crate::engine::pipeline::StableDiffusion;
@@ -65,33 +65,34 @@ pub fn run(
     let base = &params.base;
     let factor = model.vae_scale_factor;
     let (height, width) = (i64::from(params.image.height), i64::from(params.image.width));
-    let pixels = tensor_from_image(&params.image, model.device)?;
-    let latents = model.vae.encode(&pixels)?.mode().f_mul_scalar(model.vae.config.scaling_factor)?;
-    // 1. the mask: given, or estimated
+    if let Some(mask) = &params.mask
+        && (mask.width, mask.height) != (params.image.width, params.image.height)
+    {
+        return Err(JobError::Failed(format!(
+            "the mask is {}×{} but the image is {width}×{height}; resize the mask to the image",
+            mask.width, mask.height
+        )));
+    }
+    // 1. DDIM inversion with the source prompt; its start is the image's latents
+    let trajectory =
+        ddim_invert(model, &params.image, &params.source_prompt, base.steps, base.clip_skip, |_, _, _| {
+            ctx.checkpoint()
+        })?;
+    let latents = &trajectory[0];
+    // 2. the mask: given, or estimated
     let latent_mask = match &params.mask {
         Some(mask) => {
-            if (mask.width, mask.height) != (params.image.width, params.image.height) {
-                return Err(JobError::Failed(format!(
-                    "the mask is {}×{} but the image is {width}×{height}; resize the mask to the image",
-                    mask.width, mask.height
-                )));
-            }
             let hard = MaskOptions { dilate: 0, feather: 0.0, invert: false };
             prepare_mask(mask, &hard)?
                 .f_adaptive_avg_pool2d([height / factor, width / factor])?
                 .f_gt(0.5)?
                 .f_to_kind(Kind::Float)?
         }
-        None => estimate_mask(model, params, &latents)?,
+        None => estimate_mask(model, params, latents)?,
     }
     .f_to_device(model.device)?;
-    // 2. DDIM inversion with the source prompt
-    let trajectory =
-        ddim_invert(model, &params.image, &params.source_prompt, base.steps, base.clip_skip, |_, _, _| {
-            ctx.checkpoint()
-        })?;
     // 3. DDIM from the encoding ratio with the target prompt, the inversion kept outside the mask
-    let (text, negative, _) = prepare(model, base)?;
+    let (text, negative) = model.prompt_pair(&base.prompt, &base.negative_prompt, base.clip_skip)?;
     let mut scheduler =
         model.scheduler_for(SchedulerChoice { kind: SchedulerKind::Ddim, use_karras_sigmas: None })?;
     scheduler.set_timesteps(base.steps)?;
