@@ -655,18 +655,22 @@ fn base_params(
     Ok(params)
 }
 
-/// Sizes the model cannot take are rounded down to a multiple of 8, and the user is told.
-fn generate(device: DeviceChoice, mut params: GenerateParams, out: &std::path::Path) -> anyhow::Result<()> {
-    device::select(device).map_err(anyhow::Error::msg)?;
+/// Rounds the output size down to multiples of 8, and says so when it changes.
+fn round_size(params: &mut GenerateParams) {
     let (width, height) = (params.width / 8 * 8, params.height / 8 * 8);
     if (width, height) != (params.width, params.height) {
         eprintln!(
             "note: {}×{} rounded down to {width}×{height} (multiples of 8)",
             params.width, params.height
         );
-        params.width = width;
-        params.height = height;
+        (params.width, params.height) = (width, height);
     }
+}
+
+/// Sizes the model cannot take are rounded down to a multiple of 8, and the user is told.
+fn generate(device: DeviceChoice, mut params: GenerateParams, out: &std::path::Path) -> anyhow::Result<()> {
+    device::select(device).map_err(anyhow::Error::msg)?;
+    round_size(&mut params);
     let infotext = params.to_infotext();
     let steps = params.steps;
     run_and_write(device, Job::Generate(params), steps, "generate", out, &infotext)
@@ -862,12 +866,8 @@ fn edit_p2p(
     maps: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     device::select(device).map_err(anyhow::Error::msg)?;
-    let base = &mut params.base;
-    let (width, height) = (base.width / 8 * 8, base.height / 8 * 8);
-    if (width, height) != (base.width, base.height) {
-        eprintln!("note: {}×{} rounded down to {width}×{height} (multiples of 8)", base.width, base.height);
-        (base.width, base.height) = (width, height);
-    }
+    round_size(&mut params.base);
+    let base = &params.base;
     let infotext = format!(
         "{}\nTarget prompt: {}, P2P cross: {}-{}, P2P self: {}",
         base.to_infotext(),
