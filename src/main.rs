@@ -14,9 +14,9 @@ use diffusion_studio::document;
 use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
-    DeviceChoice, DiffEditParams, EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams,
-    InstructPix2PixParams, InvertParams, Job, JobOutput, MagicMixParams, MaskOptions, ModelFamily,
-    ModelOptions, PaintWithWordsParams, Precision, Prediction, PromptToPromptParams,
+    DeviceChoice, DiffEditParams, EditSource, EngineEvent, GenerateParams, ImageData, Img2ImgParams,
+    InpaintParams, InstructPix2PixParams, InvertParams, Job, JobOutput, MagicMixParams, MaskOptions,
+    ModelFamily, ModelOptions, PaintWithWordsParams, Precision, Prediction, PromptToPromptParams,
 };
 
 #[derive(Parser, Debug)]
@@ -199,82 +199,7 @@ enum Command {
     },
     /// Edit a generated image word by word: `--method p2p` (prompt-to-prompt) denoises the source
     /// and target prompts side by side, the target taking the source's cross-attention.
-    Edit {
-        #[arg(long, value_enum)]
-        method: EditMethod,
-        #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        sampling: SamplingArgs,
-        /// p2p: the edited prompt.
-        #[arg(long)]
-        target_prompt: Option<std::ffi::OsString>,
-        /// ip2p: the image to edit (sizes round down to multiples of 8).
-        #[arg(long)]
-        image: Option<PathBuf>,
-        /// p2p: edit an inverted real image (from `invert`, with this model; its prompt is the
-        /// source prompt, its steps and DDIM are used).
-        #[arg(long)]
-        inversion: Option<PathBuf>,
-        /// ip2p: how closely to follow the image (the paper's s_I).
-        #[arg(long, default_value_t = 1.5)]
-        image_guidance: f64,
-        /// magicmix: the layout phase ends at this noise level (fraction of the steps)…
-        #[arg(long, default_value_t = 0.3)]
-        kmin: f64,
-        /// …and starts at this one (the image is noised to it).
-        #[arg(long, default_value_t = 0.6)]
-        kmax: f64,
-        /// magicmix: the weight of the generated latents in the layout phase's mix (ν).
-        #[arg(long, default_value_t = 0.5)]
-        mix_factor: f64,
-        /// pww: WORD=MASK.png, white where the word goes (repeatable; resized to the output).
-        #[arg(long, value_parser = parse_region)]
-        region: Vec<(String, PathBuf)>,
-        /// pww: how hard the regions pull (eDiffi's w).
-        #[arg(long, default_value_t = 0.4)]
-        pww_strength: f64,
-        /// diffedit: how far to invert before re-denoising (the paper's encoding ratio).
-        #[arg(long, default_value_t = 0.8)]
-        encode_ratio: f64,
-        /// diffedit: noise samples averaged for the mask.
-        #[arg(long, default_value_t = 10)]
-        mask_samples: usize,
-        /// diffedit: use this mask (white = edit) instead of estimating one.
-        #[arg(long)]
-        mask: Option<PathBuf>,
-        /// diffedit: write the mask used here (to correct it and pass it back with --mask).
-        #[arg(long)]
-        mask_out: Option<PathBuf>,
-        #[arg(long, default_value_t = 512)]
-        width: u32,
-        #[arg(long, default_value_t = 512)]
-        height: u32,
-        /// Cross-attention injection from this fraction of the steps…
-        #[arg(long, default_value_t = 0.0)]
-        cross_start: f64,
-        /// …to this one (the paper's 0.8).
-        #[arg(long, default_value_t = 0.8)]
-        cross_replace: f64,
-        /// Self-attention injection for this fraction of the first steps (the paper's 0.4).
-        #[arg(long, default_value_t = 0.4)]
-        self_replace: f64,
-        /// WORD=FACTOR: scale a target word's attention (repeatable).
-        #[arg(long, value_parser = parse_reweight)]
-        reweight: Vec<(String, f64)>,
-        /// Local blend: edit only where these words (of either prompt) attend (repeatable).
-        #[arg(long)]
-        local_blend: Vec<String>,
-        /// Write each target word's cross-attention map here (PNG per word).
-        #[arg(long)]
-        attention_maps: Option<PathBuf>,
-        /// Also write the source prompt's image here.
-        #[arg(long)]
-        source_out: Option<PathBuf>,
-        /// The edited image.
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Edit(EditArgs),
     /// Time engine parts for `make bench` (see bench/run.sh).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -295,6 +220,90 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// `edit`'s options (each method reads its own; see `--help`).
+#[derive(clap::Args, Debug)]
+struct EditArgs {
+    #[arg(long, value_enum)]
+    method: EditMethod,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// p2p: the edited prompt.
+    #[arg(long)]
+    target_prompt: Option<std::ffi::OsString>,
+    /// ip2p, magicmix, diffedit: the image to edit; p2p: a real image to DDIM-invert under the
+    /// source prompt and edit (sizes round down to multiples of 8).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// p2p with --image: null-text inversion (Mokady et al. 2022), so that the edit starts
+    /// from a faithful reconstruction at --guidance.
+    #[arg(long)]
+    null_text: bool,
+    /// p2p: edit an inverted real image (from `invert`, with this model; its prompt is the
+    /// source prompt, its steps and DDIM are used).
+    #[arg(long)]
+    inversion: Option<PathBuf>,
+    /// ip2p: how closely to follow the image (the paper's s_I).
+    #[arg(long, default_value_t = 1.5)]
+    image_guidance: f64,
+    /// magicmix: the layout phase ends at this noise level (fraction of the steps)…
+    #[arg(long, default_value_t = 0.3)]
+    kmin: f64,
+    /// …and starts at this one (the image is noised to it).
+    #[arg(long, default_value_t = 0.6)]
+    kmax: f64,
+    /// magicmix: the weight of the generated latents in the layout phase's mix (ν).
+    #[arg(long, default_value_t = 0.5)]
+    mix_factor: f64,
+    /// pww: WORD=MASK.png, white where the word goes (repeatable; resized to the output).
+    #[arg(long, value_parser = parse_region)]
+    region: Vec<(String, PathBuf)>,
+    /// pww: how hard the regions pull (eDiffi's w).
+    #[arg(long, default_value_t = 0.4)]
+    pww_strength: f64,
+    /// diffedit: how far to invert before re-denoising (the paper's encoding ratio).
+    #[arg(long, default_value_t = 0.8)]
+    encode_ratio: f64,
+    /// diffedit: noise samples averaged for the mask.
+    #[arg(long, default_value_t = 10)]
+    mask_samples: usize,
+    /// diffedit: use this mask (white = edit) instead of estimating one.
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// diffedit: write the mask used here (to correct it and pass it back with --mask).
+    #[arg(long)]
+    mask_out: Option<PathBuf>,
+    #[arg(long, default_value_t = 512)]
+    width: u32,
+    #[arg(long, default_value_t = 512)]
+    height: u32,
+    /// Cross-attention injection from this fraction of the steps…
+    #[arg(long, default_value_t = 0.0)]
+    cross_start: f64,
+    /// …to this one (the paper's 0.8).
+    #[arg(long, default_value_t = 0.8)]
+    cross_replace: f64,
+    /// Self-attention injection for this fraction of the first steps (the paper's 0.4).
+    #[arg(long, default_value_t = 0.4)]
+    self_replace: f64,
+    /// WORD=FACTOR: scale a target word's attention (repeatable).
+    #[arg(long, value_parser = parse_reweight)]
+    reweight: Vec<(String, f64)>,
+    /// Local blend: edit only where these words (of either prompt) attend (repeatable).
+    #[arg(long)]
+    local_blend: Vec<String>,
+    /// Write each target word's cross-attention map here (PNG per word).
+    #[arg(long)]
+    attention_maps: Option<PathBuf>,
+    /// Also write the source prompt's image here.
+    #[arg(long)]
+    source_out: Option<PathBuf>,
+    /// The edited image.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -403,133 +412,7 @@ fn main() -> ExitCode {
             base_params(model, sampling, 0, 0)
                 .and_then(|base| invert(cli.device, base, &image, (&out, reconstruction.as_deref()), null_text))
         }
-        Some(Command::Edit {
-            method,
-            model,
-            sampling,
-            target_prompt,
-            image,
-            inversion,
-            image_guidance,
-            kmin,
-            kmax,
-            mix_factor,
-            region,
-            pww_strength,
-            encode_ratio,
-            mask_samples,
-            mask,
-            mask_out,
-            width,
-            height,
-            cross_start,
-            cross_replace,
-            self_replace,
-            reweight,
-            local_blend,
-            attention_maps,
-            source_out,
-            out,
-        }) => base_params(model, sampling, width, height).and_then(|mut base| match method {
-            EditMethod::P2p => {
-                let Some(target_prompt) = target_prompt else {
-                    bail!("--method p2p needs --target-prompt (the edited prompt)");
-                };
-                let inversion = match &inversion {
-                    Some(path) => Some(Box::new(load_inversion_for(path, &mut base)?)),
-                    None => None,
-                };
-                let params = PromptToPromptParams {
-                    base,
-                    target_prompt: text_argument("--target-prompt", target_prompt)?,
-                    cross_window: (cross_start, cross_replace),
-                    self_window: self_replace,
-                    reweight,
-                    attention_maps: attention_maps.is_some(),
-                    local_blend,
-                    inversion,
-                };
-                edit_p2p(cli.device, params, &out, source_out.as_deref(), attention_maps.as_deref())
-            }
-            EditMethod::Ip2p => {
-                let Some(image) = image else {
-                    bail!("--method ip2p needs --image (the image to edit) and the instruction as --prompt");
-                };
-                edit_ip2p(cli.device, base, &image, image_guidance, &out)
-            }
-            EditMethod::Diffedit => {
-                let (Some(image), Some(target_prompt)) = (image, target_prompt) else {
-                    bail!("--method diffedit needs --image, --source-prompt (what it shows) and --target-prompt");
-                };
-                let image = start_image_job(cli.device, &mut base, &image)?;
-                let mask = match &mask {
-                    Some(path) => {
-                        let label = format!("--mask {}", path.display());
-                        Some(ImageData::from_rgba_image(&read_mask(path, &label, image.dimensions())?))
-                    }
-                    None => None,
-                };
-                let source_prompt = std::mem::replace(&mut base.prompt, text_argument("--target-prompt", target_prompt)?);
-                let infotext = format!("{}, DiffEdit from: {source_prompt}, encode ratio {encode_ratio}", base.to_infotext());
-                let steps = base.steps;
-                let params = DiffEditParams {
-                    base,
-                    source_prompt,
-                    image: ImageData::from_rgba_image(&image),
-                    strength: encode_ratio,
-                    mask_samples,
-                    mask,
-                };
-                let outputs = [("image", Some(out.as_path())), ("mask", mask_out.as_deref())];
-                run_and_write_images(cli.device, Job::DiffEdit(params), steps, &outputs, None, &infotext)
-            }
-            EditMethod::Pww => {
-                device::select(cli.device).map_err(anyhow::Error::msg)?;
-                (base.width, base.height) = (base.width / 8 * 8, base.height / 8 * 8);
-                let mut regions = Vec::new();
-                for (word, path) in &region {
-                    let label = format!("--region {word}={}", path.display());
-                    let mask = read_mask(path, &label, (base.width, base.height))?;
-                    regions.push((word.clone(), ImageData::from_rgba_image(&mask)));
-                }
-                let words: Vec<&str> = region.iter().map(|(word, _)| word.as_str()).collect();
-                let infotext =
-                    format!("{}, Paint with words: {} (w {pww_strength})", base.to_infotext(), words.join(" "));
-                let steps = base.steps;
-                let params = PaintWithWordsParams {
-                    base,
-                    regions,
-                    strength: pww_strength,
-                    attention_maps: attention_maps.is_some(),
-                };
-                let outputs = [("image", Some(out.as_path()))];
-                run_and_write_images(
-                    cli.device,
-                    Job::PaintWithWords(params),
-                    steps,
-                    &outputs,
-                    attention_maps.as_deref(),
-                    &infotext,
-                )
-            }
-            EditMethod::Magicmix => {
-                let Some(image) = image else {
-                    bail!("--method magicmix needs --image (the layout) and the new content as --prompt");
-                };
-                let image = start_image_job(cli.device, &mut base, &image)?;
-                let infotext =
-                    format!("{}, MagicMix: kmin {kmin}, kmax {kmax}, mix {mix_factor}", base.to_infotext());
-                let steps = base.steps;
-                let job = Job::MagicMix(MagicMixParams {
-                    base,
-                    image: ImageData::from_rgba_image(&image),
-                    kmin,
-                    kmax,
-                    mix_factor,
-                });
-                run_and_write(cli.device, job, steps, "edit", &out, &infotext)
-            }
-        }),
+        Some(Command::Edit(args)) => edit(cli.device, args),
         Some(Command::Bench(BenchCommand::Unet { preset, latent, passes })) => {
             diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes).map(|seconds| {
                 println!("unet {preset} latent {latent}x{latent} batch 2: {seconds:.4} s per pass ({passes} passes after 1 warm-up)");
@@ -858,6 +741,151 @@ fn edit_ip2p(
     run_and_write(device, job, steps, "edit", out, &infotext)
 }
 
+/// `edit`: one method's job from the command line.
+fn edit(device: DeviceChoice, args: EditArgs) -> anyhow::Result<()> {
+    let EditArgs {
+        method,
+        model,
+        sampling,
+        target_prompt,
+        image,
+        inversion,
+        null_text,
+        image_guidance,
+        kmin,
+        kmax,
+        mix_factor,
+        region,
+        pww_strength,
+        encode_ratio,
+        mask_samples,
+        mask,
+        mask_out,
+        width,
+        height,
+        cross_start,
+        cross_replace,
+        self_replace,
+        reweight,
+        local_blend,
+        attention_maps,
+        source_out,
+        out,
+    } = args;
+    let mut base = base_params(model, sampling, width, height)?;
+    match method {
+        EditMethod::P2p => {
+            let Some(target_prompt) = target_prompt else {
+                bail!("--method p2p needs --target-prompt (the edited prompt)");
+            };
+            let source = match (&inversion, &image) {
+                (Some(_), Some(_)) => bail!("--method p2p takes --inversion or --image, not both"),
+                (Some(path), None) => EditSource::Inversion(Box::new(load_inversion_for(path, &mut base)?)),
+                (None, Some(path)) => {
+                    let image = start_image_job(device, &mut base, path)?;
+                    base.scheduler = "ddim".into();
+                    EditSource::Image { image: ImageData::from_rgba_image(&image), null_text }
+                }
+                (None, None) if null_text => bail!("--null-text inverts --image; give the image to edit"),
+                (None, None) => EditSource::Generated,
+            };
+            let params = PromptToPromptParams {
+                base,
+                target_prompt: text_argument("--target-prompt", target_prompt)?,
+                cross_window: (cross_start, cross_replace),
+                self_window: self_replace,
+                reweight,
+                attention_maps: attention_maps.is_some(),
+                local_blend,
+                source,
+            };
+            edit_p2p(device, params, &out, source_out.as_deref(), attention_maps.as_deref())
+        }
+        EditMethod::Ip2p => {
+            let Some(image) = image else {
+                bail!("--method ip2p needs --image (the image to edit) and the instruction as --prompt");
+            };
+            edit_ip2p(device, base, &image, image_guidance, &out)
+        }
+        EditMethod::Diffedit => {
+            let (Some(image), Some(target_prompt)) = (image, target_prompt) else {
+                bail!("--method diffedit needs --image, --source-prompt (what it shows) and --target-prompt");
+            };
+            let image = start_image_job(device, &mut base, &image)?;
+            let mask = match &mask {
+                Some(path) => {
+                    let label = format!("--mask {}", path.display());
+                    Some(ImageData::from_rgba_image(&read_mask(path, &label, image.dimensions())?))
+                }
+                None => None,
+            };
+            let source_prompt =
+                std::mem::replace(&mut base.prompt, text_argument("--target-prompt", target_prompt)?);
+            let infotext = format!(
+                "{}, DiffEdit from: {source_prompt}, encode ratio {encode_ratio}",
+                base.to_infotext()
+            );
+            let steps = base.steps;
+            let params = DiffEditParams {
+                base,
+                source_prompt,
+                image: ImageData::from_rgba_image(&image),
+                strength: encode_ratio,
+                mask_samples,
+                mask,
+            };
+            let outputs = [("image", Some(out.as_path())), ("mask", mask_out.as_deref())];
+            run_and_write_images(device, Job::DiffEdit(params), steps, &outputs, None, &infotext)
+        }
+        EditMethod::Pww => {
+            device::select(device).map_err(anyhow::Error::msg)?;
+            (base.width, base.height) = (base.width / 8 * 8, base.height / 8 * 8);
+            let mut regions = Vec::new();
+            for (word, path) in &region {
+                let label = format!("--region {word}={}", path.display());
+                let mask = read_mask(path, &label, (base.width, base.height))?;
+                regions.push((word.clone(), ImageData::from_rgba_image(&mask)));
+            }
+            let words: Vec<&str> = region.iter().map(|(word, _)| word.as_str()).collect();
+            let infotext =
+                format!("{}, Paint with words: {} (w {pww_strength})", base.to_infotext(), words.join(" "));
+            let steps = base.steps;
+            let params = PaintWithWordsParams {
+                base,
+                regions,
+                strength: pww_strength,
+                attention_maps: attention_maps.is_some(),
+            };
+            let outputs = [("image", Some(out.as_path()))];
+            run_and_write_images(
+                device,
+                Job::PaintWithWords(params),
+                steps,
+                &outputs,
+                attention_maps.as_deref(),
+                &infotext,
+            )
+        }
+        EditMethod::Magicmix => {
+            let Some(image) = image else {
+                bail!("--method magicmix needs --image (the layout) and the new content as --prompt");
+            };
+            let image = start_image_job(device, &mut base, &image)?;
+            let infotext =
+                format!("{}, MagicMix: kmin {kmin}, kmax {kmax}, mix {mix_factor}", base.to_infotext());
+            let steps = base.steps;
+            let job = Job::MagicMix(MagicMixParams {
+                base,
+                image: ImageData::from_rgba_image(&image),
+                kmin,
+                kmax,
+                mix_factor,
+            });
+            run_and_write(device, job, steps, "edit", &out, &infotext)
+        }
+    }
+}
+
 fn edit_p2p(
     device: DeviceChoice,
     mut params: PromptToPromptParams,
@@ -948,7 +976,10 @@ fn run_job_output(device: DeviceChoice, job: Job, steps: usize, label: &str) -> 
             EngineEvent::ModelLoaded { job, description } if job == id => {
                 bar.suspend(|| eprintln!("model: {description}"))
             }
-            EngineEvent::Progress { job, step, .. } if job == id => bar.set_position(step as u64),
+            EngineEvent::Progress { job, step, of, .. } if job == id => {
+                bar.set_length(of as u64);
+                bar.set_position(step as u64)
+            }
             EngineEvent::Done { job, output } if job == id => {
                 bar.finish_and_clear();
                 return Ok(output);

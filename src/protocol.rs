@@ -302,9 +302,23 @@ pub struct PromptToPromptParams {
     /// Local blend: words (of the source or target prompt) whose attention marks the region to
     /// edit; outside it the target keeps the source's latents. Empty: edit everywhere.
     pub local_blend: Vec<String>,
-    /// Edit an inverted real image: start from its z_T and sample with DDIM over its steps
-    /// (and its null-text embeddings, if any) instead of from seeded noise.
-    pub inversion: Option<Box<Inversion>>,
+    /// What the source is: a generated image (seeded noise), or a real image inverted.
+    pub source: EditSource,
+}
+
+/// What a prompt-to-prompt edit starts from.
+#[derive(Debug, Clone, Default)]
+pub enum EditSource {
+    /// The source prompt's image from `base.seed`'s noise.
+    #[default]
+    Generated,
+    /// An inverted real image (an `Invert` job's output or an inversion file): start from its
+    /// z_T and sample with DDIM over its steps, with its null-text embeddings if it has them.
+    Inversion(Box<Inversion>),
+    /// A real image, inverted under the source prompt over `base.steps` first (with null-text
+    /// optimisation for `base.guidance_scale` if asked); the engine keeps the inversion, so
+    /// later edits of the same image skip it.
+    Image { image: ImageData, null_text: bool },
 }
 
 /// An image a job produced, with what it is ("source", "target", "attention: red", …).

@@ -413,6 +413,51 @@ fn edit_p2p_writes_the_target_the_source_and_attention_maps() {
 }
 
 #[test]
+fn edit_p2p_inverts_a_real_image_given_with_image() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let prompt = "a red circle on a blue background";
+    let reconstruction = scratch("p2p-image-reconstruction.png");
+    let output = binary()
+        .args(["invert", "--null-text", "--model"])
+        .arg(fixtures.join("tiny_sd_pipeline"))
+        .args(["--prompt", prompt, "--steps", "5", "--image"])
+        .arg(fixtures.join("edit_image.png"))
+        .arg("--out")
+        .arg(scratch("p2p-image.safetensors"))
+        .arg("--reconstruction")
+        .arg(&reconstruction)
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let edit = |extra: &[&str], out: &Path| {
+        binary()
+            .args(["edit", "--method", "p2p", "--model"])
+            .arg(fixtures.join("tiny_sd_pipeline"))
+            .args(["--source-prompt", prompt, "--target-prompt", prompt, "--steps", "5", "--image"])
+            .arg(fixtures.join("edit_image.png"))
+            .args(extra)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .expect("runs")
+    };
+    // the same prompt edits nothing: the target is the null-text reconstruction
+    let out = scratch("p2p-image.png");
+    let output = edit(&["--null-text"], &out);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (ours, expected) = (
+        image::open(&out).expect("png").into_rgba8(),
+        image::open(&reconstruction).expect("png").into_rgba8(),
+    );
+    let difference = ours.as_raw().iter().zip(expected.as_raw()).map(|(a, b)| a.abs_diff(*b)).max();
+    assert!(difference <= Some(1), "target ≠ reconstruction: {difference:?}");
+    // --image and --inversion are two sources
+    let output = edit(&["--inversion", "x.safetensors"], &scratch("never-p2p-image.png"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--inversion or --image, not both"), "{stderr}");
+}
+
+#[test]
 fn edit_ip2p_follows_an_instruction_and_needs_an_image() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let out = scratch("ip2p.png");

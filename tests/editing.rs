@@ -291,6 +291,69 @@ fn null_text_optimisation_brings_guided_regeneration_back_to_the_inversion() {
 }
 
 #[test]
+fn inversions_are_cached_per_image_prompt_steps_and_guidance() {
+    use diffusion_studio::engine::methods::inversion;
+    let (_generator, model) = common::load_model("tiny_sd_pipeline");
+    let photo = png("edit_image.png");
+    let base = GenerateParams {
+        model: fixture("tiny_sd_pipeline"),
+        model_options: Default::default(),
+        prompt: "a red circle on a blue background".into(),
+        negative_prompt: String::new(),
+        steps: 4,
+        scheduler: "ddim".into(),
+        guidance_scale: 7.5,
+        guidance_rescale: 0.0,
+        clip_skip: 0,
+        seed: 0,
+        width: 16,
+        height: 16,
+        precision: diffusion_studio::protocol::Precision::F32,
+    };
+    // the steps each call runs, as (step, of)
+    let invert = |image: &ImageData, base: &GenerateParams, null_text: bool| {
+        let mut ran = Vec::new();
+        let inverted = inversion::invert_image(&model, image, base, null_text, |step, of, _| {
+            ran.push((step, of));
+            Ok(())
+        })
+        .expect("inverts");
+        (inverted, ran)
+    };
+    let (first, ran) = invert(&photo, &base, false);
+    assert_eq!(ran, vec![(1, 4), (2, 4), (3, 4), (4, 4)]);
+    let (again, ran) = invert(&photo, &base, false);
+    assert!(ran.is_empty(), "a second inversion of the same image ran {ran:?}");
+    assert!(std::rc::Rc::ptr_eq(&first.trajectory, &again.trajectory));
+    // null-text reuses the trajectory and runs only its own steps, once
+    let (with_null, ran) = invert(&photo, &base, true);
+    assert_eq!(ran, vec![(5, 8), (6, 8), (7, 8), (8, 8)]);
+    assert!(std::rc::Rc::ptr_eq(&first.trajectory, &with_null.trajectory));
+    let (null_again, ran) = invert(&photo, &base, true);
+    assert!(ran.is_empty(), "a second null-text inversion ran {ran:?}");
+    let (a, b) = (with_null.null_text.expect("null-text"), null_again.null_text.expect("null-text"));
+    assert!(std::rc::Rc::ptr_eq(&a, &b));
+    // anything the inversion depends on makes a new one
+    let other_guidance = GenerateParams { guidance_scale: 5.0, ..base.clone() };
+    assert_eq!(invert(&photo, &other_guidance, true).1.len(), 4, "another guidance");
+    let other_prompt = GenerateParams { prompt: "a red circle".into(), ..base.clone() };
+    assert_eq!(invert(&photo, &other_prompt, false).1.len(), 4, "another prompt");
+    let other_steps = GenerateParams { steps: 3, ..base.clone() };
+    assert_eq!(invert(&photo, &other_steps, false).1.len(), 3, "other steps");
+    let mut pixels = photo.rgba.to_vec();
+    pixels[0] ^= 1;
+    let changed = ImageData::new(photo.width, photo.height, pixels).expect("an image");
+    assert_eq!(invert(&changed, &base, false).1.len(), 4, "another image");
+    // the cache is bounded: the oldest entries go
+    for seed_prompt in 0..10 {
+        let prompt = GenerateParams { prompt: format!("shape {seed_prompt}"), steps: 1, ..base.clone() };
+        invert(&photo, &prompt, false);
+    }
+    assert_eq!(model.inversion_cache().len(), 8);
+    assert_eq!(invert(&photo, &base, false).1.len(), 4, "evicted");
+}
+
+#[test]
 fn magic_mix_without_mixing_is_img2img_and_with_mixing_keeps_more_of_the_layout() {
     use diffusion_studio::protocol::{Img2ImgParams, MagicMixParams};
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));

@@ -11,7 +11,8 @@ use common::{fixture, run_output as run};
 
 use diffusion_studio::engine::EngineHandle;
 use diffusion_studio::protocol::{
-    DeviceChoice, GenerateParams, ImageData, Job, JobOutput, LabelledImage, Precision, PromptToPromptParams,
+    DeviceChoice, EditSource, EngineEvent, GenerateParams, ImageData, Job, JobOutput, LabelledImage,
+    Precision, PromptToPromptParams,
 };
 fn base(prompt: &str, scheduler: &str) -> GenerateParams {
     GenerateParams {
@@ -40,7 +41,7 @@ fn p2p(source: &str, target: &str, scheduler: &str) -> PromptToPromptParams {
         reweight: Vec::new(),
         attention_maps: false,
         local_blend: Vec::new(),
-        inversion: None,
+        source: EditSource::Generated,
     }
 }
 fn image(output: JobOutput) -> ImageData {
@@ -183,7 +184,7 @@ fn an_inverted_image_is_edited_from_its_inversion_and_the_same_prompt_gives_its_
     };
     let edit = |target: &str| PromptToPromptParams {
         base: GenerateParams { negative_prompt: String::new(), ..base(prompt, "ddim") },
-        inversion: Some(inversion.clone()),
+        source: EditSource::Inversion(inversion.clone()),
         ..p2p(prompt, target, "ddim")
     };
     let same = images(run(&engine, Job::PromptToPrompt(edit(prompt))).expect("edits"));
@@ -200,6 +201,38 @@ fn an_inverted_image_is_edited_from_its_inversion_and_the_same_prompt_gives_its_
     );
     assert_eq!(swapped[1].image.rgba, same[1].image.rgba, "the source branch does not depend on the target");
     assert_ne!(swapped[0].image.rgba, same[0].image.rgba, "the swap changed nothing");
+    // the same edit from the image itself: the engine kept the Invert job's inversion, so it
+    // runs only the edit's steps, and gives what the inversion gave
+    let from_image = |target: &str| PromptToPromptParams {
+        source: EditSource::Image { image: ImageData::from_rgba_image(&photo), null_text: true },
+        ..edit(target)
+    };
+    let (output, progress) =
+        run_with_progress(&engine, Job::PromptToPrompt(from_image("a green circle on a blue background")));
+    assert_eq!(progress.last(), Some(&(6, 6)), "the cached inversion ran again: {progress:?}");
+    let from_image_swapped = images(output);
+    assert_eq!(from_image_swapped[0].image.rgba, swapped[0].image.rgba);
+    // a fresh engine inverts first: the inversion's and null-text steps, then the edit's
+    let fresh = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let (output, progress) =
+        run_with_progress(&fresh, Job::PromptToPrompt(from_image("a green circle on a blue background")));
+    assert_eq!(progress.first(), Some(&(1, 18)));
+    assert_eq!(progress.last(), Some(&(18, 18)));
+    assert_eq!(images(output)[0].image.rgba, swapped[0].image.rgba);
+}
+
+/// Runs a job and keeps its progress as (step, of).
+fn run_with_progress(engine: &EngineHandle, job: Job) -> (JobOutput, Vec<(usize, usize)>) {
+    let id = engine.submit(job);
+    let mut progress = Vec::new();
+    loop {
+        match engine.events().recv_timeout(std::time::Duration::from_secs(300)).expect("engine answers") {
+            EngineEvent::Progress { job, step, of, .. } if job == id => progress.push((step, of)),
+            EngineEvent::Done { job, output } if job == id => return (output, progress),
+            EngineEvent::Failed { job, message } if job == id => panic!("{message}"),
+            _ => {}
+        }
+    }
 }
 
 #[test]

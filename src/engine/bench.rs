@@ -180,7 +180,7 @@ pub fn edit_runs(
         reweight: Vec::new(),
         attention_maps: false,
         local_blend: Vec::new(),
-        inversion: None,
+        source: Default::default(),
     };
     let time = |work: &dyn Fn() -> anyhow::Result<()>| time_runs(device, runs, work);
     let plain = time(&|| {

@@ -51,6 +51,8 @@ pub struct StableDiffusion {
     /// The last prompt-to-prompt source branch, by what it depends on: re-edits replay it.
     p2p_source:
         std::cell::RefCell<Option<(String, std::rc::Rc<crate::engine::attention_control::SourceRecord>)>>,
+    /// Recent inversions of real images: a second edit of the same image skips them.
+    inversions: std::cell::RefCell<crate::engine::methods::inversion::InversionCache>,
     /// `scheduler_config.json` as text (each scheduler reads it with its defaults).
     scheduler_config: Option<String>,
     /// Where the scheduler config came from, for messages.
@@ -314,6 +316,7 @@ impl StableDiffusion {
             taesd: None,
             embeddings: Default::default(),
             p2p_source: Default::default(),
+            inversions: Default::default(),
             scheduler_config: parts.scheduler_config,
             scheduler_config_source: parts.scheduler_config_source,
             vae_scale_factor,
@@ -371,6 +374,13 @@ impl StableDiffusion {
     /// Drops the recorded prompt-to-prompt source (the next edit runs both branches).
     pub fn forget_recorded_source(&self) {
         *self.p2p_source.borrow_mut() = None;
+    }
+
+    /// The model's inversion cache.
+    pub fn inversion_cache(
+        &self,
+    ) -> std::cell::RefMut<'_, crate::engine::methods::inversion::InversionCache> {
+        self.inversions.borrow_mut()
     }
 
     /// How many prompt embeddings are cached.

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 use crate::engine::image_tensor::image_from_tensor;
 use crate::engine::methods::img2img::{check_size, start_index};
 use crate::engine::methods::inpaint::{composite, prepare_mask};
-use crate::engine::methods::inversion::ddim_invert;
+use crate::engine::methods::inversion::cached_ddim_invert;
 use crate::engine::pipeline::StableDiffusion;
 use crate::engine::sampler::{Conditioning, Hooks};
 use crate::engine::schedulers::{Scheduler, SchedulerChoice, SchedulerKind};
@@ -74,10 +74,14 @@ pub fn run(
         )));
     }
     // 1. DDIM inversion with the source prompt; its start is the image's latents
-    let trajectory =
-        ddim_invert(model, &params.image, &params.source_prompt, base.steps, base.clip_skip, |_, _, _| {
-            ctx.checkpoint()
-        })?;
+    let trajectory = cached_ddim_invert(
+        model,
+        &params.image,
+        &params.source_prompt,
+        base.steps,
+        base.clip_skip,
+        |_, _, _| ctx.checkpoint(),
+    )?;
     let latents = &trajectory[0];
     // 2. the mask: given, or estimated
     let latent_mask = match &params.mask {

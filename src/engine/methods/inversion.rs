@@ -4,6 +4,8 @@
 //! Regenerating from the last one with DDIM gives the image back; how closely (PSNR) says how
 //! faithful edits starting from the inversion will be.
 
+use std::rc::Rc;
+
 use tch::Tensor;
 
 use crate::engine::image_tensor::tensor_from_image;
@@ -111,8 +113,139 @@ pub fn psnr(a: &ImageData, b: &ImageData) -> f64 {
     10.0 * (255.0 * 255.0 / (total / count as f64)).log10()
 }
 
-/// Runs inversion + reconstruction as an engine job (progress: inversion steps, then
-/// regeneration steps).
+/// How many inversions (trajectories and null-text lists, each an entry) a loaded model keeps.
+const INVERSION_CACHE_SIZE: usize = 8;
+
+/// What an inversion depends on: the image (by a digest of its pixels), the prompt, the steps,
+/// the clip skip, and for null-text inversion the negative prompt, guidance and inner steps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InversionKey {
+    image: u64,
+    prompt: String,
+    steps: usize,
+    clip_skip: usize,
+    null_text: Option<(String, u64, usize)>,
+}
+
+impl InversionKey {
+    fn new(image: &ImageData, prompt: &str, steps: usize, clip_skip: usize) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (image.width, image.height, &image.rgba).hash(&mut hasher);
+        Self { image: hasher.finish(), prompt: prompt.to_string(), steps, clip_skip, null_text: None }
+    }
+}
+
+/// The engine's recent inversions per loaded model, most recently used last: a second edit of
+/// the same image skips DDIM inversion and null-text optimisation.
+#[derive(Default)]
+pub struct InversionCache {
+    entries: std::collections::VecDeque<(InversionKey, Rc<Vec<Tensor>>)>,
+}
+
+impl InversionCache {
+    fn get(&mut self, key: &InversionKey) -> Option<Rc<Vec<Tensor>>> {
+        let index = self.entries.iter().position(|(kept, _)| kept == key)?;
+        let entry = self.entries.remove(index)?;
+        let value = entry.1.clone();
+        self.entries.push_back(entry);
+        Some(value)
+    }
+
+    fn insert(&mut self, key: InversionKey, value: Rc<Vec<Tensor>>) {
+        self.entries.retain(|(kept, _)| *kept != key);
+        if self.entries.len() >= INVERSION_CACHE_SIZE {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((key, value));
+    }
+
+    /// How many entries are kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A real image inverted for editing: its DDIM trajectory z₀ … z_T and, for null-text
+/// inversion, the unconditional embedding per step.
+pub struct InvertedImage {
+    pub trajectory: Rc<Vec<Tensor>>,
+    pub null_text: Option<Rc<Vec<Tensor>>>,
+}
+
+/// [`ddim_invert`], from the model's cache when the same image was inverted under the same
+/// prompt, steps and clip skip before (then `on_step` is not called).
+pub fn cached_ddim_invert(
+    model: &StableDiffusion,
+    image: &ImageData,
+    prompt: &str,
+    steps: usize,
+    clip_skip: usize,
+    on_step: impl FnMut(usize, usize, &Tensor) -> Result<(), JobError>,
+) -> Result<Rc<Vec<Tensor>>, JobError> {
+    let key = InversionKey::new(image, prompt, steps, clip_skip);
+    let cached = model.inversion_cache().get(&key);
+    if let Some(trajectory) = cached {
+        return Ok(trajectory);
+    }
+    let trajectory = Rc::new(ddim_invert(model, image, prompt, steps, clip_skip, on_step)?);
+    model.inversion_cache().insert(key, trajectory.clone());
+    Ok(trajectory)
+}
+
+/// Inverts `image` under `base.prompt` over `base.steps` (and optimises null-text embeddings
+/// for `base.guidance_scale` and `base.negative_prompt` when `null_text`), taking each part from
+/// the model's cache when it was computed before. `on_step(step, of)` counts the steps run
+/// (`of` = steps, or 2 × steps with null-text); cached parts run none.
+pub fn invert_image(
+    model: &StableDiffusion,
+    image: &ImageData,
+    base: &GenerateParams,
+    null_text: bool,
+    mut on_step: impl FnMut(usize, usize, &Tensor) -> Result<(), JobError>,
+) -> Result<InvertedImage, JobError> {
+    let of = if null_text { 2 * base.steps } else { base.steps };
+    let trajectory =
+        cached_ddim_invert(model, image, &base.prompt, base.steps, base.clip_skip, |step, _, latents| {
+            on_step(step, of, latents)
+        })?;
+    if !null_text {
+        return Ok(InvertedImage { trajectory, null_text: None });
+    }
+    let settings = NullTextSettings::default();
+    let key = InversionKey::new(image, &base.prompt, base.steps, base.clip_skip);
+    let key = InversionKey {
+        null_text: Some((base.negative_prompt.clone(), base.guidance_scale.to_bits(), settings.inner_steps)),
+        ..key
+    };
+    let cached = model.inversion_cache().get(&key);
+    let embeddings = match cached {
+        Some(embeddings) => embeddings,
+        None => {
+            let (text, negative) = model.prompt_pair(&base.prompt, &base.negative_prompt, base.clip_skip)?;
+            let (embeddings, _) = null_text::optimize(
+                model,
+                &trajectory,
+                &text,
+                &negative,
+                base.guidance_scale,
+                settings,
+                |step, _, latents| on_step(base.steps + step, of, latents),
+            )?;
+            let embeddings = Rc::new(embeddings);
+            model.inversion_cache().insert(key, embeddings.clone());
+            embeddings
+        }
+    };
+    Ok(InvertedImage { trajectory, null_text: Some(embeddings) })
+}
+
+/// Runs inversion + reconstruction as an engine job (progress: inversion steps, null-text
+/// steps, then regeneration steps; parts the model has cached are skipped).
 pub fn run(
     model: &StableDiffusion,
     params: &InvertParams,
@@ -121,38 +254,22 @@ pub fn run(
     let base = &params.base;
     let phases = if params.null_text { 3 } else { 2 };
     let of = phases * base.steps;
-    // 1. DDIM inversion without guidance: the pivot trajectory
-    let trajectory =
-        ddim_invert(model, &params.image, &base.prompt, base.steps, base.clip_skip, |step, _, latents| {
-            ctx.progress(step, of, model.preview(latents, PREVIEW_SIDE).ok());
-            ctx.checkpoint()
-        })?;
-    let last = trajectory.last().ok_or_else(|| JobError::Failed("the inversion ran no step".into()))?;
-    // 2. null-text optimisation along it, for the guidance scale asked
-    let null_text = if params.null_text {
-        let (text, negative) = model.prompt_pair(&base.prompt, &base.negative_prompt, base.clip_skip)?;
-        let (embeddings, _) = null_text::optimize(
-            model,
-            &trajectory,
-            &text,
-            &negative,
-            base.guidance_scale,
-            NullTextSettings::default(),
-            |step, _, latents| {
-                ctx.progress(base.steps + step, of, model.preview(latents, PREVIEW_SIDE).ok());
-                ctx.checkpoint()
-            },
-        )?;
-        Some(embeddings)
-    } else {
-        None
-    };
-    // 3. regeneration with the prompt and guidance
-    let done = (phases - 1) * base.steps;
-    let reconstruction = regenerate(model, last, base, null_text.as_deref(), |step, _, latents| {
-        ctx.progress(done + step, of, model.preview(latents, PREVIEW_SIDE).ok());
+    // 1. DDIM inversion without guidance (the pivot trajectory), 2. null-text optimisation along
+    //    it for the guidance asked
+    let inverted = invert_image(model, &params.image, base, params.null_text, |step, _, latents| {
+        ctx.progress(step, of, model.preview(latents, PREVIEW_SIDE).ok());
         ctx.checkpoint()
     })?;
+    let trajectory = &inverted.trajectory;
+    let null_text = inverted.null_text.as_deref();
+    let last = trajectory.last().ok_or_else(|| JobError::Failed("the inversion ran no step".into()))?;
+    // 3. regeneration with the prompt and guidance
+    let done = (phases - 1) * base.steps;
+    let reconstruction =
+        regenerate(model, last, base, null_text.map(|list| list.as_slice()), |step, _, latents| {
+            ctx.progress(done + step, of, model.preview(latents, PREVIEW_SIDE).ok());
+            ctx.checkpoint()
+        })?;
     let round_trip = model.decode_to_image(&trajectory[0])?;
     let size = last.size();
     let [_, channels, height, width] = size[..] else {

@@ -8,11 +8,12 @@ use tch::{Kind, Tensor};
 
 use crate::engine::attention_control::{AttentionStore, PromptToPrompt, SourceRecord};
 use crate::engine::image_tensor::image_from_tensor;
+use crate::engine::methods::inversion::invert_image;
 use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
 use crate::engine::sampler::{self, Conditioning, Hooks};
 use crate::engine::schedulers::{CpuGeneratorNoise, SharedNoise};
 use crate::engine::{JobContext, JobError};
-use crate::protocol::{ImageData, LabelledImage, PromptToPromptParams};
+use crate::protocol::{EditSource, ImageData, LabelledImage, PromptToPromptParams};
 use crate::text::alignment::{self, WordTokens};
 use crate::text::tokenizer::{CHUNK_LENGTH, CHUNK_TOKENS};
 
@@ -116,14 +117,15 @@ pub fn run_with(
     //    inversion's steps, with its null-text embeddings when it has them)
     let channels = model.unet.config.out_channels;
     let latent_size = [1, channels, height / factor, width / factor];
-    let (mut scheduler, latents, null_text) = match &params.inversion {
-        None => {
+    let mut offset = 0;
+    let (mut scheduler, latents, null_text) = match &params.source {
+        EditSource::Generated => {
             let mut scheduler = model.scheduler(&base.scheduler)?;
             scheduler.set_timesteps(base.steps)?;
             let latents = model.seeded_latents(base.seed, height, width, scheduler.init_noise_sigma())?;
             (scheduler, latents, None)
         }
-        Some(inversion) => {
+        EditSource::Inversion(inversion) => {
             let [c, h, w] = inversion.latent_shape;
             if [1, c as i64, h as i64, w as i64] != latent_size {
                 return Err(JobError::Failed(format!(
@@ -145,8 +147,7 @@ pub fn run_with(
                         .map(|values| {
                             Ok(Tensor::f_from_slice(values)?
                                 .f_view([1, -1, hidden])?
-                                .f_to_device(model.device)?
-                                .f_repeat([prompts, 1, 1])?)
+                                .f_to_device(model.device)?)
                         })
                         .collect::<Result<Vec<_>, JobError>>()?,
                 ),
@@ -154,6 +155,34 @@ pub fn run_with(
             };
             (scheduler, latents, null_text)
         }
+        EditSource::Image { image, null_text } => {
+            if (image.width, image.height) != (base.width, base.height) {
+                return Err(JobError::Failed(format!(
+                    "the image is {}×{} but the edit is {}×{}; edit at the image's size",
+                    image.width, image.height, base.width, base.height
+                )));
+            }
+            // the inversion's steps count towards the job's progress (none when cached)
+            let inversion_steps = if *null_text { 2 * base.steps } else { base.steps };
+            let inverted = invert_image(model, image, base, *null_text, |step, _, latents| {
+                offset = step;
+                on_step(step, inversion_steps + base.steps, model.preview(latents, PREVIEW_SIDE).ok())
+            })?;
+            let mut scheduler = model.scheduler("ddim")?;
+            scheduler.set_timesteps(base.steps)?;
+            let last = inverted
+                .trajectory
+                .last()
+                .ok_or_else(|| JobError::Failed("the inversion is empty".into()))?
+                .shallow_clone();
+            let null_text =
+                inverted.null_text.map(|list| list.iter().map(Tensor::shallow_clone).collect::<Vec<_>>());
+            (scheduler, last, null_text)
+        }
+    };
+    let null_text = match null_text {
+        Some(list) => Some(list.iter().map(|t| t.f_repeat([prompts, 1, 1])).collect::<Result<Vec<_>, _>>()?),
+        None => None,
     };
     let latents = latents.f_repeat([prompts, 1, 1, 1])?;
     // 4. the loop with the control in every attention layer
@@ -204,7 +233,7 @@ pub fn run_with(
                 source_latents.push(latents.f_narrow(0, 0, 1)?.f_detach()?);
             }
             let target = latents.f_narrow(0, prompts - 1, 1)?;
-            on_step(step, of, model.preview(&target, PREVIEW_SIDE).ok())
+            on_step(offset + step, offset + of, model.preview(&target, PREVIEW_SIDE).ok())
         },
     )?;
     // 5. decode; keep a new source's record for the next edit
@@ -297,13 +326,23 @@ fn local_blend(
 fn source_key(params: &PromptToPromptParams, resolution: (i64, i64)) -> String {
     use std::hash::{Hash, Hasher};
     let base = &params.base;
-    let inversion = params.inversion.as_ref().map(|inversion| {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        for latents in inversion.trajectory.last().into_iter().chain(inversion.null_text.iter().flatten()) {
-            latents.iter().for_each(|v| v.to_bits().hash(&mut hasher));
+    let inversion = match &params.source {
+        EditSource::Generated => None,
+        EditSource::Inversion(inversion) => {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            for latents in inversion.trajectory.last().into_iter().chain(inversion.null_text.iter().flatten())
+            {
+                latents.iter().for_each(|v| v.to_bits().hash(&mut hasher));
+            }
+            Some(hasher.finish())
         }
-        hasher.finish()
-    });
+        // the inversion follows from the image and the other fields here
+        EditSource::Image { image, null_text } => {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (image.width, image.height, &image.rgba, null_text).hash(&mut hasher);
+            Some(hasher.finish())
+        }
+    };
     format!(
         "{:?}",
         (
