@@ -14,9 +14,10 @@ use diffusion_studio::document;
 use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
-    DeviceChoice, DiffEditParams, EditSource, EngineEvent, GenerateParams, ImageData, Img2ImgParams,
-    InpaintParams, InstructPix2PixParams, InvertParams, Job, JobOutput, MagicMixParams, MaskOptions,
-    ModelFamily, ModelOptions, PaintWithWordsParams, Precision, Prediction, PromptToPromptParams,
+    DEFAULT_NULL_TEXT_STEPS, DeviceChoice, DiffEditParams, EditSource, EngineEvent, GenerateParams,
+    ImageData, Img2ImgParams, InpaintParams, InstructPix2PixParams, InvertParams, Job, JobOutput,
+    MagicMixParams, MaskOptions, ModelFamily, ModelOptions, PaintWithWordsParams, Precision, Prediction,
+    PromptToPromptParams,
 };
 
 #[derive(Parser, Debug)]
@@ -196,6 +197,9 @@ enum Command {
         /// step so that regeneration at --guidance reconstructs the image.
         #[arg(long)]
         null_text: bool,
+        /// Null-text inversion's Adam steps per sampling step (the paper: up to 10).
+        #[arg(long, default_value_t = DEFAULT_NULL_TEXT_STEPS)]
+        null_text_steps: usize,
     },
     /// Edit a generated image word by word: `--method p2p` (prompt-to-prompt) denoises the source
     /// and target prompts side by side, the target taking the source's cross-attention.
@@ -242,6 +246,9 @@ struct EditArgs {
     /// from a faithful reconstruction at --guidance.
     #[arg(long)]
     null_text: bool,
+    /// p2p with --image --null-text: Adam steps per sampling step (the paper: up to 10).
+    #[arg(long, default_value_t = DEFAULT_NULL_TEXT_STEPS)]
+    null_text_steps: usize,
     /// p2p: edit an inverted real image (from `invert`, with this model; its prompt is the
     /// source prompt, its steps and DDIM are used).
     #[arg(long)]
@@ -408,9 +415,9 @@ fn main() -> ExitCode {
             let options = MaskOptions { dilate, feather, invert };
             inpaint(cli.device, base, (&image, &mask), strength, options, !no_composite, &out)
         }),
-        Some(Command::Invert { model, sampling, image, out, reconstruction, null_text }) => {
+        Some(Command::Invert { model, sampling, image, out, reconstruction, null_text, null_text_steps }) => {
             base_params(model, sampling, 0, 0)
-                .and_then(|base| invert(cli.device, base, &image, (&out, reconstruction.as_deref()), null_text))
+                .and_then(|base| invert(cli.device, base, &image, (&out, reconstruction.as_deref()), null_text.then_some(null_text_steps)))
         }
         Some(Command::Edit(args)) => edit(cli.device, args),
         Some(Command::Bench(BenchCommand::Unet { preset, latent, passes })) => {
@@ -428,14 +435,18 @@ fn main() -> ExitCode {
         Some(Command::Bench(BenchCommand::Edit { model, size, steps, runs })) => {
             diffusion_studio::engine::bench::edit_runs(cli.device, &model, size, steps, runs).map(|t| {
                 println!(
-                    "edit {model} {size}x{size} {steps} steps: plain {:.4} s, p2p {:.4} s, ratio {:.2}, re-edit {:.4} s, re-ratio {:.2}, null-text {:.4} s, null-ratio {:.2}",
+                    "edit {model} {size}x{size} {steps} steps: plain {:.4} s, p2p {:.4} s, ratio {:.2}, re-edit {:.4} s, re-ratio {:.2}, null-text {:.4} s, null-ratio {:.2}, null-text-10 {:.4} s, null10-ratio {:.2}, inverted-re-edit {:.4} s, inverted-ratio {:.2}",
                     t.plain,
                     t.first,
                     t.first / t.plain,
                     t.again,
                     t.again / t.plain,
                     t.null_text,
-                    t.null_text / t.plain
+                    t.null_text / t.plain,
+                    t.null_text_paper,
+                    t.null_text_paper / t.plain,
+                    t.inverted_again,
+                    t.inverted_again / t.plain
                 );
             })
         }
@@ -673,12 +684,12 @@ fn invert(
     mut base: GenerateParams,
     image_path: &std::path::Path,
     (out, reconstruction): (&std::path::Path, Option<&std::path::Path>),
-    null_text: bool,
+    null_text: Option<usize>,
 ) -> anyhow::Result<()> {
     let image = start_image_job(device, &mut base, image_path)?;
     let (steps, guidance) = (base.steps, base.guidance_scale);
     let job = Job::Invert(InvertParams { base, image: ImageData::from_rgba_image(&image), null_text });
-    let phases = if null_text { 3 } else { 2 };
+    let phases = if null_text.is_some() { 3 } else { 2 };
     let JobOutput::Inversion(inversion) = run_job_output(device, job, phases * steps, "invert")? else {
         bail!("the engine returned an image, not an inversion");
     };
@@ -694,7 +705,7 @@ fn invert(
         "reconstruction PSNR: {:.2} dB against the image, {:.2} dB against the VAE's round trip ({steps} DDIM steps, guidance {guidance}{})",
         inversion.psnr,
         inversion.psnr_vae,
-        if null_text { ", null-text" } else { "" }
+        null_text.map(|n| format!(", null-text ({n} Adam steps per step)")).unwrap_or_default()
     );
     Ok(())
 }
@@ -751,6 +762,7 @@ fn edit(device: DeviceChoice, args: EditArgs) -> anyhow::Result<()> {
         image,
         inversion,
         null_text,
+        null_text_steps,
         image_guidance,
         kmin,
         kmax,
@@ -784,7 +796,10 @@ fn edit(device: DeviceChoice, args: EditArgs) -> anyhow::Result<()> {
                 (None, Some(path)) => {
                     let image = start_image_job(device, &mut base, path)?;
                     base.scheduler = "ddim".into();
-                    EditSource::Image { image: ImageData::from_rgba_image(&image), null_text }
+                    EditSource::Image {
+                        image: ImageData::from_rgba_image(&image),
+                        null_text: null_text.then_some(null_text_steps),
+                    }
                 }
                 (None, None) if null_text => bail!("--null-text inverts --image; give the image to edit"),
                 (None, None) => EditSource::Generated,

@@ -316,9 +316,9 @@ pub enum EditSource {
     /// z_T and sample with DDIM over its steps, with its null-text embeddings if it has them.
     Inversion(Box<Inversion>),
     /// A real image, inverted under the source prompt over `base.steps` first (with null-text
-    /// optimisation for `base.guidance_scale` if asked); the engine keeps the inversion, so
+    /// optimisation for `base.guidance_scale` with `null_text` Adam steps per step if given); the engine keeps the inversion, so
     /// later edits of the same image skip it.
-    Image { image: ImageData, null_text: bool },
+    Image { image: ImageData, null_text: Option<usize> },
 }
 
 /// An image a job produced, with what it is ("source", "target", "attention: red", …).
@@ -328,6 +328,12 @@ pub struct LabelledImage {
     pub image: ImageData,
 }
 
+/// Null-text inversion's Adam steps per sampling step unless asked otherwise. The paper uses up
+/// to 10 (with an early stop that a real model often reaches sooner); 6 keeps a null-text
+/// inversion within 10 plain generations' time (BENCHMARKS.md) and still reconstructs far better
+/// than DDIM inversion alone under guidance (tests/editing.rs).
+pub const DEFAULT_NULL_TEXT_STEPS: usize = 6;
+
 /// DDIM inversion of `image` under `base.prompt` over `base.steps` steps (no guidance, as
 /// Song et al. invert); the reconstruction then uses `base.guidance_scale` and
 /// `base.negative_prompt`, so its PSNR shows what an edit at that guidance starts from.
@@ -335,9 +341,10 @@ pub struct LabelledImage {
 pub struct InvertParams {
     pub base: GenerateParams,
     pub image: ImageData,
-    /// Also optimise a null-text embedding per step (Mokady et al. 2022) so that regeneration
-    /// at `base.guidance_scale` reconstructs the image.
-    pub null_text: bool,
+    /// Null-text inversion (Mokady et al. 2022) with this many Adam steps per sampling step
+    /// ([`DEFAULT_NULL_TEXT_STEPS`]): optimise an unconditional embedding per step so that
+    /// regeneration at `base.guidance_scale` reconstructs the image. None: DDIM inversion only.
+    pub null_text: Option<usize>,
 }
 
 /// What an inversion produced: plain data, saved and loaded by `document::inversion`.

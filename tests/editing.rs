@@ -224,7 +224,7 @@ fn ddim_inversion_follows_diffusers_and_its_file_round_trips() {
     let params = InvertParams {
         base: GenerateParams { guidance_scale: 1.0, scheduler: "ddim".into(), seed: 0, ..base(&record) },
         image: png("edit_image.png"),
-        null_text: false,
+        null_text: None,
     };
     let id = engine.submit(Job::Invert(params));
     let result = loop {
@@ -284,8 +284,8 @@ fn null_text_optimisation_brings_guided_regeneration_back_to_the_inversion() {
         assert_eq!(embeddings.len(), 8);
         f64::try_from(latents.mse_loss(&trajectory[0], tch::Reduction::Mean)).expect("a number")
     };
-    // no optimisation is plain guided regeneration from z_T
-    let (plain, optimised) = (distance(0), distance(20));
+    // no optimisation is plain guided regeneration from z_T; the default inner steps are tested
+    let (plain, optimised) = (distance(0), distance(null_text::NullTextSettings::default().inner_steps));
     eprintln!("null-text: z₀ error {optimised:.4} vs plain {plain:.4}");
     assert!(optimised < 0.8 * plain, "null-text: z₀ error {optimised:.4} vs plain {plain:.4}");
 }
@@ -311,7 +311,7 @@ fn inversions_are_cached_per_image_prompt_steps_and_guidance() {
         precision: diffusion_studio::protocol::Precision::F32,
     };
     // the steps each call runs, as (step, of)
-    let invert = |image: &ImageData, base: &GenerateParams, null_text: bool| {
+    let invert = |image: &ImageData, base: &GenerateParams, null_text: Option<usize>| {
         let mut ran = Vec::new();
         let inverted = inversion::invert_image(&model, image, base, null_text, |step, of, _| {
             ran.push((step, of));
@@ -320,37 +320,37 @@ fn inversions_are_cached_per_image_prompt_steps_and_guidance() {
         .expect("inverts");
         (inverted, ran)
     };
-    let (first, ran) = invert(&photo, &base, false);
+    let (first, ran) = invert(&photo, &base, None);
     assert_eq!(ran, vec![(1, 4), (2, 4), (3, 4), (4, 4)]);
-    let (again, ran) = invert(&photo, &base, false);
+    let (again, ran) = invert(&photo, &base, None);
     assert!(ran.is_empty(), "a second inversion of the same image ran {ran:?}");
     assert!(std::rc::Rc::ptr_eq(&first.trajectory, &again.trajectory));
     // null-text reuses the trajectory and runs only its own steps, once
-    let (with_null, ran) = invert(&photo, &base, true);
+    let (with_null, ran) = invert(&photo, &base, Some(6));
     assert_eq!(ran, vec![(5, 8), (6, 8), (7, 8), (8, 8)]);
     assert!(std::rc::Rc::ptr_eq(&first.trajectory, &with_null.trajectory));
-    let (null_again, ran) = invert(&photo, &base, true);
+    let (null_again, ran) = invert(&photo, &base, Some(6));
     assert!(ran.is_empty(), "a second null-text inversion ran {ran:?}");
     let (a, b) = (with_null.null_text.expect("null-text"), null_again.null_text.expect("null-text"));
     assert!(std::rc::Rc::ptr_eq(&a, &b));
     // anything the inversion depends on makes a new one
     let other_guidance = GenerateParams { guidance_scale: 5.0, ..base.clone() };
-    assert_eq!(invert(&photo, &other_guidance, true).1.len(), 4, "another guidance");
+    assert_eq!(invert(&photo, &other_guidance, Some(6)).1.len(), 4, "another guidance");
     let other_prompt = GenerateParams { prompt: "a red circle".into(), ..base.clone() };
-    assert_eq!(invert(&photo, &other_prompt, false).1.len(), 4, "another prompt");
+    assert_eq!(invert(&photo, &other_prompt, None).1.len(), 4, "another prompt");
     let other_steps = GenerateParams { steps: 3, ..base.clone() };
-    assert_eq!(invert(&photo, &other_steps, false).1.len(), 3, "other steps");
+    assert_eq!(invert(&photo, &other_steps, None).1.len(), 3, "other steps");
     let mut pixels = photo.rgba.to_vec();
     pixels[0] ^= 1;
     let changed = ImageData::new(photo.width, photo.height, pixels).expect("an image");
-    assert_eq!(invert(&changed, &base, false).1.len(), 4, "another image");
+    assert_eq!(invert(&changed, &base, None).1.len(), 4, "another image");
     // the cache is bounded: the oldest entries go
     for seed_prompt in 0..10 {
         let prompt = GenerateParams { prompt: format!("shape {seed_prompt}"), steps: 1, ..base.clone() };
-        invert(&photo, &prompt, false);
+        invert(&photo, &prompt, None);
     }
     assert_eq!(model.inversion_cache().len(), 8);
-    assert_eq!(invert(&photo, &base, false).1.len(), 4, "evicted");
+    assert_eq!(invert(&photo, &base, None).1.len(), 4, "evicted");
 }
 
 #[test]

@@ -176,7 +176,7 @@ fn an_inverted_image_is_edited_from_its_inversion_and_the_same_prompt_gives_its_
     let invert = InvertParams {
         base: GenerateParams { negative_prompt: String::new(), ..base(prompt, "ddim") },
         image: ImageData::from_rgba_image(&photo),
-        null_text: true,
+        null_text: Some(6),
     };
     let inversion = match run(&engine, Job::Invert(invert)).expect("inverts") {
         JobOutput::Inversion(inversion) => inversion,
@@ -204,7 +204,7 @@ fn an_inverted_image_is_edited_from_its_inversion_and_the_same_prompt_gives_its_
     // the same edit from the image itself: the engine kept the Invert job's inversion, so it
     // runs only the edit's steps, and gives what the inversion gave
     let from_image = |target: &str| PromptToPromptParams {
-        source: EditSource::Image { image: ImageData::from_rgba_image(&photo), null_text: true },
+        source: EditSource::Image { image: ImageData::from_rgba_image(&photo), null_text: Some(6) },
         ..edit(target)
     };
     let (output, progress) =

@@ -196,25 +196,53 @@ pub fn edit_runs(
         edit_once()
     })?;
     let again = time(&edit_once)?;
-    // null-text inversion of a plain generation's image (the paper's 10 Adam steps per step)
+    // null-text inversion of a plain generation's image: our default inner steps, and the
+    // paper's 10 (both with its early stop); uncached
     let image = loaded.generate_with(&base, |_, _, _| Ok(())).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let null_text = time(&|| {
-        let fail = |e: JobError| anyhow::anyhow!("{e}");
-        let trajectory = inversion::ddim_invert(&loaded, &image, &base.prompt, steps, 0, |_, _, _| Ok(()))
-            .map_err(fail)?;
-        let (text, null) = loaded.prompt_pair(&base.prompt, "", 0).map_err(fail)?;
-        let settings = null_text::NullTextSettings::default();
-        null_text::optimize(&loaded, &trajectory, &text, &null, 7.5, settings, |_, _, _| Ok(()))
+    let null_text_with = |inner_steps: usize| {
+        time(&|| {
+            let fail = |e: JobError| anyhow::anyhow!("{e}");
+            let trajectory =
+                inversion::ddim_invert(&loaded, &image, &base.prompt, steps, 0, |_, _, _| Ok(()))
+                    .map_err(fail)?;
+            let (text, null) = loaded.prompt_pair(&base.prompt, "", 0).map_err(fail)?;
+            let settings = null_text::NullTextSettings { inner_steps, ..Default::default() };
+            null_text::optimize(&loaded, &trajectory, &text, &null, 7.5, settings, |_, _, _| Ok(()))
+                .map(drop)
+                .map_err(fail)
+        })
+    };
+    let null_text = null_text_with(crate::protocol::DEFAULT_NULL_TEXT_STEPS)?;
+    let null_text_paper = null_text_with(10)?;
+    // a real image's re-edit: its null-text inversion and source branch kept by the first edit
+    let real = PromptToPromptParams {
+        source: crate::protocol::EditSource::Image {
+            image,
+            null_text: Some(crate::protocol::DEFAULT_NULL_TEXT_STEPS),
+        },
+        ..edit.clone()
+    };
+    prompt_to_prompt::run_with(&loaded, &real, |_, _, _| Ok(())).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let targets = ["a yellow circle on a blue background", "a green circle on a blue background"];
+    let next = std::cell::Cell::new(0);
+    let inverted_again = time(&|| {
+        let target = targets[next.get() % targets.len()];
+        next.set(next.get() + 1);
+        let params = PromptToPromptParams { target_prompt: target.into(), ..real.clone() };
+        prompt_to_prompt::run_with(&loaded, &params, |_, _, _| Ok(()))
             .map(drop)
-            .map_err(fail)
+            .map_err(|e| anyhow::anyhow!("{e}"))
     })?;
-    Ok(EditTimes { plain, first, again, null_text })
+    Ok(EditTimes { plain, first, again, null_text, null_text_paper, inverted_again })
 }
 
-/// Seconds per plain generation, first prompt-to-prompt edit, re-edit, and null-text inversion.
+/// Seconds per plain generation, first prompt-to-prompt edit, re-edit, null-text inversion (our
+/// default inner steps and the paper's 10), and re-edit of a null-text-inverted real image.
 pub struct EditTimes {
     pub plain: f64,
     pub first: f64,
     pub again: f64,
     pub null_text: f64,
+    pub null_text_paper: f64,
+    pub inverted_again: f64,
 }

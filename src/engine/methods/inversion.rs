@@ -198,25 +198,26 @@ pub fn cached_ddim_invert(
 }
 
 /// Inverts `image` under `base.prompt` over `base.steps` (and optimises null-text embeddings
-/// for `base.guidance_scale` and `base.negative_prompt` when `null_text`), taking each part from
+/// for `base.guidance_scale` and `base.negative_prompt` with `null_text` Adam steps per step
+/// when given), taking each part from
 /// the model's cache when it was computed before. `on_step(step, of)` counts the steps run
 /// (`of` = steps, or 2 × steps with null-text); cached parts run none.
 pub fn invert_image(
     model: &StableDiffusion,
     image: &ImageData,
     base: &GenerateParams,
-    null_text: bool,
+    null_text: Option<usize>,
     mut on_step: impl FnMut(usize, usize, &Tensor) -> Result<(), JobError>,
 ) -> Result<InvertedImage, JobError> {
-    let of = if null_text { 2 * base.steps } else { base.steps };
+    let of = if null_text.is_some() { 2 * base.steps } else { base.steps };
     let trajectory =
         cached_ddim_invert(model, image, &base.prompt, base.steps, base.clip_skip, |step, _, latents| {
             on_step(step, of, latents)
         })?;
-    if !null_text {
+    let Some(inner_steps) = null_text else {
         return Ok(InvertedImage { trajectory, null_text: None });
-    }
-    let settings = NullTextSettings::default();
+    };
+    let settings = NullTextSettings { inner_steps, ..Default::default() };
     let key = InversionKey::new(image, &base.prompt, base.steps, base.clip_skip);
     let key = InversionKey {
         null_text: Some((base.negative_prompt.clone(), base.guidance_scale.to_bits(), settings.inner_steps)),
@@ -252,7 +253,7 @@ pub fn run(
     ctx: &mut JobContext<'_>,
 ) -> Result<Inversion, JobError> {
     let base = &params.base;
-    let phases = if params.null_text { 3 } else { 2 };
+    let phases = if params.null_text.is_some() { 3 } else { 2 };
     let of = phases * base.steps;
     // 1. DDIM inversion without guidance (the pivot trajectory), 2. null-text optimisation along
     //    it for the guidance asked

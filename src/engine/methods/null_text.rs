@@ -11,8 +11,9 @@ use crate::engine::JobError;
 use crate::engine::pipeline::StableDiffusion;
 use crate::engine::schedulers::{CpuGeneratorNoise, SchedulerChoice, SchedulerKind};
 
-/// Settings of the optimisation (the paper's: 10 Adam steps per timestep, learning rate
-/// 0.01 × (1 − i/100), stop early when the loss is below 1e-5 + 2e-5 × i).
+/// Settings of the optimisation (the paper's: up to 10 Adam steps per timestep, learning rate
+/// 0.01 × (1 − i/100), stop early when the loss is below 1e-5 + 2e-5 × i; by default we take
+/// [`DEFAULT_NULL_TEXT_STEPS`](crate::protocol::DEFAULT_NULL_TEXT_STEPS)).
 #[derive(Debug, Clone, Copy)]
 pub struct NullTextSettings {
     pub inner_steps: usize,
@@ -21,7 +22,7 @@ pub struct NullTextSettings {
 
 impl Default for NullTextSettings {
     fn default() -> Self {
-        Self { inner_steps: 10, learning_rate: 1e-2 }
+        Self { inner_steps: crate::protocol::DEFAULT_NULL_TEXT_STEPS, learning_rate: 1e-2 }
     }
 }
 

@@ -163,7 +163,7 @@ pub fn run_with(
                 )));
             }
             // the inversion's steps count towards the job's progress (none when cached)
-            let inversion_steps = if *null_text { 2 * base.steps } else { base.steps };
+            let inversion_steps = if null_text.is_some() { 2 * base.steps } else { base.steps };
             let inverted = invert_image(model, image, base, *null_text, |step, _, latents| {
                 offset = step;
                 on_step(step, inversion_steps + base.steps, model.preview(latents, PREVIEW_SIDE).ok())
