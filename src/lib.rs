@@ -4,8 +4,10 @@
 
 pub mod audio;
 pub mod catalog;
+pub mod datasets;
 pub mod document;
 pub mod engine;
+pub mod eval;
 pub mod protocol;
 pub mod text;
 pub mod ui;

@@ -12,6 +12,7 @@ pub mod models;
 pub mod pipeline;
 pub mod sampler;
 pub mod schedulers;
+pub mod training;
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};

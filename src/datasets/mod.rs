@@ -1,0 +1,3 @@
+//! Procedural datasets for the bundled models: pure data, seeded and deterministic, no files.
+
+pub mod shapes;

@@ -1,0 +1,5 @@
+//! Training the bundled models with the model core's own modules: optimiser and weight
+//! averaging, what each diffusion step draws and weighs, and the trainers.
+
+pub mod noise;
+pub mod optim;

@@ -1,0 +1,4 @@
+//! Evaluation of the bundled models: analytic detectors (no learning) and the metrics built on
+//! them.
+
+pub mod detect;
