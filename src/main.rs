@@ -333,7 +333,7 @@ enum BenchCommand {
     /// Forward passes of a randomly initialised UNet built from a config preset (speed does not
     /// depend on weight values), batch 2 as under classifier-free guidance; prints seconds per pass.
     Unet {
-        /// sd_v1_5 or sd_v2_1.
+        /// sd_v1_5, sd_v2_1, or a UNet `config.json` (to size a new model).
         #[arg(long, default_value = "sd_v1_5")]
         preset: String,
         /// Latent height and width (64 for 512×512 images).

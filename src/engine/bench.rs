@@ -33,7 +33,11 @@ pub fn unet_passes(choice: DeviceChoice, preset: &str, latent: i64, passes: usiz
     let config = match preset {
         "sd_v1_5" => UNet2DConditionConfig::sd_v1_5(),
         "sd_v2_1" => UNet2DConditionConfig::sd_v2_1(),
-        other => anyhow::bail!("unknown preset {other}: use sd_v1_5 or sd_v2_1"),
+        path if std::path::Path::new(path).is_file() => {
+            let text = std::fs::read_to_string(path)?;
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{path}: not a UNet config.json: {e}"))?
+        }
+        other => anyhow::bail!("unknown preset {other}: use sd_v1_5, sd_v2_1 or a UNet config.json"),
     };
     let context_dim = config.cross_attention_dim;
     let unet = UNet2DConditionModel::new(config, device);
