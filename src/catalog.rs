@@ -70,6 +70,15 @@ pub fn sample_image() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// Where the bundled shapes model lives: `assets/models/shapes` beside the working folder, or in
+/// the source tree the binary was built from (that path even when it is missing, so errors name
+/// where it was expected).
+pub fn bundled_shapes_model() -> PathBuf {
+    let relative = Path::new("assets/models/shapes");
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    if relative.join("model_index.json").is_file() { relative.to_path_buf() } else { built_from }
+}
+
 /// Every model in every search folder.
 pub fn find_models() -> Vec<FoundModel> {
     let mut all: Vec<FoundModel> = Vec::new();

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use diffusion_studio::catalog;
 use diffusion_studio::document;
 use diffusion_studio::engine::schedulers::SchedulerChoice;
+use diffusion_studio::engine::training::trainer::{Run, Stage, TrainOptions, TrainProgress};
 use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
     DEFAULT_NULL_TEXT_STEPS, DeviceChoice, DiffEditParams, EditSource, EngineEvent, GenerateParams,
@@ -204,6 +205,37 @@ enum Command {
     /// Edit a generated image word by word: `--method p2p` (prompt-to-prompt) denoises the source
     /// and target prompts side by side, the target taking the source's cross-attention.
     Edit(EditArgs),
+    /// Train the bundled shapes model (VAE, preview decoder, text encoder + UNet) in a run
+    /// folder that checkpoints and resumes, and write it as a diffusers folder.
+    Train(TrainArgs),
+    /// Measure the bundled shapes model (or a model trained like it) on held-out captions and
+    /// images: attribute accuracy, prompt-to-prompt, DiffEdit, inpainting, DDIM inversion.
+    Eval {
+        /// The model folder (default: the bundled shapes model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Held-out captions to generate for attribute accuracy.
+        #[arg(long, default_value_t = 200)]
+        captions: usize,
+        /// Cases of each editing metric.
+        #[arg(long, default_value_t = 50)]
+        edits: usize,
+        /// Held-out images to DDIM-invert (at 10, 25 and 50 steps).
+        #[arg(long, default_value_t = 20)]
+        inversions: usize,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 5.0)]
+        guidance: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write contact sheets of what was generated here.
+        #[arg(long)]
+        samples: Option<PathBuf>,
+        /// Write the report (JSON) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Time engine parts for `make bench` (see bench/run.sh).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -224,6 +256,25 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// `train`'s options.
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    /// The run folder: options, checkpoints, logs (run the same command again to resume).
+    #[arg(long)]
+    run: PathBuf,
+    /// Stop after this stage (stages: vae, taesd, unet).
+    #[arg(long, value_enum, default_value_t = Stage::Unet)]
+    until: Stage,
+    /// When every stage has finished, write the diffusers folder here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Checkpoint and stop after this many minutes (run the same command again to go on).
+    #[arg(long)]
+    time_limit: Option<f64>,
+    #[command(flatten)]
+    options: TrainOptions,
 }
 
 /// `edit`'s options (each method reads its own; see `--help`).
@@ -420,6 +471,21 @@ fn main() -> ExitCode {
                 .and_then(|base| invert(cli.device, base, &image, (&out, reconstruction.as_deref()), null_text.then_some(null_text_steps)))
         }
         Some(Command::Edit(args)) => edit(cli.device, args),
+        Some(Command::Train(args)) => train(cli.device, args),
+        Some(Command::Eval { model, captions, edits, inversions, steps, guidance, seed, samples, out }) => {
+            let options = diffusion_studio::eval::shapes_metrics::EvalOptions {
+                model: model.unwrap_or_else(catalog::bundled_shapes_model),
+                device: cli.device,
+                captions,
+                edits,
+                inversions,
+                steps,
+                guidance,
+                seed,
+                samples,
+            };
+            eval(&options, out.as_deref())
+        }
         Some(Command::Bench(BenchCommand::Unet { preset, latent, passes })) => {
             diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes).map(|seconds| {
                 println!("unet {preset} latent {latent}x{latent} batch 2: {seconds:.4} s per pass ({passes} passes after 1 warm-up)");
@@ -970,6 +1036,94 @@ fn run_job(device: DeviceChoice, job: Job, steps: usize, label: &str) -> anyhow:
             .and_then(|first| first.image.to_rgba_image())
             .context("the engine returned no image"),
     }
+}
+
+fn eval(
+    options: &diffusion_studio::eval::shapes_metrics::EvalOptions,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let report = diffusion_studio::eval::shapes_metrics::evaluate(options, &mut |line| eprintln!("{line}"))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    if let Some(out) = out {
+        std::fs::write(out, format!("{json}\n"))
+            .with_context(|| format!("could not write {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// A training run's progress on stderr: a bar per stage with the mean loss of the last 100 steps.
+struct TrainBar {
+    bar: indicatif::ProgressBar,
+    /// Checkpoint and stop once this instant has passed (`--time-limit`).
+    deadline: Option<std::time::Instant>,
+}
+
+impl TrainProgress for TrainBar {
+    fn stage(&mut self, stage: Stage, steps: usize, start: usize) {
+        self.bar.finish();
+        self.bar = indicatif::ProgressBar::new(steps as u64).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:>5} [{bar:30}] {pos}/{len} loss {msg} {elapsed} (eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        self.bar.set_prefix(stage.name());
+        self.bar.set_position(start as u64);
+        self.bar.reset_eta();
+        if start > 0 {
+            self.bar.suspend(|| eprintln!("{}: resuming from the checkpoint at step {start}", stage.name()));
+        }
+    }
+
+    fn step(&mut self, step: usize, loss: f64) {
+        self.bar.set_position(step as u64);
+        self.bar.set_message(format!("{loss:.4}"));
+        // no terminal (a log file): a line every 250 steps instead of the bar
+        if self.bar.is_hidden() && step.is_multiple_of(250) {
+            eprintln!(
+                "{} step {step}/{} loss {loss:.4} after {:.0} s",
+                self.bar.prefix(),
+                self.bar.length().unwrap_or(0),
+                self.bar.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline)
+    }
+
+    fn message(&mut self, text: &str) {
+        self.bar.suspend(|| eprintln!("{text}"));
+    }
+}
+
+fn train(device: DeviceChoice, args: TrainArgs) -> anyhow::Result<()> {
+    let device = device::select(device).map_err(anyhow::Error::msg)?;
+    let run = Run::open(&args.run, args.options, device)?;
+    let deadline =
+        args.time_limit.map(|minutes| std::time::Instant::now() + Duration::from_secs_f64(minutes * 60.0));
+    let mut progress = TrainBar { bar: indicatif::ProgressBar::hidden(), deadline };
+    run.train(args.until, &mut progress)?;
+    progress.bar.finish();
+    for stage in Stage::ALL {
+        if let Some(report) = run.report(stage)? {
+            eprintln!(
+                "{}: {} steps in {:.0} s, final loss {:.4} {}",
+                stage.name(),
+                report.steps,
+                report.seconds,
+                report.final_loss,
+                report.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    if let Some(out) = args.out {
+        run.export(&out)?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
 }
 
 /// Runs one job on a fresh engine with a progress bar on stderr; returns its output.

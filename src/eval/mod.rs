@@ -2,3 +2,4 @@
 //! them.
 
 pub mod detect;
+pub mod shapes_metrics;

@@ -204,6 +204,11 @@ impl ClipTextModel {
     /// takes the output n layers earlier (through the final layer norm, as diffusers does).
     pub fn forward(&self, input_ids: &Tensor, clip_skip: usize) -> Result<Tensor, tch::TchError> {
         let _no_grad = tch::no_grad_guard();
+        self.forward_train(input_ids, clip_skip)
+    }
+
+    /// [`Self::forward`] with gradients flowing to the weights (training).
+    pub fn forward_train(&self, input_ids: &Tensor, clip_skip: usize) -> Result<Tensor, tch::TchError> {
         let tokens = input_ids.size().last().copied().unwrap_or(0);
         let positions = Tensor::f_arange(tokens, (Kind::Int64, input_ids.device()))?.f_unsqueeze(0)?;
         // 1. token + position embeddings

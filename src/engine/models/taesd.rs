@@ -179,16 +179,31 @@ impl AutoencoderTiny {
         Ok(model)
     }
 
+    /// The weights, for training and saving.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
     /// image: (batch, 3, h, w) in [-1, 1] → latents (batch, 4, h/8, w/8) on SD's scaled latent
     /// scale (what the UNet sees).
     pub fn encode(&self, image: &Tensor) -> Result<Tensor, tch::TchError> {
         let _no_grad = tch::no_grad_guard();
+        self.encode_train(image)
+    }
+
+    /// [`Self::encode`] with gradients flowing to the weights (distillation).
+    pub fn encode_train(&self, image: &Tensor) -> Result<Tensor, tch::TchError> {
         run(&self.encoder, image.f_add_scalar(1.0)?.f_div_scalar(2.0)?)
     }
 
     /// latents on the UNet's scale → image in [-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, tch::TchError> {
         let _no_grad = tch::no_grad_guard();
+        self.decode_train(latents)
+    }
+
+    /// [`Self::decode`] with gradients flowing to the weights (distillation).
+    pub fn decode_train(&self, latents: &Tensor) -> Result<Tensor, tch::TchError> {
         let soft_clamped = latents.f_div_scalar(3.0)?.f_tanh()?.f_mul_scalar(3.0)?;
         run(&self.decoder, soft_clamped)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)
     }

@@ -290,7 +290,23 @@ impl UNet2DConditionModel {
         control: Option<&dyn AttentionControl>,
     ) -> Result<Tensor, tch::TchError> {
         let _no_grad = tch::no_grad_guard();
-        self.forward_inner(sample, timestep, context, control)
+        let timesteps = Tensor::f_full([sample.size()[0]], timestep, (Kind::Float, sample.device()))?;
+        self.forward_inner(sample, &timesteps, context, control)
+    }
+
+    /// Lets the weights learn (a model is built frozen, for inference).
+    pub fn make_trainable(&mut self) {
+        self.vs.unfreeze();
+    }
+
+    /// Training's forward: gradients flow to the weights; `timesteps` (batch,) one per sample.
+    pub fn forward_train(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor, tch::TchError> {
+        self.forward_inner(sample, timesteps, context, None)
     }
 
     /// [`Self::forward`] with gradients flowing to `sample` and `context` (the weights are frozen):
@@ -301,24 +317,24 @@ impl UNet2DConditionModel {
         timestep: f64,
         context: &Tensor,
     ) -> Result<Tensor, tch::TchError> {
-        self.forward_inner(sample, timestep, context, None)
+        let timesteps = Tensor::f_full([sample.size()[0]], timestep, (Kind::Float, sample.device()))?;
+        self.forward_inner(sample, &timesteps, context, None)
     }
 
     fn forward_inner(
         &self,
         sample: &Tensor,
-        timestep: f64,
+        timesteps: &Tensor,
         context: &Tensor,
         control: Option<&dyn AttentionControl>,
     ) -> Result<Tensor, tch::TchError> {
         let kind = self.vs.kind();
-        let (batch, _, height, width) = sample.size4()?;
+        let (_, _, height, width) = sample.size4()?;
         let sample = sample.f_to_kind(kind)?;
         let context = context.f_to_kind(kind)?;
         // 1. time embedding
-        let timesteps = Tensor::f_full([batch], timestep, (Kind::Float, sample.device()))?;
         let features = super::embeddings::timestep_features(
-            &timesteps,
+            timesteps,
             self.config.block_out_channels[0],
             self.config.flip_sin_to_cos,
             self.config.freq_shift,

@@ -295,6 +295,11 @@ impl AutoencoderKl {
     /// image: (batch, 3, h, w) in [-1, 1] → the latent distribution (unscaled).
     pub fn encode(&self, image: &Tensor) -> Result<LatentDistribution, tch::TchError> {
         let _no_grad = tch::no_grad_guard();
+        self.encode_train(image)
+    }
+
+    /// [`Self::encode`] with gradients flowing to the weights (training).
+    pub fn encode_train(&self, image: &Tensor) -> Result<LatentDistribution, tch::TchError> {
         let mut moments = self.encoder.forward(&image.f_to_kind(self.kind())?)?;
         if let Some(conv) = &self.quant_conv {
             moments = conv.forward(&moments);
@@ -310,6 +315,11 @@ impl AutoencoderKl {
     /// latents: (batch, latent_channels, h/8, w/8), unscaled → image (batch, 3, h, w) in ≈[-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, tch::TchError> {
         let _no_grad = tch::no_grad_guard();
+        self.decode_train(latents)
+    }
+
+    /// [`Self::decode`] with gradients flowing to the weights (training).
+    pub fn decode_train(&self, latents: &Tensor) -> Result<Tensor, tch::TchError> {
         let mut z = latents.f_to_kind(self.kind())?;
         if let Some(conv) = &self.post_quant_conv {
             z = conv.forward(&z);

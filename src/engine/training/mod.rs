@@ -1,5 +1,8 @@
 //! Training the bundled models with the model core's own modules: optimiser and weight
 //! averaging, what each diffusion step draws and weighs, and the trainers.
 
+pub mod data;
 pub mod noise;
 pub mod optim;
+pub mod shapes_model;
+pub mod trainer;

@@ -1,0 +1,765 @@
+//! `diffusion-studio train`: the bundled shapes model trained in stages in one run folder —
+//! the VAE, then its TAESD-style preview decoder (distilled from it), then the text encoder and
+//! UNet together on cached latents — and exported as a diffusers folder.
+//!
+//! Every stage checkpoints its weights, optimiser moments and EMA every N steps (atomically), and
+//! a stage's step draws everything from (seed, stage, step) alone, so a run that is interrupted
+//! and started again with the same command continues exactly where the last checkpoint was and
+//! ends with the same weights as an uninterrupted run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn};
+
+use super::data::{self, Bucket, LatentSet};
+use super::noise::{NoiseDistribution, Target, TrainingSchedule};
+use super::optim::{AdamW, AdamWConfig, Ema};
+use super::shapes_model::{self, named_variables, write_json, write_tensors};
+use crate::datasets::shapes::{IMAGE_SIZE, Split};
+use crate::engine::models::clip::ClipTextModel;
+use crate::engine::models::taesd::AutoencoderTiny;
+use crate::engine::models::unet_2d_condition::UNet2DConditionModel;
+use crate::engine::models::vae::AutoencoderKl;
+use crate::text::tokenizer::ClipTokenizer;
+
+/// Every option of a run (saved in the run folder; a resumed run must be given the same).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct TrainOptions {
+    /// Seed of the data, the initial weights and every step's draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// VAE optimisation steps.
+    #[arg(long, default_value_t = 3000)]
+    pub vae_steps: usize,
+    /// VAE batch (random crops).
+    #[arg(long, default_value_t = 16)]
+    pub vae_batch: i64,
+    /// Side of the VAE's random training crops (the VAE is convolutional).
+    #[arg(long, default_value_t = 64)]
+    pub vae_crop: i64,
+    /// Weight of the KL term against the L1 reconstruction (both per element).
+    #[arg(long, default_value_t = 1e-5)]
+    pub vae_kl: f64,
+    /// Preview-decoder (TAESD) distillation steps.
+    #[arg(long, default_value_t = 1500)]
+    pub taesd_steps: usize,
+    /// Text encoder + UNet steps.
+    #[arg(long, default_value_t = 20000)]
+    pub unet_steps: usize,
+    /// Text encoder + UNet batch.
+    #[arg(long, default_value_t = 64)]
+    pub unet_batch: i64,
+    /// Peak learning rate (VAE, TAESD, UNet and text encoder), after a linear warm-up, then
+    /// cosine decay to a tenth.
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    /// Warm-up steps of every stage.
+    #[arg(long, default_value_t = 200)]
+    pub warmup: usize,
+    /// Training images rendered for the VAE stage.
+    #[arg(long, default_value_t = 4000)]
+    pub vae_images: usize,
+    /// Training images rendered and encoded for the UNet stage, split evenly over the buckets.
+    #[arg(long, default_value_t = 40000)]
+    pub images: usize,
+    /// Aspect-ratio buckets, WIDTHxHEIGHT, comma-separated (one: no bucketing).
+    #[arg(long, default_value = "128x128,96x160,160x96")]
+    pub buckets: String,
+    /// What the UNet predicts.
+    #[arg(long, value_enum, default_value_t = Target::Epsilon)]
+    pub target: Target,
+    /// Min-SNR-γ loss weighting (Hang et al. 2023); 0 turns it off.
+    #[arg(long, default_value_t = 5.0)]
+    pub min_snr: f64,
+    /// How noise levels are drawn.
+    #[arg(long, value_enum, default_value_t = NoiseDistribution::Uniform)]
+    pub noise: NoiseDistribution,
+    /// Share of captions replaced by the empty prompt (what classifier-free guidance needs).
+    #[arg(long, default_value_t = 0.1)]
+    pub caption_dropout: f64,
+    /// EMA decay of the shipped UNet and text encoder weights; 0 ships the raw weights.
+    #[arg(long, default_value_t = 0.999)]
+    pub ema: f64,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 500)]
+    #[serde(skip)]
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            options: TrainOptions,
+        }
+        Wrapper::parse_from(["train"]).options
+    }
+}
+
+/// The stages of a run, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    Vae,
+    Taesd,
+    Unet,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Vae, Stage::Taesd, Stage::Unet];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Vae => "vae",
+            Stage::Taesd => "taesd",
+            Stage::Unet => "unet",
+        }
+    }
+}
+
+/// What a finished stage reports (`STAGE/done.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageReport {
+    pub stage: Stage,
+    pub steps: usize,
+    /// Wall-clock seconds of the steps (a resumed stage adds its runs).
+    pub seconds: f64,
+    /// The mean loss of the last 100 steps.
+    pub final_loss: f64,
+    /// Stage-specific numbers (the VAE's scaling factor and reconstruction PSNR, …).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// How a run reports progress.
+pub trait TrainProgress {
+    fn stage(&mut self, stage: Stage, steps: usize, start: usize);
+    fn step(&mut self, step: usize, loss: f64);
+    fn message(&mut self, text: &str);
+    /// Asked after every step: true checkpoints the stage and ends the run with
+    /// [`Interrupted`] (a time limit, a test); the same command resumes it.
+    fn should_stop(&mut self) -> bool {
+        false
+    }
+}
+
+/// A run stopped on request after checkpointing; running it again resumes.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "training stopped at step {step} of stage {stage}, checkpoint saved; run the same command again to resume"
+)]
+pub struct Interrupted {
+    pub stage: &'static str,
+    pub step: usize,
+}
+
+/// No reporting (tests).
+pub struct Quiet;
+
+impl TrainProgress for Quiet {
+    fn stage(&mut self, _: Stage, _: usize, _: usize) {}
+    fn step(&mut self, _: usize, _: f64) {}
+    fn message(&mut self, _: &str) {}
+}
+
+/// A run folder and what it was started with.
+pub struct Run {
+    pub folder: PathBuf,
+    pub options: TrainOptions,
+    pub device: Device,
+    pub threads: usize,
+}
+
+impl Run {
+    /// Opens (or starts) `folder` with `options`; a folder started with other options is refused
+    /// by name, so a resumed run never silently mixes settings.
+    pub fn open(folder: &Path, options: TrainOptions, device: Device) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("could not create run folder {}", folder.display()))?;
+        let path = folder.join("options.json");
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("could not read {}", path.display()))?;
+            let saved: TrainOptions = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a training options file", path.display()))?;
+            let (a, b) = (serde_json::to_value(&saved)?, serde_json::to_value(&options)?);
+            if a != b {
+                let differing: Vec<String> = a
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(key, value)| b.get(key.as_str()) != Some(value))
+                    .map(|(key, value)| format!("{key} (started with {value}, now {})", b[key.as_str()]))
+                    .collect();
+                anyhow::bail!(
+                    "run folder {} was started with other options: {}; resume with the same options or use a new --run folder",
+                    folder.display(),
+                    differing.join(", ")
+                );
+            }
+        } else {
+            write_json(&path, &serde_json::to_value(&options)?)?;
+        }
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Ok(Self { folder: folder.into(), options, device, threads })
+    }
+
+    fn stage_folder(&self, stage: Stage) -> anyhow::Result<PathBuf> {
+        let folder = self.folder.join(stage.name());
+        std::fs::create_dir_all(&folder)?;
+        Ok(folder)
+    }
+
+    /// The report of a finished stage, if it finished.
+    pub fn report(&self, stage: Stage) -> anyhow::Result<Option<StageReport>> {
+        let path = self.folder.join(stage.name()).join("done.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)?;
+        Ok(Some(serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))?))
+    }
+
+    fn require(&self, stage: Stage) -> anyhow::Result<StageReport> {
+        self.report(stage)?.with_context(|| {
+            format!("stage {} of run {} has not finished; run it first", stage.name(), self.folder.display())
+        })
+    }
+
+    /// The tokenizer folder of the run (written on first use).
+    pub fn tokenizer(&self) -> anyhow::Result<(PathBuf, ClipTokenizer)> {
+        let folder = self.folder.join("tokenizer");
+        if !folder.join("vocab.json").is_file() {
+            shapes_model::vocabulary().write(&folder)?;
+        }
+        let tokenizer = ClipTokenizer::from_folder(&folder)?;
+        Ok((folder, tokenizer))
+    }
+
+    /// Runs every stage not yet finished (up to and including `until`), resuming from checkpoints.
+    pub fn train(&self, until: Stage, progress: &mut dyn TrainProgress) -> anyhow::Result<()> {
+        for stage in Stage::ALL {
+            if stage > until {
+                break;
+            }
+            if self.report(stage)?.is_some() {
+                progress.message(&format!("stage {} already finished", stage.name()));
+                continue;
+            }
+            let report = match stage {
+                Stage::Vae => self.train_vae(progress)?,
+                Stage::Taesd => self.train_taesd(progress)?,
+                Stage::Unet => self.train_unet(progress)?,
+            };
+            write_json(&self.folder.join(stage.name()).join("done.json"), &serde_json::to_value(&report)?)?;
+        }
+        Ok(())
+    }
+
+    fn lr(&self, step: usize, total: usize) -> f64 {
+        let warmup = self.options.warmup.min(total / 2).max(1);
+        if step < warmup {
+            return self.options.lr * (step + 1) as f64 / warmup as f64;
+        }
+        let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.options.lr * (0.1 + 0.9 * cosine)
+    }
+
+    /// The random source of `stage`'s step `step`: a ChaCha8 stream, and torch's generator
+    /// seeded from the same triple.
+    fn step_rng(&self, stage: Stage, step: usize) -> ChaCha8Rng {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.options.seed);
+        rng.set_stream(((stage as u64) << 40) | step as u64);
+        tch::manual_seed(rng.random::<i64>() & 0x7fff_ffff_ffff);
+        rng
+    }
+
+    fn vae_model(&self) -> anyhow::Result<AutoencoderKl> {
+        let config = shapes_model::parse(&shapes_model::vae_config(1.0))?;
+        tch::manual_seed(self.options.seed as i64);
+        Ok(AutoencoderKl::new(config, self.device))
+    }
+
+    /// The finished VAE (frozen) and its scaling factor.
+    fn trained_vae(&self) -> anyhow::Result<(AutoencoderKl, f64)> {
+        let report = self.require(Stage::Vae)?;
+        let vae = self.vae_model()?;
+        load_final(vae.var_store(), &self.folder.join("vae"))?;
+        let mut vs_frozen = vae;
+        freeze(&mut vs_frozen);
+        let scaling =
+            report.metrics.get("scaling_factor").copied().context("the VAE report has no scaling factor")?;
+        Ok((vs_frozen, scaling))
+    }
+
+    fn train_vae(&self, progress: &mut dyn TrainProgress) -> anyhow::Result<StageReport> {
+        let options = &self.options;
+        let stage = Stage::Vae;
+        let folder = self.stage_folder(stage)?;
+        let vae = self.vae_model()?;
+        progress.message(&format!("rendering {} training images for the VAE", options.vae_images));
+        let square = Bucket { width: IMAGE_SIZE, height: IMAGE_SIZE };
+        let set = data::render_set(options.seed, 0, square, Split::Train, options.vae_images, self.threads);
+        let mut parts = vec![Part::new("vae", vae.var_store(), 0.0)?];
+        let mut losses = LossWindow::default();
+        let crop = options.vae_crop.clamp(8, i64::from(IMAGE_SIZE));
+        let report = self.run_steps(
+            stage,
+            &folder,
+            options.vae_steps,
+            &mut parts,
+            progress,
+            &mut losses,
+            &mut |step| {
+                let mut rng = self.step_rng(stage, step);
+                let mut crops = Vec::new();
+                for _ in 0..options.vae_batch {
+                    let index = rng.random_range(0..set.captions.len()) as i64;
+                    let (x, y) = (
+                        rng.random_range(0..=(i64::from(IMAGE_SIZE) - crop) / 8) * 8,
+                        rng.random_range(0..=(i64::from(IMAGE_SIZE) - crop) / 8) * 8,
+                    );
+                    crops.push(set.images.get(index).narrow(1, y, crop).narrow(2, x, crop));
+                }
+                let images = data::to_unit(&Tensor::stack(&crops, 0), self.device)?;
+                let posterior = vae.encode_train(&images)?;
+                let z = posterior.sample(&posterior.mean.f_randn_like()?)?;
+                let reconstruction = vae.decode_train(&z)?;
+                let l1 = reconstruction.f_sub(&images)?.f_abs()?.f_mean(Kind::Float)?;
+                let variance = posterior.std.f_square()?;
+                let kl = posterior
+                    .mean
+                    .f_square()?
+                    .f_add(&variance)?
+                    .f_sub_scalar(1.0)?
+                    .f_sub(&variance.f_clamp_min(1e-20)?.f_log()?)?
+                    .f_mean(Kind::Float)?
+                    .f_mul_scalar(0.5)?;
+                Ok(l1.f_add(&kl.f_mul_scalar(options.vae_kl)?)?)
+            },
+        )?;
+        // the scaling factor (1 / std of the latents, as SD's 0.18215 was found) and the
+        // reconstruction PSNR on held-out images
+        let eval =
+            data::render_set(options.seed, 0, square, Split::Eval, options.vae_images.min(128), self.threads);
+        let images = data::to_unit(&eval.images, self.device)?;
+        let (latents, reconstruction) = {
+            let _guard = tch::no_grad_guard();
+            let mean = vae.encode(&images)?.mean;
+            let reconstruction = vae.decode(&mean)?.clamp(-1.0, 1.0);
+            (mean, reconstruction)
+        };
+        let std = f64::try_from(latents.std(true))?;
+        let mse = f64::try_from(reconstruction.f_sub(&images)?.f_square()?.f_mean(Kind::Float)?)? / 4.0;
+        let mut report = report;
+        report.metrics.insert("scaling_factor".into(), 1.0 / std);
+        report.metrics.insert("reconstruction_psnr_db".into(), -10.0 * mse.log10());
+        write_final(&folder, vae.var_store(), None)?;
+        Ok(report)
+    }
+
+    fn train_taesd(&self, progress: &mut dyn TrainProgress) -> anyhow::Result<StageReport> {
+        let options = &self.options;
+        let stage = Stage::Taesd;
+        let folder = self.stage_folder(stage)?;
+        let (vae, scaling) = self.trained_vae()?;
+        tch::manual_seed(options.seed as i64 + 1);
+        let taesd = AutoencoderTiny::new(shapes_model::parse(&shapes_model::taesd_config())?, self.device);
+        let square = Bucket { width: IMAGE_SIZE, height: IMAGE_SIZE };
+        progress
+            .message(&format!("rendering {} training images for the preview decoder", options.vae_images));
+        let set = data::render_set(options.seed, 0, square, Split::Train, options.vae_images, self.threads);
+        let mut parts = vec![Part::new("taesd", taesd.var_store(), 0.0)?];
+        let mut losses = LossWindow::default();
+        let crop = options.vae_crop.clamp(8, i64::from(IMAGE_SIZE));
+        let report = self.run_steps(
+            stage,
+            &folder,
+            options.taesd_steps,
+            &mut parts,
+            progress,
+            &mut losses,
+            &mut |step| {
+                let mut rng = self.step_rng(stage, step);
+                let mut crops = Vec::new();
+                for _ in 0..options.vae_batch {
+                    let index = rng.random_range(0..set.captions.len()) as i64;
+                    let (x, y) = (
+                        rng.random_range(0..=(i64::from(IMAGE_SIZE) - crop) / 8) * 8,
+                        rng.random_range(0..=(i64::from(IMAGE_SIZE) - crop) / 8) * 8,
+                    );
+                    crops.push(set.images.get(index).narrow(1, y, crop).narrow(2, x, crop));
+                }
+                let images = data::to_unit(&Tensor::stack(&crops, 0), self.device)?;
+                let latents = {
+                    let posterior = vae.encode(&images)?;
+                    posterior.sample(&posterior.mean.f_randn_like()?)?.f_mul_scalar(scaling)?
+                };
+                let encoded = taesd.encode_train(&images)?;
+                let encoder_loss = encoded.f_sub(&latents)?.f_square()?.f_mean(Kind::Float)?;
+                let decoded = taesd.decode_train(&latents)?;
+                let decoder_loss = decoded.f_sub(&images)?.f_abs()?.f_mean(Kind::Float)?;
+                Ok(encoder_loss.f_add(&decoder_loss)?)
+            },
+        )?;
+        write_final(&folder, taesd.var_store(), None)?;
+        Ok(report)
+    }
+
+    fn train_unet(&self, progress: &mut dyn TrainProgress) -> anyhow::Result<StageReport> {
+        let options = &self.options;
+        let stage = Stage::Unet;
+        let folder = self.stage_folder(stage)?;
+        let (_, tokenizer) = self.tokenizer()?;
+        let sets = self.latent_cache(&tokenizer, progress)?;
+        let empty = data::token_ids(&tokenizer, &[String::new()])?;
+        let (vocab, bos, eos) = (tokenizer.vocab_size(), tokenizer.bos_id, tokenizer.eos_id);
+        let (_, text_config, unet_config, _) = shapes_model::configs(vocab, bos, eos)?;
+        tch::manual_seed(options.seed as i64 + 2);
+        let text_encoder = ClipTextModel::new(text_config, self.device);
+        let mut unet = UNet2DConditionModel::new(unet_config, self.device);
+        unet.make_trainable();
+        let scaling =
+            self.require(Stage::Vae)?.metrics.get("scaling_factor").copied().context("no scaling factor")?;
+        let schedule = TrainingSchedule::default();
+        let ema = options.ema;
+        let mut parts = vec![
+            Part::new("text_encoder", text_encoder.var_store(), ema)?,
+            Part::new("unet", unet.var_store(), ema)?,
+        ];
+        let sizes: Vec<i64> = sets.iter().map(LatentSet::len).collect();
+        let total: i64 = sizes.iter().sum();
+        let mut losses = LossWindow::default();
+        let min_snr = (options.min_snr > 0.0).then_some(options.min_snr);
+        let report = self.run_steps(
+            stage,
+            &folder,
+            options.unet_steps,
+            &mut parts,
+            progress,
+            &mut losses,
+            &mut |step| {
+                let mut rng = self.step_rng(stage, step);
+                // a bucket in proportion to its size, then a batch from it
+                let mut pick = rng.random_range(0..total);
+                let mut bucket = 0;
+                while pick >= sizes[bucket] {
+                    pick -= sizes[bucket];
+                    bucket += 1;
+                }
+                let set = &sets[bucket];
+                let indices: Vec<i64> =
+                    (0..options.unet_batch).map(|_| rng.random_range(0..set.len())).collect();
+                let dropped: Vec<bool> = (0..options.unet_batch)
+                    .map(|_| rng.random_bool(options.caption_dropout.clamp(0.0, 1.0)))
+                    .collect();
+                let timesteps = schedule.draw(options.noise, options.unet_batch as usize, &mut rng);
+                let index = Tensor::from_slice(&indices);
+                let mean = set.mean.f_index_select(0, &index)?.f_to_device(self.device)?;
+                let std = set.std.f_index_select(0, &index)?.f_to_device(self.device)?;
+                let x0 = mean.f_add(&std.f_mul(&mean.f_randn_like()?)?)?.f_mul_scalar(scaling)?;
+                let ids = set.ids.f_index_select(0, &index)?;
+                for (row, drop) in dropped.iter().enumerate() {
+                    if *drop {
+                        ids.get(row as i64).copy_(&empty.get(0));
+                    }
+                }
+                let context = text_encoder.forward_train(&ids.f_to_device(self.device)?, 0)?;
+                let noise = x0.f_randn_like()?;
+                let (noisy, target, weights) =
+                    schedule.noisy_and_target(&x0, &noise, &timesteps, options.target, min_snr)?;
+                let t: Vec<f32> = timesteps.iter().map(|t| *t as f32).collect();
+                let t = Tensor::f_from_slice(&t)?.f_to_device(self.device)?;
+                let prediction = unet.forward_train(&noisy, &t, &context)?;
+                let per_sample = prediction.f_sub(&target)?.f_square()?.f_mean_dim(
+                    &[1i64, 2, 3][..],
+                    false,
+                    Kind::Float,
+                )?;
+                Ok(per_sample.f_mul(&weights)?.f_mean(Kind::Float)?)
+            },
+        )?;
+        write_final(&folder.join("text_encoder"), text_encoder.var_store(), parts[0].ema.as_ref())?;
+        write_final(&folder.join("unet"), unet.var_store(), parts[1].ema.as_ref())?;
+        Ok(report)
+    }
+
+    /// The latent caches of every bucket: loaded from `latents.safetensors`, or rendered,
+    /// encoded and saved.
+    fn latent_cache(
+        &self,
+        tokenizer: &ClipTokenizer,
+        progress: &mut dyn TrainProgress,
+    ) -> anyhow::Result<Vec<LatentSet>> {
+        let buckets = Bucket::parse_list(&self.options.buckets)?;
+        let path = self.folder.join("latents.safetensors");
+        if let Some(sets) = data::load_latents(&path, &buckets)? {
+            return Ok(sets);
+        }
+        let (vae, _) = self.trained_vae()?;
+        let mut sets = Vec::new();
+        for (index, bucket) in buckets.iter().enumerate() {
+            let count = self.options.images / buckets.len()
+                + usize::from(index == 0) * (self.options.images % buckets.len());
+            progress.message(&format!("rendering and encoding {count} images at {}", bucket.name()));
+            let set = data::render_set(self.options.seed, index, *bucket, Split::Train, count, self.threads);
+            let ids = data::token_ids(tokenizer, &set.captions)?;
+            sets.push(data::encode_set(&vae, &set, ids, self.device, &mut |_| {})?);
+        }
+        data::save_latents(&path, &sets)?;
+        Ok(sets)
+    }
+
+    /// The loop every stage shares: resume from the checkpoint, step, clip, update, average,
+    /// checkpoint, report.
+    #[allow(clippy::too_many_arguments)]
+    fn run_steps(
+        &self,
+        stage: Stage,
+        folder: &Path,
+        steps: usize,
+        parts: &mut [Part],
+        progress: &mut dyn TrainProgress,
+        losses: &mut LossWindow,
+        loss_of_step: &mut dyn FnMut(usize) -> anyhow::Result<Tensor>,
+    ) -> anyhow::Result<StageReport> {
+        let (start, mut seconds) = load_checkpoint(folder, parts)?.unwrap_or((0, 0.0));
+        progress.stage(stage, steps, start);
+        let mut clock = Instant::now();
+        let mut log = String::new();
+        for step in start..steps {
+            for part in parts.iter_mut() {
+                part.adam.zero_grad();
+            }
+            let loss = loss_of_step(step)?;
+            let value = f64::try_from(&loss)?;
+            anyhow::ensure!(
+                value.is_finite(),
+                "stage {}: the loss became {value} at step {step}; lower --lr and start a new run",
+                stage.name()
+            );
+            loss.backward();
+            let lr = self.lr(step, steps);
+            for part in parts.iter_mut() {
+                part.adam.clip_grad_norm(1.0)?;
+                part.adam.step(lr)?;
+                if let Some(ema) = &mut part.ema {
+                    ema.update(part.vs)?;
+                }
+            }
+            losses.push(value);
+            progress.step(step + 1, losses.mean());
+            if (step + 1) % 100 == 0 {
+                log.push_str(&format!("{},{:.6},{:.6}\n", step + 1, losses.mean(), lr));
+            }
+            let last = step + 1 == steps;
+            let stop = !last && progress.should_stop();
+            if (self.options.checkpoint_every > 0 && (step + 1) % self.options.checkpoint_every == 0)
+                || last
+                || stop
+            {
+                seconds += clock.elapsed().as_secs_f64();
+                clock = Instant::now();
+                save_checkpoint(folder, step + 1, seconds, parts)?;
+                append(&folder.join("loss.csv"), &std::mem::take(&mut log))?;
+            }
+            if stop {
+                return Err(Interrupted { stage: stage.name(), step: step + 1 }.into());
+            }
+        }
+        Ok(StageReport { stage, steps, seconds, final_loss: losses.mean(), metrics: BTreeMap::new() })
+    }
+
+    /// Writes the diffusers folder of the finished run to `out`.
+    pub fn export(&self, out: &Path) -> anyhow::Result<()> {
+        let vae_report = self.require(Stage::Vae)?;
+        self.require(Stage::Taesd)?;
+        self.require(Stage::Unet)?;
+        let scaling = vae_report.metrics.get("scaling_factor").copied().context("no scaling factor")?;
+        let (tokenizer_folder, tokenizer) = self.tokenizer()?;
+        let write = |sub: &str, config: &serde_json::Value, config_name: &str| -> anyhow::Result<PathBuf> {
+            let folder = out.join(sub);
+            std::fs::create_dir_all(&folder)?;
+            write_json(&folder.join(config_name), config)?;
+            Ok(folder)
+        };
+        std::fs::create_dir_all(out).with_context(|| format!("could not create {}", out.display()))?;
+        write_json(&out.join("model_index.json"), &shapes_model::model_index())?;
+        write("scheduler", &shapes_model::scheduler_config(self.options.target), "scheduler_config.json")?;
+        let tokenizer_out = out.join("tokenizer");
+        std::fs::create_dir_all(&tokenizer_out)?;
+        for name in ["vocab.json", "merges.txt", "tokenizer_config.json"] {
+            std::fs::copy(tokenizer_folder.join(name), tokenizer_out.join(name))?;
+        }
+        write_json(
+            &tokenizer_out.join("special_tokens_map.json"),
+            &serde_json::json!({
+                "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"
+            }),
+        )?;
+        let text =
+            shapes_model::text_encoder_config(tokenizer.vocab_size(), tokenizer.bos_id, tokenizer.eos_id);
+        let folder = write("text_encoder", &text, "config.json")?;
+        let weights = read_final(&self.folder.join("unet").join("text_encoder"))?;
+        let prefixed: Vec<(String, Tensor)> =
+            weights.into_iter().map(|(name, tensor)| (format!("text_model.{name}"), tensor)).collect();
+        write_tensors(&folder.join("model.safetensors"), &prefixed)?;
+        for (sub, config, source) in [
+            ("unet", shapes_model::unet_config(), self.folder.join("unet").join("unet")),
+            ("vae", shapes_model::vae_config(scaling), self.folder.join("vae")),
+            ("taesd", shapes_model::taesd_config(), self.folder.join("taesd")),
+        ] {
+            let folder = write(sub, &config, "config.json")?;
+            let weights: Vec<(String, Tensor)> = read_final(&source)?.into_iter().collect();
+            write_tensors(&folder.join("diffusion_pytorch_model.safetensors"), &weights)?;
+        }
+        Ok(())
+    }
+}
+
+/// One trained module of a stage: its variables, optimiser and (optional) EMA.
+struct Part<'a> {
+    name: &'static str,
+    vs: &'a nn::VarStore,
+    adam: AdamW,
+    ema: Option<Ema>,
+}
+
+impl<'a> Part<'a> {
+    fn new(name: &'static str, vs: &'a nn::VarStore, ema: f64) -> anyhow::Result<Self> {
+        let adam = AdamW::new(vs, AdamWConfig::default())?;
+        Ok(Self { name, vs, adam, ema: (ema > 0.0).then(|| Ema::new(vs, ema)) })
+    }
+}
+
+fn freeze(vae: &mut AutoencoderKl) {
+    for (_, mut variable) in vae.var_store().variables() {
+        let _ = variable.requires_grad_(false);
+    }
+}
+
+/// The mean of the last 100 losses.
+#[derive(Default)]
+struct LossWindow {
+    values: std::collections::VecDeque<f64>,
+}
+
+impl LossWindow {
+    fn push(&mut self, value: f64) {
+        if self.values.len() == 100 {
+            self.values.pop_front();
+        }
+        self.values.push_back(value);
+    }
+
+    fn mean(&self) -> f64 {
+        if self.values.is_empty() {
+            f64::NAN
+        } else {
+            self.values.iter().sum::<f64>() / self.values.len() as f64
+        }
+    }
+}
+
+fn append(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Saves every part's weights, moments and EMA, the step and the seconds spent, to
+/// `folder/checkpoint.safetensors` in one atomic write.
+fn save_checkpoint(folder: &Path, step: usize, seconds: f64, parts: &[Part]) -> anyhow::Result<()> {
+    let mut tensors = vec![
+        ("step".to_string(), Tensor::from_slice(&[step as i64])),
+        ("seconds".to_string(), Tensor::from_slice(&[seconds])),
+    ];
+    for part in parts {
+        for (name, tensor) in named_variables(part.vs) {
+            tensors.push((format!("{}.weights.{name}", part.name), tensor));
+        }
+        for (name, tensor) in part.adam.state_tensors() {
+            tensors.push((format!("{}.adam.{name}", part.name), tensor));
+        }
+        if let Some(ema) = &part.ema {
+            for (name, tensor) in &ema.shadow {
+                tensors.push((format!("{}.ema.{name}", part.name), tensor.shallow_clone()));
+            }
+            tensors.push((format!("{}.ema_updates", part.name), Tensor::from_slice(&[ema.updates])));
+        }
+    }
+    write_tensors(&folder.join("checkpoint.safetensors"), &tensors)
+}
+
+/// Restores [`save_checkpoint`]: Some((step, seconds)) when there is one.
+fn load_checkpoint(folder: &Path, parts: &mut [Part]) -> anyhow::Result<Option<(usize, f64)>> {
+    let path = folder.join("checkpoint.safetensors");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let damaged =
+        |what: String| anyhow::anyhow!("{}: {what}; delete it to restart this stage", path.display());
+    let tensors = crate::engine::loading::read_safetensors(&path)?;
+    let scalar_i64 = |key: &str| -> anyhow::Result<i64> {
+        let tensor = tensors.get(key).ok_or_else(|| damaged(format!("no {key}")))?;
+        Ok(i64::try_from(tensor)?)
+    };
+    let step = scalar_i64("step")? as usize;
+    let seconds = f64::try_from(tensors.get("seconds").ok_or_else(|| damaged("no seconds".into()))?)?;
+    let _guard = tch::no_grad_guard();
+    for part in parts.iter_mut() {
+        let prefix = |kind: &str| format!("{}.{kind}.", part.name);
+        for (name, mut variable) in part.vs.variables() {
+            let key = format!("{}{name}", prefix("weights"));
+            let saved = tensors.get(&key).ok_or_else(|| damaged(format!("no {key}")))?;
+            anyhow::ensure!(saved.size() == variable.size(), damaged(format!("{key} has another shape")));
+            variable.copy_(saved);
+        }
+        let adam_prefix = prefix("adam");
+        let adam: BTreeMap<String, Tensor> = tensors
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(&adam_prefix).map(|n| (n.to_string(), t.shallow_clone())))
+            .collect();
+        part.adam.load_state(&adam).map_err(damaged)?;
+        if let Some(ema) = &mut part.ema {
+            for (name, shadow) in ema.shadow.iter_mut() {
+                let key = format!("{}{name}", prefix("ema"));
+                let saved = tensors.get(&key).ok_or_else(|| damaged(format!("no {key}")))?;
+                shadow.copy_(saved);
+            }
+            ema.updates = scalar_i64(&format!("{}.ema_updates", part.name))?;
+        }
+    }
+    Ok(Some((step, seconds)))
+}
+
+/// Writes the weights a stage ships (`final.safetensors`): the EMA's when there is one.
+fn write_final(folder: &Path, vs: &nn::VarStore, ema: Option<&Ema>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(folder)?;
+    let tensors: Vec<(String, Tensor)> = match ema {
+        Some(ema) => ema.shadow.iter().map(|(name, t)| (name.clone(), t.shallow_clone())).collect(),
+        None => named_variables(vs),
+    };
+    write_tensors(&folder.join("final.safetensors"), &tensors)
+}
+
+fn read_final(folder: &Path) -> anyhow::Result<BTreeMap<String, Tensor>> {
+    Ok(crate::engine::loading::read_safetensors(&folder.join("final.safetensors"))?)
+}
+
+fn load_final(vs: &nn::VarStore, folder: &Path) -> anyhow::Result<()> {
+    let path = folder.join("final.safetensors");
+    let weights = crate::engine::loading::read_safetensors(&path)?;
+    crate::engine::loading::load_into(vs, weights, &path, "", &[])?;
+    Ok(())
+}

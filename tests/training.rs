@@ -1,0 +1,143 @@
+//! The shapes model's trainer: a run interrupted in the middle of stages and resumed ends with
+//! exactly the weights of an uninterrupted run; a run folder refuses other options; the
+//! exported diffusers folder loads in the engine and generates.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use diffusion_studio::engine::EngineHandle;
+use diffusion_studio::engine::loading::read_safetensors;
+use diffusion_studio::engine::training::noise::{NoiseDistribution, Target};
+use diffusion_studio::engine::training::trainer::{
+    Interrupted, Quiet, Run, Stage, TrainOptions, TrainProgress,
+};
+use diffusion_studio::protocol::{DeviceChoice, GenerateParams, Job, Precision};
+use tch::{Device, Tensor};
+
+/// A run small enough for a test, with every option off its default.
+fn tiny() -> TrainOptions {
+    TrainOptions {
+        seed: 5,
+        vae_steps: 4,
+        vae_batch: 2,
+        vae_crop: 32,
+        vae_kl: 1e-4,
+        taesd_steps: 3,
+        unet_steps: 6,
+        unet_batch: 4,
+        lr: 1e-3,
+        warmup: 2,
+        vae_images: 6,
+        images: 10,
+        buckets: "128x128,96x160".into(),
+        target: Target::V,
+        min_snr: 5.0,
+        noise: NoiseDistribution::Edm,
+        caption_dropout: 0.5,
+        ema: 0.9,
+        checkpoint_every: 2,
+    }
+}
+
+/// Stops once at each (stage, step) listed.
+struct StopAt {
+    stops: Vec<(Stage, usize)>,
+    stage: Option<Stage>,
+    step: usize,
+}
+
+impl TrainProgress for StopAt {
+    fn stage(&mut self, stage: Stage, _: usize, start: usize) {
+        self.stage = Some(stage);
+        self.step = start;
+    }
+    fn step(&mut self, step: usize, loss: f64) {
+        assert!(loss.is_finite());
+        self.step = step;
+    }
+    fn message(&mut self, _: &str) {}
+    fn should_stop(&mut self) -> bool {
+        let here = (self.stage.expect("a stage began"), self.step);
+        let hit = self.stops.iter().position(|stop| *stop == here);
+        hit.map(|i| self.stops.remove(i)).is_some()
+    }
+}
+
+fn exported_tensors(folder: &Path) -> BTreeMap<String, Tensor> {
+    let mut all = BTreeMap::new();
+    for (part, file) in [
+        ("unet", "diffusion_pytorch_model.safetensors"),
+        ("vae", "diffusion_pytorch_model.safetensors"),
+        ("taesd", "diffusion_pytorch_model.safetensors"),
+        ("text_encoder", "model.safetensors"),
+    ] {
+        for (key, tensor) in read_safetensors(&folder.join(part).join(file)).expect("exported weights") {
+            all.insert(format!("{part}/{key}"), tensor);
+        }
+    }
+    all
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model() {
+    let dir = std::env::temp_dir().join(format!("ds-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // 1. straight through
+    let straight = Run::open(&dir.join("straight"), tiny(), Device::Cpu).expect("run");
+    straight.train(Stage::Unet, &mut Quiet).expect("trains");
+    straight.export(&dir.join("straight-model")).expect("exports");
+    // 2. stopped in the VAE stage between checkpoints and in the UNet stage, then resumed
+    let resumed = Run::open(&dir.join("resumed"), tiny(), Device::Cpu).expect("run");
+    let mut stopper = StopAt { stops: vec![(Stage::Vae, 3), (Stage::Unet, 3)], stage: None, step: 0 };
+    for expected in [(Stage::Vae, 3), (Stage::Unet, 3)] {
+        let error = resumed.train(Stage::Unet, &mut stopper).expect_err("stops");
+        let interrupted = error.downcast_ref::<Interrupted>().expect("an interruption");
+        assert_eq!((interrupted.stage, interrupted.step), (expected.0.name(), expected.1));
+    }
+    assert!(resumed.report(Stage::Unet).expect("report").is_none(), "the UNet stage has not finished");
+    resumed.train(Stage::Unet, &mut stopper).expect("finishes");
+    resumed.export(&dir.join("resumed-model")).expect("exports");
+    let (a, b) =
+        (exported_tensors(&dir.join("straight-model")), exported_tensors(&dir.join("resumed-model")));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (key, tensor) in &a {
+        assert!(tensor.equal(&b[key]), "{key} differs between the straight and the resumed run");
+    }
+    // the weights moved from their initialisation and the report carries the VAE's numbers
+    let vae = straight.report(Stage::Vae).expect("report").expect("finished");
+    assert!(vae.metrics["scaling_factor"].is_finite() && vae.metrics["scaling_factor"] > 0.0);
+    assert!(vae.metrics.contains_key("reconstruction_psnr_db"));
+    let unet = straight.report(Stage::Unet).expect("report").expect("finished");
+    assert_eq!(unet.steps, 6);
+    // 3. a folder started with other options refuses to resume with these
+    let mut other = tiny();
+    other.seed = 6;
+    let error = Run::open(&dir.join("straight"), other, Device::Cpu).err().expect("refused").to_string();
+    assert!(error.contains("seed") && error.contains("started with"), "{error}");
+    // 4. the exported folder is a model for the engine, with its preview decoder
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let params = GenerateParams {
+        model: dir.join("straight-model"),
+        model_options: Default::default(),
+        prompt: "a big red circle on a blue background".into(),
+        negative_prompt: String::new(),
+        steps: 3,
+        scheduler: "ddim".into(),
+        guidance_scale: 5.0,
+        guidance_rescale: 0.0,
+        clip_skip: 0,
+        seed: 1,
+        width: 128,
+        height: 128,
+        precision: Precision::F32,
+    };
+    let image = common::run_image(&engine, Job::Generate(params)).expect("generates");
+    assert_eq!((image.width, image.height), (128, 128));
+    assert!(dir.join("straight-model/taesd/config.json").is_file());
+    let tokenizer = std::fs::read_to_string(dir.join("straight-model/tokenizer/vocab.json")).expect("vocab");
+    assert!(tokenizer.contains("\"circle</w>\""));
+    let _ = std::fs::remove_dir_all(&dir);
+}
