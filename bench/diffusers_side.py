@@ -24,13 +24,16 @@ def unet(latent: int, passes: int) -> float:
     return (time.perf_counter() - start) / passes
 
 
-def generate(model: str, steps: int, runs: int) -> float:
+def generate(model: str, steps: int, runs: int, size: int = 16, scheduler: str = "dpm++2m-karras") -> float:
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(model, safety_checker=None, local_files_only=True)
-    pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True)
+    if scheduler == "ddim":
+        pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    else:
+        pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True)
     pipe.set_progress_bar_config(disable=True)
     def once():
         pipe("a red circle on a blue background", negative_prompt="a green square", num_inference_steps=steps,
-             guidance_scale=7.5, height=16, width=16, generator=torch.Generator("cpu").manual_seed(3))
+             guidance_scale=7.5, height=size, width=size, generator=torch.Generator("cpu").manual_seed(3))
     once()
     start = time.perf_counter()
     for _ in range(runs):
@@ -42,4 +45,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "unet":
         print(f"{unet(int(sys.argv[2]), int(sys.argv[3])):.4f}")
     else:
-        print(f"{generate(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])):.4f}")
+        extra = (int(sys.argv[5]), sys.argv[6]) if len(sys.argv) > 6 else ()
+        print(f"{generate(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), *extra):.4f}")

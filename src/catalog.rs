@@ -79,6 +79,19 @@ pub fn bundled_shapes_model() -> PathBuf {
     if relative.join("model_index.json").is_file() { relative.to_path_buf() } else { built_from }
 }
 
+/// A diffusers folder's native image side: its UNet's `sample_size` times the VAE's factor
+/// (2 to the number of VAE levels less one). None for single files and unreadable configs.
+pub fn native_size(model: &Path) -> Option<u32> {
+    let read = |path: PathBuf| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    };
+    let unet = read(model.join("unet/config.json"))?;
+    let vae = read(model.join("vae/config.json"))?;
+    let sample = unet["sample_size"].as_u64()?;
+    let levels = vae["block_out_channels"].as_array()?.len().max(1) as u32;
+    u32::try_from(sample * (1u64 << (levels - 1))).ok()
+}
+
 /// Every model in every search folder.
 pub fn find_models() -> Vec<FoundModel> {
     let mut all: Vec<FoundModel> = Vec::new();

@@ -71,9 +71,10 @@ fn parse_reweight(text: &str) -> Result<(String, f64), String> {
 #[derive(clap::Args, Debug)]
 struct ModelArgs {
     /// A diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
-    /// scheduler/) or a single-file .safetensors checkpoint in the original layout.
+    /// scheduler/) or a single-file .safetensors checkpoint in the original layout. Default: the
+    /// bundled shapes model (assets/models/shapes).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Single files: sd1 or sd2, instead of what the checkpoint's keys suggest.
     #[arg(long, value_parser = ModelFamily::from_name)]
     model_type: Option<ModelFamily>,
@@ -127,10 +128,12 @@ enum Command {
         model: ModelArgs,
         #[command(flatten)]
         sampling: SamplingArgs,
-        #[arg(long, default_value_t = 512)]
-        width: u32,
-        #[arg(long, default_value_t = 512)]
-        height: u32,
+        /// Default: the model's own size (its UNet's sample_size × 8: 128 for the bundled
+        /// model, 512 for SD 1.x, 768 for SD 2.x).
+        #[arg(long)]
+        width: Option<u32>,
+        #[arg(long)]
+        height: Option<u32>,
         /// Where to write the PNG (with the parameters in its "parameters" text chunk).
         #[arg(long)]
         out: PathBuf,
@@ -334,10 +337,11 @@ struct EditArgs {
     /// diffedit: write the mask used here (to correct it and pass it back with --mask).
     #[arg(long)]
     mask_out: Option<PathBuf>,
-    #[arg(long, default_value_t = 512)]
-    width: u32,
-    #[arg(long, default_value_t = 512)]
-    height: u32,
+    /// Default: the model's own size.
+    #[arg(long)]
+    width: Option<u32>,
+    #[arg(long)]
+    height: Option<u32>,
     /// Cross-attention injection from this fraction of the steps…
     #[arg(long, default_value_t = 0.0)]
     cross_start: f64,
@@ -406,12 +410,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
-    /// Text-to-image jobs on a diffusers folder at 16×16, after a warm-up job; prints seconds per job.
+    /// Text-to-image jobs on a diffusers folder, after a warm-up job; prints seconds per job.
     Generate {
         #[arg(long)]
         model: PathBuf,
         #[arg(long, default_value_t = 20)]
         steps: usize,
+        #[arg(long, default_value_t = 16)]
+        size: u32,
+        #[arg(long, default_value = "dpm++2m-karras")]
+        scheduler: String,
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
@@ -516,9 +524,9 @@ fn main() -> ExitCode {
                 );
             })
         }
-        Some(Command::Bench(BenchCommand::Generate { model, steps, runs })) => {
-            diffusion_studio::engine::bench::generate_runs(cli.device, &model, steps, runs).map(|seconds| {
-                println!("generate {} {steps} steps: {seconds:.4} s per image ({runs} runs after 1 warm-up)", model.display());
+        Some(Command::Bench(BenchCommand::Generate { model, steps, size, scheduler, runs })) => {
+            diffusion_studio::engine::bench::generate_runs(cli.device, &model, (size, steps, &scheduler), runs).map(|seconds| {
+                println!("generate {} {size}x{size} {steps} steps {scheduler}: {seconds:.4} s per image ({runs} runs after 1 warm-up)", model.display());
             })
         }
         Some(Command::Noise { image, strength, steps, seed, out }) => {
@@ -574,11 +582,24 @@ fn info() {
 fn base_params(
     model: ModelArgs,
     sampling: SamplingArgs,
-    width: u32,
-    height: u32,
+    width: impl Into<Option<u32>>,
+    height: impl Into<Option<u32>>,
 ) -> anyhow::Result<GenerateParams> {
+    let (path, bundled) = match model.model {
+        Some(path) => (path, false),
+        None => (catalog::bundled_shapes_model(), true),
+    };
+    if bundled && !path.join("model_index.json").is_file() {
+        bail!(
+            "no --model given and the bundled shapes model is not at {} (train it with `diffusion-studio train --run RUN --out {}`, or give --model)",
+            path.display(),
+            path.display()
+        );
+    }
+    let native = catalog::native_size(&path).unwrap_or(512);
+    let (width, height) = (width.into().unwrap_or(native), height.into().unwrap_or(native));
     let params = GenerateParams {
-        model: model.model,
+        model: path,
         model_options: ModelOptions {
             family: model.model_type,
             prediction: model.prediction_type,

@@ -126,7 +126,7 @@ fn with_composite_on_pixels_outside_a_hard_mask_are_the_source_bytes() {
 }
 
 #[test]
-fn every_step_sends_a_preview_of_the_image_forming() {
+fn every_step_reports_progress_and_previews_show_the_image_forming() {
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
     let record = records().into_iter().find(|r| r["method"] == "img2img").expect("an img2img record");
     let id = engine.submit(job(&record, false));
@@ -146,15 +146,16 @@ fn every_step_sends_a_preview_of_the_image_forming() {
         previews.iter().map(|(step, of, _)| (*step, *of)).collect::<Vec<_>>(),
         [(1, 3), (2, 3), (3, 3)]
     );
-    for (_, _, preview) in &previews {
-        let preview = preview.as_ref().expect("a preview each step");
+    // previews are paced to a tenth of the job's time: the first step always has one, and the
+    // linear latent→RGB map costs next to nothing, so later steps have them too
+    assert!(previews[0].2.is_some(), "the first step previews");
+    let shown: Vec<_> = previews.iter().filter_map(|(_, _, preview)| preview.as_ref()).collect();
+    assert!(shown.len() >= 2, "a nearly free preview is shown more than once");
+    for preview in &shown {
         // the tiny model's latents are 8×8 (a 2× VAE): the linear latent→RGB map keeps that grid
         assert_eq!((preview.width, preview.height), (8, 8));
     }
-    assert_ne!(
-        previews[0].2.as_ref().map(|p| p.rgba.clone()),
-        previews[2].2.as_ref().map(|p| p.rgba.clone())
-    );
+    assert_ne!(shown[0].rgba, shown[shown.len() - 1].rgba, "the image forms");
 }
 
 #[test]
@@ -173,8 +174,10 @@ fn a_model_with_a_tiny_decoder_previews_through_it() {
             _ => {}
         }
     }
-    // tiny_sd_inpaint_pipeline/taesd decodes its 8×8 latents 8× up
-    assert_eq!(sizes, vec![(64, 64); 4]);
+    // tiny_sd_inpaint_pipeline/taesd decodes its 8×8 latents 8× up (at least at the first
+    // step; later ones as the pacer allows)
+    assert!(!sizes.is_empty() && sizes.len() <= 4, "{sizes:?}");
+    assert!(sizes.iter().all(|size| *size == (64, 64)), "{sizes:?}");
 }
 
 #[test]

@@ -49,12 +49,13 @@ pub fn unet_passes(choice: DeviceChoice, preset: &str, latent: i64, passes: usiz
     })
 }
 
-/// Seconds per text-to-image job on the engine (model loaded by a warm-up job first), 16×16
-/// with DPM++ 2M Karras and CFG 7.5, as bench/diffusers_side.py does it.
+/// Seconds per text-to-image job on the engine (model loaded by a warm-up job first), at
+/// `size`² with `scheduler` and CFG 7.5 (the tiny fixture: 16×16 DPM++ 2M Karras, as
+/// bench/diffusers_side.py does it).
 pub fn generate_runs(
     choice: DeviceChoice,
     model: &std::path::Path,
-    steps: usize,
+    (size, steps, scheduler): (u32, usize, &str),
     runs: usize,
 ) -> anyhow::Result<f64> {
     use crate::engine::EngineHandle;
@@ -66,13 +67,13 @@ pub fn generate_runs(
         prompt: "a red circle on a blue background".into(),
         negative_prompt: "a green square".into(),
         steps,
-        scheduler: "dpm++2m-karras".into(),
+        scheduler: scheduler.into(),
         guidance_scale: 7.5,
         guidance_rescale: 0.0,
         clip_skip: 0,
         seed: 3,
-        width: 16,
-        height: 16,
+        width: size,
+        height: size,
         precision: crate::protocol::Precision::F32,
     };
     let run_one = || -> anyhow::Result<()> {

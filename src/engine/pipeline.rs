@@ -53,6 +53,8 @@ pub struct StableDiffusion {
         std::cell::RefCell<Option<(String, std::rc::Rc<crate::engine::attention_control::SourceRecord>)>>,
     /// Recent inversions of real images: a second edit of the same image skips them.
     inversions: std::cell::RefCell<crate::engine::methods::inversion::InversionCache>,
+    /// Which steps get a preview (see [`PreviewPacer`]).
+    pacer: std::cell::RefCell<PreviewPacer>,
     /// `scheduler_config.json` as text (each scheduler reads it with its defaults).
     scheduler_config: Option<String>,
     /// Where the scheduler config came from, for messages.
@@ -317,6 +319,7 @@ impl StableDiffusion {
             embeddings: Default::default(),
             p2p_source: Default::default(),
             inversions: Default::default(),
+            pacer: Default::default(),
             scheduler_config: parts.scheduler_config,
             scheduler_config_source: parts.scheduler_config_source,
             vae_scale_factor,
@@ -508,6 +511,19 @@ impl StableDiffusion {
         })
     }
 
+    /// A preview for step `step` (1-based) of a job when the pacer says one is due: always at
+    /// step 1, later while previews take at most a tenth of the job's time.
+    pub fn paced_preview(&self, step: usize, latents: &Tensor) -> Option<ImageData> {
+        let mut pacer = self.pacer.borrow_mut();
+        let start = std::time::Instant::now();
+        if step > 1 && !pacer.due(start) {
+            return None;
+        }
+        let image = self.preview(latents, PREVIEW_SIDE).ok();
+        pacer.record(start, std::time::Instant::now());
+        image
+    }
+
     /// A cheap look at (scaled) latents for progress: the tiny decoder when the model has one,
     /// else a fixed linear map from SD's four latent channels to RGB; at most `max_side` pixels.
     pub fn preview(&self, latents: &Tensor, max_side: i64) -> Result<ImageData, JobError> {
@@ -539,7 +555,7 @@ impl StableDiffusion {
     /// Text to image, as an engine job (progress events, cancel between steps).
     pub fn generate(&self, params: &GenerateParams, ctx: &mut JobContext<'_>) -> Result<ImageData, JobError> {
         self.generate_with(params, |step, of, latents| {
-            ctx.progress(step, of, self.preview(latents, PREVIEW_SIDE).ok());
+            ctx.progress(step, of, self.paced_preview(step, latents));
             ctx.checkpoint()
         })
     }
@@ -579,5 +595,47 @@ impl StableDiffusion {
         )?;
         // 5. decode
         self.decode_to_image(&latents)
+    }
+}
+
+/// Paces previews so that they cost at most a tenth of a job's time: a slow model (seconds per
+/// step) previews every step, a fast one (the bundled model: ~15 ms per step against ~10 ms per
+/// tiny-decoder preview) every several steps — a preview every step would double its time.
+#[derive(Debug, Default)]
+pub struct PreviewPacer {
+    last_end: Option<std::time::Instant>,
+    cost: std::time::Duration,
+}
+
+impl PreviewPacer {
+    /// Whether a preview at `now` keeps previews within a tenth of the time.
+    pub fn due(&self, now: std::time::Instant) -> bool {
+        self.last_end.is_none_or(|end| now.saturating_duration_since(end) >= self.cost * 9)
+    }
+
+    /// A preview ran from `start` to `end`.
+    pub fn record(&mut self, start: std::time::Instant, end: std::time::Instant) {
+        self.cost = end.saturating_duration_since(start);
+        self.last_end = Some(end);
+    }
+}
+
+#[cfg(test)]
+mod pacer_tests {
+    use super::PreviewPacer;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn previews_take_at_most_a_tenth_of_the_time() {
+        let mut pacer = PreviewPacer::default();
+        let t0 = Instant::now();
+        assert!(pacer.due(t0), "the first preview is always due");
+        // a 10 ms preview: the next is due 90 ms after it ended, not before
+        pacer.record(t0, t0 + Duration::from_millis(10));
+        assert!(!pacer.due(t0 + Duration::from_millis(60)));
+        assert!(pacer.due(t0 + Duration::from_millis(100)));
+        // a free preview (the linear latent map) is due at every step
+        pacer.record(t0 + Duration::from_millis(100), t0 + Duration::from_millis(100));
+        assert!(pacer.due(t0 + Duration::from_millis(101)));
     }
 }

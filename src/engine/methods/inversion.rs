@@ -11,7 +11,7 @@ use tch::Tensor;
 use crate::engine::image_tensor::tensor_from_image;
 use crate::engine::methods::img2img::check_size;
 use crate::engine::methods::null_text::{self, NullTextSettings};
-use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
+use crate::engine::pipeline::StableDiffusion;
 use crate::engine::sampler::{self, Conditioning, Hooks};
 use crate::engine::schedulers::{CpuGeneratorNoise, SchedulerChoice, SchedulerKind};
 use crate::engine::{JobContext, JobError};
@@ -258,7 +258,7 @@ pub fn run(
     // 1. DDIM inversion without guidance (the pivot trajectory), 2. null-text optimisation along
     //    it for the guidance asked
     let inverted = invert_image(model, &params.image, base, params.null_text, |step, _, latents| {
-        ctx.progress(step, of, model.preview(latents, PREVIEW_SIDE).ok());
+        ctx.progress(step, of, model.paced_preview(step, latents));
         ctx.checkpoint()
     })?;
     let trajectory = &inverted.trajectory;
@@ -268,7 +268,7 @@ pub fn run(
     let done = (phases - 1) * base.steps;
     let reconstruction =
         regenerate(model, last, base, null_text.map(|list| list.as_slice()), |step, _, latents| {
-            ctx.progress(done + step, of, model.preview(latents, PREVIEW_SIDE).ok());
+            ctx.progress(done + step, of, model.paced_preview(done + step, latents));
             ctx.checkpoint()
         })?;
     let round_trip = model.decode_to_image(&trajectory[0])?;

@@ -13,7 +13,7 @@ pub mod prompt_to_prompt;
 
 use tch::Tensor;
 
-use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
+use crate::engine::pipeline::StableDiffusion;
 use crate::engine::sampler::{self, Conditioning, Hooks};
 use crate::engine::schedulers::{CpuGeneratorNoise, Scheduler};
 use crate::engine::{JobContext, JobError};
@@ -35,7 +35,7 @@ pub(crate) fn denoise_job(
         &mut CpuGeneratorNoise,
         hooks,
         |step, of, latents| {
-            ctx.progress(step, of, model.preview(latents, PREVIEW_SIDE).ok());
+            ctx.progress(step, of, model.paced_preview(step, latents));
             ctx.checkpoint()
         },
     )

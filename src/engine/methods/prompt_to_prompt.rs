@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 use crate::engine::attention_control::{AttentionStore, PromptToPrompt, SourceRecord};
 use crate::engine::image_tensor::image_from_tensor;
 use crate::engine::methods::inversion::invert_image;
-use crate::engine::pipeline::{PREVIEW_SIDE, StableDiffusion};
+use crate::engine::pipeline::StableDiffusion;
 use crate::engine::sampler::{self, Conditioning, Hooks};
 use crate::engine::schedulers::{CpuGeneratorNoise, SharedNoise};
 use crate::engine::{JobContext, JobError};
@@ -166,7 +166,7 @@ pub fn run_with(
             let inversion_steps = if null_text.is_some() { 2 * base.steps } else { base.steps };
             let inverted = invert_image(model, image, base, *null_text, |step, _, latents| {
                 offset = step;
-                on_step(step, inversion_steps + base.steps, model.preview(latents, PREVIEW_SIDE).ok())
+                on_step(step, inversion_steps + base.steps, model.paced_preview(step, latents))
             })?;
             let mut scheduler = model.scheduler("ddim")?;
             scheduler.set_timesteps(base.steps)?;
@@ -233,7 +233,7 @@ pub fn run_with(
                 source_latents.push(latents.f_narrow(0, 0, 1)?.f_detach()?);
             }
             let target = latents.f_narrow(0, prompts - 1, 1)?;
-            on_step(offset + step, offset + of, model.preview(&target, PREVIEW_SIDE).ok())
+            on_step(offset + step, offset + of, model.paced_preview(offset + step, &target))
         },
     )?;
     // 5. decode; keep a new source's record for the next edit
