@@ -24,6 +24,7 @@ fn tiny() -> TrainOptions {
         vae_steps: 4,
         vae_batch: 2,
         vae_crop: 32,
+        vae_lr: 2e-3,
         vae_kl: 1e-4,
         taesd_steps: 3,
         unet_steps: 6,

@@ -43,7 +43,10 @@ pub struct TrainOptions {
     /// Side of the VAE's random training crops (the VAE is convolutional).
     #[arg(long, default_value_t = 64)]
     pub vae_crop: i64,
-    /// Weight of the KL term against the L1 reconstruction (both per element).
+    /// The VAE's and preview decoder's peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub vae_lr: f64,
+    /// Weight of the KL term against the L1 + MSE reconstruction (each per element).
     #[arg(long, default_value_t = 1e-5)]
     pub vae_kl: f64,
     /// Preview-decoder (TAESD) distillation steps.
@@ -263,14 +266,19 @@ impl Run {
         Ok(())
     }
 
-    fn lr(&self, step: usize, total: usize) -> f64 {
+    /// Linear warm-up to the stage's peak, then cosine decay to a tenth of it.
+    fn lr(&self, stage: Stage, step: usize, total: usize) -> f64 {
+        let peak = match stage {
+            Stage::Vae | Stage::Taesd => self.options.vae_lr,
+            Stage::Unet => self.options.lr,
+        };
         let warmup = self.options.warmup.min(total / 2).max(1);
         if step < warmup {
-            return self.options.lr * (step + 1) as f64 / warmup as f64;
+            return peak * (step + 1) as f64 / warmup as f64;
         }
         let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
         let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-        self.options.lr * (0.1 + 0.9 * cosine)
+        peak * (0.1 + 0.9 * cosine)
     }
 
     /// The random source of `stage`'s step `step`: a ChaCha8 stream, and torch's generator
@@ -307,7 +315,9 @@ impl Run {
         let vae = self.vae_model()?;
         progress.message(&format!("rendering {} training images for the VAE", options.vae_images));
         let square = Bucket { width: IMAGE_SIZE, height: IMAGE_SIZE };
+        let clock = Instant::now();
         let set = data::render_set(options.seed, 0, square, Split::Train, options.vae_images, self.threads);
+        let data_seconds = clock.elapsed().as_secs_f64();
         let mut parts = vec![Part::new("vae", vae.var_store(), 0.0)?];
         let mut losses = LossWindow::default();
         let crop = options.vae_crop.clamp(8, i64::from(IMAGE_SIZE));
@@ -333,7 +343,8 @@ impl Run {
                 let posterior = vae.encode_train(&images)?;
                 let z = posterior.sample(&posterior.mean.f_randn_like()?)?;
                 let reconstruction = vae.decode_train(&z)?;
-                let l1 = reconstruction.f_sub(&images)?.f_abs()?.f_mean(Kind::Float)?;
+                let error = reconstruction.f_sub(&images)?;
+            let l1 = error.f_abs()?.f_mean(Kind::Float)?.f_add(&error.f_square()?.f_mean(Kind::Float)?)?;
                 let variance = posterior.std.f_square()?;
                 let kl = posterior
                     .mean
@@ -360,6 +371,7 @@ impl Run {
         let std = f64::try_from(latents.std(true))?;
         let mse = f64::try_from(reconstruction.f_sub(&images)?.f_square()?.f_mean(Kind::Float)?)? / 4.0;
         let mut report = report;
+        report.metrics.insert("data_seconds".into(), data_seconds);
         report.metrics.insert("scaling_factor".into(), 1.0 / std);
         report.metrics.insert("reconstruction_psnr_db".into(), -10.0 * mse.log10());
         write_final(&folder, vae.var_store(), None)?;
@@ -376,7 +388,9 @@ impl Run {
         let square = Bucket { width: IMAGE_SIZE, height: IMAGE_SIZE };
         progress
             .message(&format!("rendering {} training images for the preview decoder", options.vae_images));
+        let clock = Instant::now();
         let set = data::render_set(options.seed, 0, square, Split::Train, options.vae_images, self.threads);
+        let data_seconds = clock.elapsed().as_secs_f64();
         let mut parts = vec![Part::new("taesd", taesd.var_store(), 0.0)?];
         let mut losses = LossWindow::default();
         let crop = options.vae_crop.clamp(8, i64::from(IMAGE_SIZE));
@@ -411,6 +425,8 @@ impl Run {
             },
         )?;
         write_final(&folder, taesd.var_store(), None)?;
+        let mut report = report;
+        report.metrics.insert("data_seconds".into(), data_seconds);
         Ok(report)
     }
 
@@ -419,7 +435,7 @@ impl Run {
         let stage = Stage::Unet;
         let folder = self.stage_folder(stage)?;
         let (_, tokenizer) = self.tokenizer()?;
-        let sets = self.latent_cache(&tokenizer, progress)?;
+        let (sets, data_seconds) = self.latent_cache(&tokenizer, progress)?;
         let empty = data::token_ids(&tokenizer, &[String::new()])?;
         let (vocab, bos, eos) = (tokenizer.vocab_size(), tokenizer.bos_id, tokenizer.eos_id);
         let (_, text_config, unet_config, _) = shapes_model::configs(vocab, bos, eos)?;
@@ -489,21 +505,26 @@ impl Run {
         )?;
         write_final(&folder.join("text_encoder"), text_encoder.var_store(), parts[0].ema.as_ref())?;
         write_final(&folder.join("unet"), unet.var_store(), parts[1].ema.as_ref())?;
+        let mut report = report;
+        report.metrics.insert("data_seconds".into(), data_seconds);
         Ok(report)
     }
 
     /// The latent caches of every bucket: loaded from `latents.safetensors`, or rendered,
-    /// encoded and saved.
+    /// encoded and saved; with the seconds that took (`latents.seconds` keeps it for a resume).
     fn latent_cache(
         &self,
         tokenizer: &ClipTokenizer,
         progress: &mut dyn TrainProgress,
-    ) -> anyhow::Result<Vec<LatentSet>> {
+    ) -> anyhow::Result<(Vec<LatentSet>, f64)> {
         let buckets = Bucket::parse_list(&self.options.buckets)?;
         let path = self.folder.join("latents.safetensors");
+        let seconds_path = self.folder.join("latents.seconds");
         if let Some(sets) = data::load_latents(&path, &buckets)? {
-            return Ok(sets);
+            let seconds = std::fs::read_to_string(&seconds_path).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0.0);
+            return Ok((sets, seconds));
         }
+        let clock = Instant::now();
         let (vae, _) = self.trained_vae()?;
         let mut sets = Vec::new();
         for (index, bucket) in buckets.iter().enumerate() {
@@ -515,7 +536,9 @@ impl Run {
             sets.push(data::encode_set(&vae, &set, ids, self.device, &mut |_| {})?);
         }
         data::save_latents(&path, &sets)?;
-        Ok(sets)
+        let seconds = clock.elapsed().as_secs_f64();
+        std::fs::write(&seconds_path, format!("{seconds}\n"))?;
+        Ok((sets, seconds))
     }
 
     /// The loop every stage shares: resume from the checkpoint, step, clip, update, average,
@@ -547,7 +570,7 @@ impl Run {
                 stage.name()
             );
             loss.backward();
-            let lr = self.lr(step, steps);
+            let lr = self.lr(stage, step, steps);
             for part in parts.iter_mut() {
                 part.adam.clip_grad_norm(1.0)?;
                 part.adam.step(lr)?;
@@ -622,8 +645,60 @@ impl Run {
             let weights: Vec<(String, Tensor)> = read_final(&source)?.into_iter().collect();
             write_tensors(&folder.join("diffusion_pytorch_model.safetensors"), &weights)?;
         }
+        std::fs::write(out.join("TRAINING.md"), self.training_record()?)?;
         Ok(())
     }
+
+    /// What the run was: the command that reproduces it, and each stage's steps, time and numbers
+    /// (written beside the weights as `TRAINING.md`; MODEL_CARD.md quotes it).
+    pub fn training_record(&self) -> anyhow::Result<String> {
+        let options = serde_json::to_value(&self.options)?;
+        let mut command = String::from("diffusion-studio train --run RUN --out OUT");
+        for (key, value) in options.as_object().into_iter().flatten() {
+            let value = match value {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            command.push_str(&format!(" --{} {value}", key.replace('_', "-")));
+        }
+        let mut text = format!(
+            "# Training record\n\nWritten by `diffusion-studio train` when it exported this folder.\n\n\
+             Reproduce (same seed, same data, same weights on the same CPU build of libtorch):\n\n\
+             ```sh\n{command}\n```\n\n| stage | steps | seconds | final loss (mean of the last 100 steps) | numbers |\n|---|---|---|---|---|\n"
+        );
+        let mut total = 0.0;
+        for stage in Stage::ALL {
+            if let Some(report) = self.report(stage)? {
+                total += report.seconds + report.metrics.get("data_seconds").copied().unwrap_or(0.0);
+                let numbers: Vec<String> = report.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+                text.push_str(&format!(
+                    "| {} | {} | {:.0} | {:.4} | {} |\n",
+                    stage.name(),
+                    report.steps,
+                    report.seconds,
+                    report.final_loss,
+                    numbers.join(", ")
+                ));
+            }
+        }
+        text.push_str(&format!(
+            "\nThe run took {total:.0} s in all ({:.2} h: steps, data rendering and latent encoding; `data_seconds` is the latter), on {} thread(s) of: {}.\n",
+            total / 3600.0,
+            self.threads,
+            cpu_name()
+        ));
+        Ok(text)
+    }
+}
+
+/// The CPU's model name (Linux), for records.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|n| n.trim().to_string())
+        })
+        .unwrap_or_else(|| "an unknown CPU".into())
 }
 
 /// One trained module of a stage: its variables, optimiser and (optional) EMA.
