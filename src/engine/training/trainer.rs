@@ -35,13 +35,14 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// VAE optimisation steps.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 2500)]
     pub vae_steps: usize,
     /// VAE batch (random crops).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     pub vae_batch: i64,
-    /// Side of the VAE's random training crops (the VAE is convolutional).
-    #[arg(long, default_value_t = 64)]
+    /// Side of the VAE's random training crops (the VAE is convolutional; 128: whole images,
+    /// so that it also learns the borders).
+    #[arg(long, default_value_t = 128)]
     pub vae_crop: i64,
     /// The VAE's and preview decoder's peak learning rate.
     #[arg(long, default_value_t = 1e-3)]
@@ -53,14 +54,14 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 1500)]
     pub taesd_steps: usize,
     /// Text encoder + UNet steps.
-    #[arg(long, default_value_t = 20000)]
+    #[arg(long, default_value_t = 12000)]
     pub unet_steps: usize,
     /// Text encoder + UNet batch.
     #[arg(long, default_value_t = 64)]
     pub unet_batch: i64,
-    /// Peak learning rate (VAE, TAESD, UNet and text encoder), after a linear warm-up, then
+    /// Peak learning rate of the UNet and text encoder, after a linear warm-up, then
     /// cosine decay to a tenth.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     /// Warm-up steps of every stage.
     #[arg(long, default_value_t = 200)]
@@ -69,7 +70,7 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 4000)]
     pub vae_images: usize,
     /// Training images rendered and encoded for the UNet stage, split evenly over the buckets.
-    #[arg(long, default_value_t = 40000)]
+    #[arg(long, default_value_t = 30000)]
     pub images: usize,
     /// Aspect-ratio buckets, WIDTHxHEIGHT, comma-separated (one: no bucketing).
     #[arg(long, default_value = "128x128,96x160,160x96")]
@@ -344,7 +345,8 @@ impl Run {
                 let z = posterior.sample(&posterior.mean.f_randn_like()?)?;
                 let reconstruction = vae.decode_train(&z)?;
                 let error = reconstruction.f_sub(&images)?;
-            let l1 = error.f_abs()?.f_mean(Kind::Float)?.f_add(&error.f_square()?.f_mean(Kind::Float)?)?;
+                let l1 =
+                    error.f_abs()?.f_mean(Kind::Float)?.f_add(&error.f_square()?.f_mean(Kind::Float)?)?;
                 let variance = posterior.std.f_square()?;
                 let kl = posterior
                     .mean
@@ -521,7 +523,10 @@ impl Run {
         let path = self.folder.join("latents.safetensors");
         let seconds_path = self.folder.join("latents.seconds");
         if let Some(sets) = data::load_latents(&path, &buckets)? {
-            let seconds = std::fs::read_to_string(&seconds_path).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0.0);
+            let seconds = std::fs::read_to_string(&seconds_path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0.0);
             return Ok((sets, seconds));
         }
         let clock = Instant::now();
@@ -670,7 +675,8 @@ impl Run {
         for stage in Stage::ALL {
             if let Some(report) = self.report(stage)? {
                 total += report.seconds + report.metrics.get("data_seconds").copied().unwrap_or(0.0);
-                let numbers: Vec<String> = report.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+                let numbers: Vec<String> =
+                    report.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
                 text.push_str(&format!(
                     "| {} | {} | {:.0} | {:.4} | {} |\n",
                     stage.name(),
@@ -696,7 +702,10 @@ fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {
-            text.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|n| n.trim().to_string())
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_string())
         })
         .unwrap_or_else(|| "an unknown CPU".into())
 }
