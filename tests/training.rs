@@ -142,7 +142,9 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     assert!(tokenizer.contains("\"circle</w>\""));
     // the record beside the weights reproduces the run
     let record = std::fs::read_to_string(dir.join("straight-model/TRAINING.md")).expect("training record");
-    for needle in ["--seed 5", "--target v", "--noise edm", "--buckets 128x128,96x160", "| unet | 6 |", "| vae | 4 |"] {
+    for needle in
+        ["--seed 5", "--target v", "--noise edm", "--buckets 128x128,96x160", "| unet | 6 |", "| vae | 4 |"]
+    {
         assert!(record.contains(needle), "TRAINING.md lacks {needle}:\n{record}");
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -81,6 +81,8 @@ pub struct StudioApp {
     /// Whether the wgpu canvas renderer is installed (false in renderer-less tests).
     gpu_canvas: bool,
     pub device: Option<DeviceReport>,
+    /// The model jobs run on: what the engine said it loaded, or what is being loaded.
+    pub model: Option<String>,
     /// Errors a person should see, newest last; each can be dismissed.
     pub errors: Vec<String>,
     /// The last thing that happened, for the status bar.
@@ -114,6 +116,7 @@ impl StudioApp {
             view: CanvasView::default(),
             gpu_canvas,
             device: None,
+            model: None,
             errors: Vec::new(),
             status: "Open an image to begin: File > Open…, or drop a file on the window".into(),
             jobs: BTreeMap::new(),
@@ -124,6 +127,22 @@ impl StudioApp {
             pending_io: 0,
             repaint: Arc::new(move || ctx.request_repaint()),
         }
+    }
+
+    /// Loads the bundled shapes model in the background if it is there — the model the studio
+    /// opens on, so that every method works with no download; the status bar says when it is in.
+    pub fn load_default_model(&mut self) {
+        let path = crate::catalog::bundled_shapes_model();
+        if !path.join("model_index.json").is_file() {
+            self.model = Some(format!("none (no bundled model at {})", path.display()));
+            return;
+        }
+        self.model = Some(format!("loading {}…", path.display()));
+        self.engine.load_model(crate::protocol::ModelRef {
+            path,
+            options: Default::default(),
+            precision: crate::protocol::Precision::F32,
+        });
     }
 
     /// The waker the engine calls after each event.
@@ -289,7 +308,10 @@ impl StudioApp {
             EngineEvent::Ready { device } => self.device = Some(device),
             EngineEvent::DeviceWarning { message } => self.errors.push(message),
             EngineEvent::Started { job } => self.status = format!("Running {job}"),
-            EngineEvent::ModelLoaded { description, .. } => self.status = format!("Loaded {description}"),
+            EngineEvent::ModelLoaded { description, .. } => {
+                self.status = format!("Loaded {description}");
+                self.model = Some(description);
+            }
             EngineEvent::Unloaded => self.status = "Model unloaded".into(),
             EngineEvent::Progress { job, step, of, preview } => {
                 if let Some(state) = self.jobs.get_mut(&job) {
@@ -439,6 +461,10 @@ impl StudioApp {
             let device = self.device.as_ref().map_or("starting…", |d| d.description.as_str());
             ui.label(format!("Engine: {device}"));
             ui.separator();
+            if let Some(model) = &self.model {
+                ui.label(format!("Model: {model}"));
+                ui.separator();
+            }
             if let Some(layer) = &self.document.image {
                 ui.label(format!("{}×{}", layer.image.width(), layer.image.height()));
                 ui.separator();
