@@ -238,6 +238,10 @@ enum Command {
         /// Write the report (JSON) here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write MODEL_CARD.md into the model folder: data, parts and sizes, the training
+        /// record (TRAINING.md) and these measurements.
+        #[arg(long)]
+        card: bool,
     },
     /// Time engine parts for `make bench` (see bench/run.sh).
     #[command(subcommand)]
@@ -480,7 +484,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Edit(args)) => edit(cli.device, args),
         Some(Command::Train(args)) => train(cli.device, args),
-        Some(Command::Eval { model, captions, edits, inversions, steps, guidance, seed, samples, out }) => {
+        Some(Command::Eval { model, captions, edits, inversions, steps, guidance, seed, samples, out, card }) => {
             let options = diffusion_studio::eval::shapes_metrics::EvalOptions {
                 model: model.unwrap_or_else(catalog::bundled_shapes_model),
                 device: cli.device,
@@ -492,7 +496,7 @@ fn main() -> ExitCode {
                 seed,
                 samples,
             };
-            eval(&options, out.as_deref())
+            eval(&options, out.as_deref(), card)
         }
         Some(Command::Bench(BenchCommand::Unet { preset, latent, passes })) => {
             diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes).map(|seconds| {
@@ -1062,13 +1066,21 @@ fn run_job(device: DeviceChoice, job: Job, steps: usize, label: &str) -> anyhow:
 fn eval(
     options: &diffusion_studio::eval::shapes_metrics::EvalOptions,
     out: Option<&std::path::Path>,
+    card: bool,
 ) -> anyhow::Result<()> {
     let report = diffusion_studio::eval::shapes_metrics::evaluate(options, &mut |line| eprintln!("{line}"))?;
     let json = serde_json::to_string_pretty(&report)?;
     println!("{json}");
+    eprintln!("{}", report.markdown(options));
     if let Some(out) = out {
         std::fs::write(out, format!("{json}\n"))
             .with_context(|| format!("could not write {}", out.display()))?;
+    }
+    if card {
+        let text = diffusion_studio::eval::card::model_card(&options.model, &report, options)?;
+        let path = options.model.join("MODEL_CARD.md");
+        std::fs::write(&path, text).with_context(|| format!("could not write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }

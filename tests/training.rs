@@ -14,6 +14,8 @@ use diffusion_studio::engine::training::noise::{NoiseDistribution, Target};
 use diffusion_studio::engine::training::trainer::{
     Interrupted, Quiet, Run, Stage, TrainOptions, TrainProgress,
 };
+use diffusion_studio::eval::card::model_card;
+use diffusion_studio::eval::shapes_metrics::{EvalOptions, evaluate};
 use diffusion_studio::protocol::{DeviceChoice, GenerateParams, Job, Precision};
 use tch::{Device, Tensor};
 
@@ -147,5 +149,37 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     {
         assert!(record.contains(needle), "TRAINING.md lacks {needle}:\n{record}");
     }
+    // 5. the evaluation runs every metric on it, and the card carries the record and the numbers
+    let options = EvalOptions {
+        model: dir.join("straight-model"),
+        device: DeviceChoice::Cpu,
+        captions: 2,
+        edits: 1,
+        inversions: 1,
+        steps: 3,
+        guidance: 5.0,
+        seed: 0,
+        samples: None,
+    };
+    let report = evaluate(&options, &mut |_| {}).expect("evaluates");
+    assert_eq!(
+        (report.captions, report.p2p_cases, report.diffedit_cases, report.inpaint_cases),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(report.inversion_psnr.iter().map(|(steps, _)| *steps).collect::<Vec<_>>(), [10, 25, 50]);
+    assert!(report.inversion_psnr.iter().all(|(_, psnr)| psnr.is_finite() && *psnr > 0.0), "{report:?}");
+    let card = model_card(&options.model, &report, &options).expect("a card");
+    for needle in [
+        "| unet |",
+        "| text_encoder |",
+        "UNet2DConditionModel",
+        "--target v",
+        "| attribute accuracy (3 DDIM steps",
+        "DDIM inversion PSNR, 50 steps",
+        "--captions 2 --edits 1",
+    ] {
+        assert!(card.contains(needle), "MODEL_CARD.md lacks {needle}:\n{card}");
+    }
+    assert!(!card.contains("| unet | 0.00 M"), "parameters counted:\n{card}");
     let _ = std::fs::remove_dir_all(&dir);
 }

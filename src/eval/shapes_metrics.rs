@@ -65,6 +65,94 @@ pub struct EvalReport {
     pub inversion_psnr: Vec<(usize, f64)>,
 }
 
+impl EvalReport {
+    /// The issue's targets, met or not, as a Markdown table (BENCHMARKS.md, MODEL_CARD.md).
+    pub fn markdown(&self, options: &EvalOptions) -> String {
+        let mark = |met: bool| if met { "✓" } else { "✗" };
+        let mut text = String::from("| metric | cases | measured | target | met |\n|---|---|---|---|---|\n");
+        let mut row = |metric: String, cases: usize, measured: String, target: &str, met: Option<bool>| {
+            let met = met.map_or("", mark);
+            text.push_str(&format!("| {metric} | {cases} | {measured} | {target} | {met} |\n"));
+        };
+        let steps = options.steps;
+        row(
+            format!("attribute accuracy ({steps} DDIM steps, guidance {})", options.guidance),
+            self.captions,
+            format!("{:.3}", self.attribute_accuracy),
+            "≥ 0.90",
+            Some(self.attribute_accuracy >= 0.9),
+        );
+        row("— object colour".into(), self.captions, format!("{:.3}", self.colour_accuracy), "", None);
+        row("— object shape".into(), self.captions, format!("{:.3}", self.shape_accuracy), "", None);
+        row(
+            "— background colour".into(),
+            self.captions,
+            format!("{:.3}", self.background_accuracy),
+            "",
+            None,
+        );
+        row(
+            "— extra objects per image".into(),
+            self.captions,
+            format!("{:.2}", self.extra_objects_per_image),
+            "",
+            None,
+        );
+        row(
+            "P2P colour swap: layout kept (mask IoU)".into(),
+            self.p2p_cases,
+            format!("{:.3}", self.p2p_layout_iou),
+            "≥ 0.80",
+            Some(self.p2p_layout_iou >= 0.8),
+        );
+        row(
+            "P2P colour swap: new colour present".into(),
+            self.p2p_cases,
+            format!("{:.3}", self.p2p_new_colour_rate),
+            "",
+            None,
+        );
+        row(
+            "DiffEdit mask IoU".into(),
+            self.diffedit_cases,
+            format!("{:.3}", self.diffedit_mask_iou),
+            "≥ 0.70",
+            Some(self.diffedit_mask_iou >= 0.7),
+        );
+        row(
+            "inpainting: asked-for object in the mask".into(),
+            self.inpaint_cases,
+            format!("{:.3}", self.inpaint_object_rate),
+            "≥ 0.85",
+            Some(self.inpaint_object_rate >= 0.85),
+        );
+        row(
+            "inpainting: largest change outside the mask".into(),
+            self.inpaint_cases,
+            format!("{}/255", self.inpaint_outside_max_change),
+            "unchanged",
+            Some(self.inpaint_outside_max_change <= 1),
+        );
+        for (steps, psnr) in &self.inversion_psnr {
+            let target = if *steps == 50 { "≥ 25 dB" } else { "" };
+            let met = (*steps == 50).then_some(*psnr >= 25.0);
+            row(
+                format!("DDIM inversion PSNR, {steps} steps"),
+                self.inversion_images,
+                format!("{psnr:.1} dB"),
+                target,
+                met,
+            );
+        }
+        text.push_str(&format!(
+            "\nGeneration took {:.3} s per image during the evaluation ({steps} steps at 128×128 with CFG, \
+             detection included).\n",
+            self.generation_seconds
+        ));
+        text
+    }
+}
+
 struct Runner {
     engine: EngineHandle,
 }
