@@ -95,7 +95,7 @@ fn instruct_pix2pix_reproduces_diffusers() {
     };
     let message = run(&engine, Job::InstructPix2Pix(params)).expect_err("a 4-channel model");
     assert!(
-        message.contains("needs an InstructPix2Pix model (an 8-channel UNet); this one takes 4"),
+        message.contains("needs an InstructPix2Pix model (8 UNet input channels: latents and image latents); this one takes 4"),
         "{message}"
     );
 }

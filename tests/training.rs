@@ -19,10 +19,15 @@ use diffusion_studio::eval::shapes_metrics::{EvalOptions, evaluate};
 use diffusion_studio::protocol::{DeviceChoice, GenerateParams, Job, Precision};
 use tch::{Device, Tensor};
 
-/// A run small enough for a test, with every option off its default.
+/// A run small enough for a test, with every option off its default (4× latents of 8
+/// channels: the engine must follow the folder's sizes, not SD's).
 fn tiny() -> TrainOptions {
     TrainOptions {
         seed: 5,
+        latent_channels: 8,
+        vae_levels: 3,
+        unet_channels: "32,48".into(),
+        unet_attention: "0,1".into(),
         vae_steps: 4,
         vae_batch: 2,
         vae_crop: 32,
@@ -113,6 +118,8 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     let vae = straight.report(Stage::Vae).expect("report").expect("finished");
     assert!(vae.metrics["scaling_factor"].is_finite() && vae.metrics["scaling_factor"] > 0.0);
     assert!(vae.metrics.contains_key("reconstruction_psnr_db"));
+    let shapes_read = vae.metrics["reconstruction_shape_accuracy"];
+    assert!((0.0..=1.0).contains(&shapes_read), "{shapes_read}");
     let unet = straight.report(Stage::Unet).expect("report").expect("finished");
     assert_eq!(unet.steps, 6);
     // 3. a folder started with other options refuses to resume with these
@@ -120,6 +127,11 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     other.seed = 6;
     let error = Run::open(&dir.join("straight"), other, Device::Cpu).err().expect("refused").to_string();
     assert!(error.contains("seed") && error.contains("started with"), "{error}");
+    let mut bad = tiny();
+    bad.unet_attention = "1".into();
+    let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();
+    assert!(error.contains("--unet-attention"), "{error}");
+    assert!(!dir.join("bad").exists(), "nothing written for refused options");
     // 4. the exported folder is a model for the engine, with its preview decoder
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
     let params = GenerateParams {
@@ -140,6 +152,11 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     let image = common::run_image(&engine, Job::Generate(params)).expect("generates");
     assert_eq!((image.width, image.height), (128, 128));
     assert!(dir.join("straight-model/taesd/config.json").is_file());
+    let unet_config = std::fs::read_to_string(dir.join("straight-model/unet/config.json")).expect("config");
+    assert!(
+        unet_config.contains("\"sample_size\": 32") && unet_config.contains("\"in_channels\": 8"),
+        "{unet_config}"
+    );
     let tokenizer = std::fs::read_to_string(dir.join("straight-model/tokenizer/vocab.json")).expect("vocab");
     assert!(tokenizer.contains("\"circle</w>\""));
     // the record beside the weights reproduces the run

@@ -26,7 +26,7 @@ fn time_runs(device: Device, runs: usize, work: &dyn Fn() -> anyhow::Result<()>)
     Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
 }
 
-/// Seconds per forward pass of a random-weight UNet from `preset` on (2, 4, latent, latent)
+/// Seconds per forward pass of a random-weight UNet from `preset` on (2, in_channels, latent, latent)
 /// latents and a (2, 77, cross_attention_dim) context, after one warm-up pass.
 pub fn unet_passes(choice: DeviceChoice, preset: &str, latent: i64, passes: usize) -> anyhow::Result<f64> {
     let device = device::select(choice).map_err(anyhow::Error::msg)?;
@@ -39,10 +39,10 @@ pub fn unet_passes(choice: DeviceChoice, preset: &str, latent: i64, passes: usiz
         }
         other => anyhow::bail!("unknown preset {other}: use sd_v1_5, sd_v2_1 or a UNet config.json"),
     };
-    let context_dim = config.cross_attention_dim;
+    let (context_dim, channels) = (config.cross_attention_dim, config.in_channels);
     let unet = UNet2DConditionModel::new(config, device);
     tch::manual_seed(0);
-    let sample = Tensor::f_randn([2, 4, latent, latent], (Kind::Float, device))?;
+    let sample = Tensor::f_randn([2, channels, latent, latent], (Kind::Float, device))?;
     let context = Tensor::f_randn([2, 77, context_dim], (Kind::Float, device))?;
     time_runs(device, passes, &|| {
         unet.forward(&sample, 500.0, &context).map(drop).map_err(anyhow::Error::from)

@@ -4,7 +4,8 @@
 //! - prompt-to-prompt colour swap: the swapped object's mask IoU before/after, new colour there;
 //! - DiffEdit: the estimated mask's IoU with the true mask of the object the edit names;
 //! - inpainting: the asked-for object appears inside the masked region; pixels outside it kept;
-//! - DDIM inversion: reconstruction PSNR of dataset images at several step counts.
+//! - DDIM inversion: reconstruction PSNR of dataset images at several step counts;
+//! - ceilings: the detectors on the held-out images, and on their round trip through the VAE.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,9 +13,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use anyhow::Context;
+
 use super::detect::{self, Detected};
 use crate::datasets::shapes::{self, Colour, Sample, Split};
 use crate::engine::EngineHandle;
+use crate::engine::image_tensor::{image_from_tensor, tensor_from_image};
+use crate::engine::loading::load_diffusers_weights;
+use crate::engine::models::vae::{AutoencoderKl, AutoencoderKlConfig};
 use crate::protocol::{
     DeviceChoice, DiffEditParams, EditSource, EngineEvent, GenerateParams, ImageData, InpaintParams,
     InvertParams, Job, JobOutput, MaskOptions, Precision, PromptToPromptParams,
@@ -50,6 +56,13 @@ pub struct EvalReport {
     /// Objects found whose colour the caption does not name, per image.
     pub extra_objects_per_image: f64,
     pub generation_seconds: f64,
+    /// Ceilings on the same held-out captions' dataset images: attribute and shape accuracy of
+    /// the detector on the images themselves, and on their round trip through the model's VAE
+    /// (what the latent space keeps; the UNet cannot do better than this).
+    pub dataset_attribute_accuracy: f64,
+    pub dataset_shape_accuracy: f64,
+    pub vae_attribute_accuracy: f64,
+    pub vae_shape_accuracy: f64,
     pub p2p_cases: usize,
     pub p2p_layout_iou: f64,
     pub p2p_new_colour_rate: f64,
@@ -95,6 +108,20 @@ impl EvalReport {
             "— extra objects per image".into(),
             self.captions,
             format!("{:.2}", self.extra_objects_per_image),
+            "",
+            None,
+        );
+        row(
+            "ceiling: attributes (shape) read from the dataset images".into(),
+            self.captions,
+            format!("{:.3} ({:.3})", self.dataset_attribute_accuracy, self.dataset_shape_accuracy),
+            "",
+            None,
+        );
+        row(
+            "ceiling: attributes (shape) after the VAE round trip".into(),
+            self.captions,
+            format!("{:.3} ({:.3})", self.vae_attribute_accuracy, self.vae_shape_accuracy),
             "",
             None,
         );
@@ -186,6 +213,60 @@ impl Runner {
     }
 }
 
+/// Attribute and shape counts over scenes.
+#[derive(Default)]
+struct Tally {
+    correct: usize,
+    total: usize,
+    colours: usize,
+    shapes_right: usize,
+    objects: usize,
+}
+
+impl Tally {
+    fn add(&mut self, scene: &shapes::Scene, detected: &Detected) {
+        let (c, t) = detect::attributes_correct(scene, detected);
+        (self.correct, self.total) = (self.correct + c, self.total + t);
+        for object in &scene.objects {
+            self.objects += 1;
+            if let Some(found) = detected.object(object.colour) {
+                self.colours += 1;
+                self.shapes_right += usize::from(found.shape == object.shape);
+            }
+        }
+    }
+
+    fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+
+    fn shape(&self) -> f64 {
+        self.shapes_right as f64 / self.objects.max(1) as f64
+    }
+}
+
+/// The model folder's `vae/` (diffusers `AutoencoderKL`).
+fn load_vae(model: &Path, device: DeviceChoice) -> anyhow::Result<AutoencoderKl> {
+    let folder = model.join("vae");
+    let config_path = folder.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {} (is this a diffusers model folder?)", config_path.display()))?;
+    let config: AutoencoderKlConfig =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
+    let device = crate::engine::device::select(device).map_err(anyhow::Error::msg)?;
+    let vae = AutoencoderKl::new(config, device);
+    load_diffusers_weights(vae.var_store(), &folder)?;
+    Ok(vae)
+}
+
+/// `image` encoded (posterior mean) and decoded by `vae`.
+fn vae_round_trip(vae: &AutoencoderKl, image: &ImageData) -> anyhow::Result<ImageData> {
+    let _guard = tch::no_grad_guard();
+    let pixels = tensor_from_image(image, vae.var_store().device())?;
+    let decoded = vae.decode(&vae.encode(&pixels)?.mean)?;
+    Ok(image_from_tensor(&decoded)?)
+}
+
 fn rgb_of(image: &ImageData) -> Vec<u8> {
     image.rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()
 }
@@ -267,24 +348,15 @@ pub fn evaluate(options: &EvalOptions, on_progress: &mut dyn FnMut(&str)) -> any
     }
 
     // 1. attribute accuracy
-    let (mut correct, mut total) = (0usize, 0usize);
-    let (mut colours, mut shapes_right, mut objects, mut backgrounds, mut background_total, mut extra) =
-        (0usize, 0usize, 0usize, 0usize, 0usize, 0usize);
+    let (mut tally, mut backgrounds, mut background_total, mut extra) =
+        (Tally::default(), 0usize, 0usize, 0usize);
     let mut sheet = Vec::new();
     let clock = Instant::now();
     for i in 0..options.captions {
         let sample = held_out(i);
         let image = runner.image(Job::Generate(base(sample.caption.clone(), i as u64)))?;
         let detected = detect_image(&image);
-        let (c, t) = detect::attributes_correct(&sample.scene, &detected);
-        (correct, total) = (correct + c, total + t);
-        for object in &sample.scene.objects {
-            objects += 1;
-            if let Some(found) = detected.object(object.colour) {
-                colours += 1;
-                shapes_right += usize::from(found.shape == object.shape);
-            }
-        }
+        tally.add(&sample.scene, &detected);
         if sample.scene.says_background {
             background_total += 1;
             backgrounds += usize::from(detected.background == Some(sample.scene.background.colour));
@@ -302,15 +374,15 @@ pub fn evaluate(options: &EvalOptions, on_progress: &mut dyn FnMut(&str)) -> any
                 "generated {}/{}: attribute accuracy so far {:.3}",
                 i + 1,
                 options.captions,
-                correct as f64 / total.max(1) as f64
+                tally.accuracy()
             ));
         }
     }
     report.captions = options.captions;
     report.generation_seconds = clock.elapsed().as_secs_f64() / options.captions.max(1) as f64;
-    report.attribute_accuracy = correct as f64 / total.max(1) as f64;
-    report.colour_accuracy = colours as f64 / objects.max(1) as f64;
-    report.shape_accuracy = shapes_right as f64 / objects.max(1) as f64;
+    report.attribute_accuracy = tally.accuracy();
+    report.colour_accuracy = tally.colours as f64 / tally.objects.max(1) as f64;
+    report.shape_accuracy = tally.shape();
     report.background_accuracy = backgrounds as f64 / background_total.max(1) as f64;
     report.extra_objects_per_image = extra as f64 / options.captions.max(1) as f64;
     if let Some(folder) = &options.samples {
@@ -486,6 +558,34 @@ pub fn evaluate(options: &EvalOptions, on_progress: &mut dyn FnMut(&str)) -> any
     }
     report.inversion_images = options.inversions;
     on_progress(&format!("DDIM inversion PSNR: {:?}", report.inversion_psnr));
+
+    // 6. ceilings: the detectors on the held-out images of step 1, and on their VAE round trip
+    // (last, so that this thread's tensor work does not overlap the engine's timed jobs)
+    let vae = load_vae(&options.model, options.device)?;
+    let (mut dataset, mut round_trip, mut sheet) = (Tally::default(), Tally::default(), Vec::new());
+    for i in 0..options.captions {
+        let sample = held_out(i);
+        dataset.add(&sample.scene, &detect::detect(&sample.rgb, sample.scene.width, sample.scene.height));
+        let image = vae_round_trip(&vae, &image_of(&sample))?;
+        round_trip.add(&sample.scene, &detect_image(&image));
+        if sheet.len() < 24 {
+            sheet.extend([image_of(&sample), image]);
+        }
+    }
+    if let Some(folder) = &options.samples {
+        save_sheet(&folder.join("vae.png"), &sheet, 8)?;
+    }
+    (report.dataset_attribute_accuracy, report.dataset_shape_accuracy) =
+        (dataset.accuracy(), dataset.shape());
+    (report.vae_attribute_accuracy, report.vae_shape_accuracy) = (round_trip.accuracy(), round_trip.shape());
+    on_progress(&format!(
+        "ceilings: dataset images {:.3} (shape {:.3}), VAE round trip {:.3} (shape {:.3})",
+        report.dataset_attribute_accuracy,
+        report.dataset_shape_accuracy,
+        report.vae_attribute_accuracy,
+        report.vae_shape_accuracy
+    ));
+    drop(vae);
     Ok(report)
 }
 

@@ -74,9 +74,14 @@ pub fn run(
         )));
     }
     let in_channels = model.unet.config.in_channels;
-    if in_channels != 4 && in_channels != 9 {
+    // a plain UNet takes the latents; an inpainting UNet (SD's 9 channels) also the masked
+    // image's latents and the mask
+    let latent_channels = model.vae.config.latent_channels;
+    let plain = in_channels == latent_channels;
+    if !plain && in_channels != 2 * latent_channels + 1 {
         return Err(JobError::Failed(format!(
-            "this model's UNet takes {in_channels} input channels; inpainting needs a 4-channel (any) or 9-channel (inpainting) model"
+            "this model's UNet takes {in_channels} input channels; inpainting needs a {latent_channels}-channel (any) or {}-channel (inpainting) model",
+            2 * latent_channels + 1
         )));
     }
     // 1. the mask: in pixels (compositing), and on the latent grid (area-averaged)
@@ -100,8 +105,7 @@ pub fn run(
     tch::manual_seed(base.seed as i64);
     let image = tensor_from_image(&params.image, model.device)?;
     let latent_shape = [1, model.unet.config.out_channels, height / factor, width / factor];
-    let image_latents =
-        if in_channels == 4 || !full_strength { Some(model.encode_image_sample(&image)?) } else { None };
+    let image_latents = if plain || !full_strength { Some(model.encode_image_sample(&image)?) } else { None };
     let noise = model.cpu_randn(&latent_shape)?;
     let latents = match (&image_latents, full_strength) {
         (Some(image_latents), false) => scheduler.add_noise(image_latents, &noise, start)?,
@@ -123,7 +127,7 @@ pub fn run(
         };
         Ok(known.f_add(&latents.f_sub(&known)?.f_mul(&latent_mask)?)?)
     };
-    let hooks = if in_channels == 9 {
+    let hooks = if !plain {
         Hooks { start, extra_channels: Some(&extra), ..Default::default() }
     } else {
         Hooks { start, after_step: Some(&mut blend), ..Default::default() }

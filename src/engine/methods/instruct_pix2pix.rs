@@ -18,9 +18,10 @@ pub fn run(
     ctx: &mut JobContext<'_>,
 ) -> Result<ImageData, JobError> {
     let in_channels = model.unet.config.in_channels;
-    if in_channels != 8 {
+    let expected = 2 * model.vae.config.latent_channels;
+    if in_channels != expected {
         return Err(JobError::Failed(format!(
-            "InstructPix2Pix needs an InstructPix2Pix model (an 8-channel UNet); this one takes {in_channels} channels"
+            "InstructPix2Pix needs an InstructPix2Pix model ({expected} UNet input channels: latents and image latents); this one takes {in_channels} channels"
         )));
     }
     if !(params.image_guidance_scale.is_finite() && params.image_guidance_scale >= 0.0) {

@@ -60,6 +60,8 @@ pub struct ImageSet {
     /// (n, 3, height, width) u8.
     pub images: Tensor,
     pub captions: Vec<String>,
+    /// What each image shows (for measuring reconstructions with the detectors).
+    pub scenes: Vec<shapes::Scene>,
 }
 
 /// The dataset index where bucket `b`'s stream starts (streams of different buckets never meet).
@@ -81,26 +83,35 @@ pub fn render_set(
     let pixels = (bucket.width * bucket.height * 3) as usize;
     let mut rgb = vec![0u8; count * pixels];
     let mut captions = vec![String::new(); count];
+    let mut scenes = vec![None; count];
     let per_thread = count.div_ceil(threads).max(1);
     std::thread::scope(|scope| {
-        for (chunk, (rgb_chunk, caption_chunk)) in
-            rgb.chunks_mut(per_thread * pixels).zip(captions.chunks_mut(per_thread)).enumerate()
+        for (chunk, ((rgb_chunk, caption_chunk), scene_chunk)) in rgb
+            .chunks_mut(per_thread * pixels)
+            .zip(captions.chunks_mut(per_thread))
+            .zip(scenes.chunks_mut(per_thread))
+            .enumerate()
         {
             scope.spawn(move || {
-                for (i, (out, caption)) in
-                    rgb_chunk.chunks_mut(pixels).zip(caption_chunk.iter_mut()).enumerate()
+                for (i, ((out, caption), scene)) in rgb_chunk
+                    .chunks_mut(pixels)
+                    .zip(caption_chunk.iter_mut())
+                    .zip(scene_chunk.iter_mut())
+                    .enumerate()
                 {
                     let index = stream_start(bucket_index) + (chunk * per_thread + i) as u64;
                     let sample = shapes::sample(seed, index, split, bucket.width, bucket.height);
                     out.copy_from_slice(&sample.rgb);
                     *caption = sample.caption;
+                    *scene = Some(sample.scene);
                 }
             });
         }
     });
+    let scenes = scenes.into_iter().map(|scene| scene.expect("every sample rendered")).collect();
     let (h, w) = (i64::from(bucket.height), i64::from(bucket.width));
     let images = Tensor::from_slice(&rgb).view([count as i64, h, w, 3]).permute([0, 3, 1, 2]).contiguous();
-    ImageSet { bucket, images, captions }
+    ImageSet { bucket, images, captions, scenes }
 }
 
 /// u8 images (n, 3, h, w) → f32 in [-1, 1] on `device`.

@@ -29,19 +29,70 @@ pub const DIFFUSERS_VERSION: &str = "0.42.1";
 /// The image side the model is trained at (bucket areas stay near it).
 pub const IMAGE_SIZE: i64 = 128;
 
+/// The sizes a run chooses (`train --latent-channels --vae-levels --unet-channels
+/// --unet-attention`); the defaults are the ones described above.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Architecture {
+    /// Channels of the latents.
+    pub latent_channels: i64,
+    /// VAE levels: the latents are 2^(levels − 1) times smaller than the image per side.
+    pub vae_levels: usize,
+    /// UNet channels per level.
+    pub unet_channels: Vec<i64>,
+    /// Whether each UNet level (down and mirrored up) has cross- and self-attention.
+    pub unet_attention: Vec<bool>,
+}
+
+impl Default for Architecture {
+    fn default() -> Self {
+        Self {
+            latent_channels: 4,
+            vae_levels: 4,
+            unet_channels: vec![32, 64, 64],
+            unet_attention: vec![true, true, false],
+        }
+    }
+}
+
+impl Architecture {
+    /// How many times smaller the latents are than the image, per side.
+    pub fn factor(&self) -> i64 {
+        1 << (self.vae_levels - 1)
+    }
+
+    /// Refuses sizes the model families cannot build, naming the option.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!((1..=16).contains(&self.latent_channels), "--latent-channels must be 1 to 16");
+        anyhow::ensure!(
+            (2..=5).contains(&self.vae_levels),
+            "--vae-levels must be 2 to 5 (2× to 16× smaller latents)"
+        );
+        anyhow::ensure!(
+            !self.unet_channels.is_empty() && self.unet_channels.len() == self.unet_attention.len(),
+            "--unet-channels and --unet-attention must name the same number of levels"
+        );
+        anyhow::ensure!(
+            self.unet_channels.iter().all(|c| *c > 0 && c % 16 == 0),
+            "--unet-channels must be multiples of 16 (the group norm's 16 groups)"
+        );
+        Ok(())
+    }
+}
+
 /// `vae/config.json` (`scaling_factor` as measured on the data after training).
-pub fn vae_config(scaling_factor: f64) -> Value {
+pub fn vae_config(scaling_factor: f64, arch: &Architecture) -> Value {
+    let channels: Vec<i64> = [16, 32, 64, 64, 64][..arch.vae_levels].to_vec();
     json!({
         "_class_name": "AutoencoderKL",
         "_diffusers_version": DIFFUSERS_VERSION,
         "in_channels": 3,
         "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
-        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
-        "block_out_channels": [16, 32, 64, 64],
+        "down_block_types": vec!["DownEncoderBlock2D"; arch.vae_levels],
+        "up_block_types": vec!["UpDecoderBlock2D"; arch.vae_levels],
+        "block_out_channels": channels,
         "layers_per_block": 1,
         "act_fn": "silu",
-        "latent_channels": 4,
+        "latent_channels": arch.latent_channels,
         "norm_num_groups": 8,
         "sample_size": IMAGE_SIZE,
         "scaling_factor": scaling_factor,
@@ -78,16 +129,27 @@ pub fn text_encoder_config(vocab_size: usize, bos: u32, eos: u32) -> Value {
 }
 
 /// `unet/config.json`.
-pub fn unet_config() -> Value {
+pub fn unet_config(arch: &Architecture) -> Value {
+    let down: Vec<&str> = arch
+        .unet_attention
+        .iter()
+        .map(|attention| if *attention { "CrossAttnDownBlock2D" } else { "DownBlock2D" })
+        .collect();
+    let up: Vec<&str> = arch
+        .unet_attention
+        .iter()
+        .rev()
+        .map(|attention| if *attention { "CrossAttnUpBlock2D" } else { "UpBlock2D" })
+        .collect();
     json!({
         "_class_name": "UNet2DConditionModel",
         "_diffusers_version": DIFFUSERS_VERSION,
-        "sample_size": IMAGE_SIZE / 8,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [32, 64, 64],
+        "sample_size": IMAGE_SIZE / arch.factor(),
+        "in_channels": arch.latent_channels,
+        "out_channels": arch.latent_channels,
+        "down_block_types": down,
+        "up_block_types": up,
+        "block_out_channels": arch.unet_channels,
         "layers_per_block": 1,
         "attention_head_dim": 4,
         "cross_attention_dim": 128,
@@ -104,18 +166,19 @@ pub fn unet_config() -> Value {
     })
 }
 
-/// `taesd/config.json` (diffusers' `AutoencoderTiny`).
-pub fn taesd_config() -> Value {
+/// `taesd/config.json` (diffusers' `AutoencoderTiny`), one level per VAE level.
+pub fn taesd_config(arch: &Architecture) -> Value {
+    let levels = arch.vae_levels;
     json!({
         "_class_name": "AutoencoderTiny",
         "_diffusers_version": DIFFUSERS_VERSION,
         "in_channels": 3,
         "out_channels": 3,
-        "encoder_block_out_channels": [16, 16, 16, 16],
-        "decoder_block_out_channels": [16, 16, 16, 16],
-        "num_encoder_blocks": [1, 1, 1, 1],
-        "num_decoder_blocks": [1, 1, 1, 1],
-        "latent_channels": 4,
+        "encoder_block_out_channels": vec![16; levels],
+        "decoder_block_out_channels": vec![16; levels],
+        "num_encoder_blocks": vec![1; levels],
+        "num_decoder_blocks": vec![1; levels],
+        "latent_channels": arch.latent_channels,
         "act_fn": "relu",
         "upsample_fn": "nearest",
         "upsampling_scaling_factor": 2,
@@ -169,15 +232,16 @@ pub fn configs(
     vocab_size: usize,
     bos: u32,
     eos: u32,
+    arch: &Architecture,
 ) -> Result<
     (AutoencoderKlConfig, ClipTextConfig, UNet2DConditionConfig, AutoencoderTinyConfig),
     serde_json::Error,
 > {
     Ok((
-        parse(&vae_config(1.0))?,
+        parse(&vae_config(1.0, arch))?,
         parse(&text_encoder_config(vocab_size, bos, eos))?,
-        parse(&unet_config())?,
-        parse(&taesd_config())?,
+        parse(&unet_config(arch))?,
+        parse(&taesd_config(arch))?,
     ))
 }
 

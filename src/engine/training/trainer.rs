@@ -20,12 +20,13 @@ use tch::{Device, Kind, Tensor, nn};
 use super::data::{self, Bucket, LatentSet};
 use super::noise::{NoiseDistribution, Target, TrainingSchedule};
 use super::optim::{AdamW, AdamWConfig, Ema};
-use super::shapes_model::{self, named_variables, write_json, write_tensors};
-use crate::datasets::shapes::{IMAGE_SIZE, Split};
+use super::shapes_model::{self, Architecture, named_variables, write_json, write_tensors};
+use crate::datasets::shapes::{IMAGE_SIZE, Scene, Split};
 use crate::engine::models::clip::ClipTextModel;
 use crate::engine::models::taesd::AutoencoderTiny;
 use crate::engine::models::unet_2d_condition::UNet2DConditionModel;
 use crate::engine::models::vae::AutoencoderKl;
+use crate::eval::detect;
 use crate::text::tokenizer::ClipTokenizer;
 
 /// Every option of a run (saved in the run folder; a resumed run must be given the same).
@@ -37,6 +38,25 @@ pub struct TrainOptions {
     /// VAE optimisation steps.
     #[arg(long, default_value_t = 2500)]
     pub vae_steps: usize,
+    /// Channels of the VAE's latents (16×16×C for a 128×128 image). SD uses 4; more keep
+    /// more of the small shapes' outlines (SD3 went to 16 for the same reason).
+    #[arg(long, default_value_t = 4)]
+    #[serde(default = "four")]
+    pub latent_channels: i64,
+    /// VAE levels: latents 2^(levels − 1) times smaller per side (4: 8×, as SD; 3: 4×, which
+    /// keeps small objects' outlines several latent pixels wide).
+    #[arg(long, default_value_t = 4)]
+    #[serde(default = "four_levels")]
+    pub vae_levels: usize,
+    /// UNet channels per level, comma-separated.
+    #[arg(long, default_value = "32,64,64")]
+    #[serde(default = "unet_channels")]
+    pub unet_channels: String,
+    /// Which UNet levels have attention (1) or not (0), comma-separated, one per level; the
+    /// middle block always has it.
+    #[arg(long, default_value = "1,1,0")]
+    #[serde(default = "unet_attention")]
+    pub unet_attention: String,
     /// VAE batch (random crops).
     #[arg(long, default_value_t = 8)]
     pub vae_batch: i64,
@@ -94,6 +114,46 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 500)]
     #[serde(skip)]
     pub checkpoint_every: usize,
+}
+
+fn four() -> i64 {
+    4
+}
+
+fn four_levels() -> usize {
+    4
+}
+
+fn unet_channels() -> String {
+    "32,64,64".into()
+}
+
+fn unet_attention() -> String {
+    "1,1,0".into()
+}
+
+impl TrainOptions {
+    /// The model sizes these options choose (checked).
+    pub fn architecture(&self) -> anyhow::Result<Architecture> {
+        let list = |text: &str, name: &str| -> anyhow::Result<Vec<i64>> {
+            text.split(',')
+                .map(|part| {
+                    part.trim().parse::<i64>().with_context(|| format!("--{name}: {part:?} is not a number"))
+                })
+                .collect()
+        };
+        let arch = Architecture {
+            latent_channels: self.latent_channels,
+            vae_levels: self.vae_levels,
+            unet_channels: list(&self.unet_channels, "unet-channels")?,
+            unet_attention: list(&self.unet_attention, "unet-attention")?
+                .into_iter()
+                .map(|v| v != 0)
+                .collect(),
+        };
+        arch.check()?;
+        Ok(arch)
+    }
 }
 
 impl Default for TrainOptions {
@@ -179,12 +239,15 @@ pub struct Run {
     pub options: TrainOptions,
     pub device: Device,
     pub threads: usize,
+    /// The sizes `options` choose.
+    pub arch: Architecture,
 }
 
 impl Run {
     /// Opens (or starts) `folder` with `options`; a folder started with other options is refused
     /// by name, so a resumed run never silently mixes settings.
     pub fn open(folder: &Path, options: TrainOptions, device: Device) -> anyhow::Result<Self> {
+        let arch = options.architecture()?;
         std::fs::create_dir_all(folder)
             .with_context(|| format!("could not create run folder {}", folder.display()))?;
         let path = folder.join("options.json");
@@ -212,7 +275,7 @@ impl Run {
             write_json(&path, &serde_json::to_value(&options)?)?;
         }
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Ok(Self { folder: folder.into(), options, device, threads })
+        Ok(Self { folder: folder.into(), options, device, threads, arch })
     }
 
     fn stage_folder(&self, stage: Stage) -> anyhow::Result<PathBuf> {
@@ -292,7 +355,7 @@ impl Run {
     }
 
     fn vae_model(&self) -> anyhow::Result<AutoencoderKl> {
-        let config = shapes_model::parse(&shapes_model::vae_config(1.0))?;
+        let config = shapes_model::parse(&shapes_model::vae_config(1.0, &self.arch))?;
         tch::manual_seed(self.options.seed as i64);
         Ok(AutoencoderKl::new(config, self.device))
     }
@@ -322,7 +385,7 @@ impl Run {
         let mut parts = vec![Part::new("vae", vae.var_store(), 0.0)?];
         let mut losses = LossWindow::default();
         let crop = options.vae_crop.clamp(8, i64::from(IMAGE_SIZE));
-        let report = self.run_steps(
+        let mut report = self.run_steps(
             stage,
             &folder,
             options.vae_steps,
@@ -371,8 +434,36 @@ impl Run {
             (mean, reconstruction)
         };
         let std = f64::try_from(latents.std(true))?;
+        // what the detectors still read after the round trip (the ceiling of the whole model)
+        let (mut correct, mut total, mut shapes_right, mut objects) = (0usize, 0usize, 0usize, 0usize);
+        let pixels = reconstruction
+            .f_add_scalar(1.0)?
+            .f_mul_scalar(127.5)?
+            .f_round()?
+            .f_clamp(0.0, 255.0)?
+            .f_to_kind(Kind::Uint8)?
+            .f_permute([0, 2, 3, 1])?
+            .f_to_device(Device::Cpu)?
+            .f_contiguous()?;
+        for (index, scene) in eval.scenes.iter().enumerate() {
+            let rgb = Vec::<u8>::try_from(pixels.get(index as i64).f_view([-1])?)?;
+            let detected = detect::detect(&rgb, scene.width, scene.height);
+            let scene = Scene { says_background: true, ..scene.clone() };
+            let (c, t) = detect::attributes_correct(&scene, &detected);
+            (correct, total) = (correct + c, total + t);
+            for object in &scene.objects {
+                objects += 1;
+                shapes_right +=
+                    usize::from(detected.object(object.colour).is_some_and(|f| f.shape == object.shape));
+            }
+        }
+        report
+            .metrics
+            .insert("reconstruction_attribute_accuracy".into(), correct as f64 / total.max(1) as f64);
+        report
+            .metrics
+            .insert("reconstruction_shape_accuracy".into(), shapes_right as f64 / objects.max(1) as f64);
         let mse = f64::try_from(reconstruction.f_sub(&images)?.f_square()?.f_mean(Kind::Float)?)? / 4.0;
-        let mut report = report;
         report.metrics.insert("data_seconds".into(), data_seconds);
         report.metrics.insert("scaling_factor".into(), 1.0 / std);
         report.metrics.insert("reconstruction_psnr_db".into(), -10.0 * mse.log10());
@@ -386,7 +477,8 @@ impl Run {
         let folder = self.stage_folder(stage)?;
         let (vae, scaling) = self.trained_vae()?;
         tch::manual_seed(options.seed as i64 + 1);
-        let taesd = AutoencoderTiny::new(shapes_model::parse(&shapes_model::taesd_config())?, self.device);
+        let taesd =
+            AutoencoderTiny::new(shapes_model::parse(&shapes_model::taesd_config(&self.arch))?, self.device);
         let square = Bucket { width: IMAGE_SIZE, height: IMAGE_SIZE };
         progress
             .message(&format!("rendering {} training images for the preview decoder", options.vae_images));
@@ -440,7 +532,7 @@ impl Run {
         let (sets, data_seconds) = self.latent_cache(&tokenizer, progress)?;
         let empty = data::token_ids(&tokenizer, &[String::new()])?;
         let (vocab, bos, eos) = (tokenizer.vocab_size(), tokenizer.bos_id, tokenizer.eos_id);
-        let (_, text_config, unet_config, _) = shapes_model::configs(vocab, bos, eos)?;
+        let (_, text_config, unet_config, _) = shapes_model::configs(vocab, bos, eos, &self.arch)?;
         tch::manual_seed(options.seed as i64 + 2);
         let text_encoder = ClipTextModel::new(text_config, self.device);
         let mut unet = UNet2DConditionModel::new(unet_config, self.device);
@@ -642,9 +734,9 @@ impl Run {
             weights.into_iter().map(|(name, tensor)| (format!("text_model.{name}"), tensor)).collect();
         write_tensors(&folder.join("model.safetensors"), &prefixed)?;
         for (sub, config, source) in [
-            ("unet", shapes_model::unet_config(), self.folder.join("unet").join("unet")),
-            ("vae", shapes_model::vae_config(scaling), self.folder.join("vae")),
-            ("taesd", shapes_model::taesd_config(), self.folder.join("taesd")),
+            ("unet", shapes_model::unet_config(&self.arch), self.folder.join("unet").join("unet")),
+            ("vae", shapes_model::vae_config(scaling, &self.arch), self.folder.join("vae")),
+            ("taesd", shapes_model::taesd_config(&self.arch), self.folder.join("taesd")),
         ] {
             let folder = write(sub, &config, "config.json")?;
             let weights: Vec<(String, Tensor)> = read_final(&source)?.into_iter().collect();
