@@ -33,6 +33,7 @@ fn tiny() -> TrainOptions {
         vae_crop: 32,
         vae_lr: 2e-3,
         vae_kl: 1e-4,
+        vae_edge_weight: 4.0,
         taesd_steps: 3,
         unet_steps: 6,
         unet_batch: 4,
