@@ -30,7 +30,11 @@ fn info_runs_with_no_environment_variables() {
     assert!(stdout.contains("CPU threads: "), "{stdout}");
     assert!(stdout.contains("CUDA device"), "{stdout}");
     assert!(stdout.contains("audio output: "), "{stdout}");
-    assert!(stdout.contains("models: "), "{stdout}");
+    assert!(stdout.contains("models:"), "{stdout}");
+    assert!(
+        stdout.contains("assets/models/shapes (DiffusersFolder)"),
+        "the bundled model is found: {stdout}"
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod sampler;
 pub mod schedulers;
 pub mod training;
+pub mod vae_round_trip;
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};

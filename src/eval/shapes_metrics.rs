@@ -13,14 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use anyhow::Context;
-
 use super::detect::{self, Detected};
 use crate::datasets::shapes::{self, Colour, Sample, Split};
 use crate::engine::EngineHandle;
-use crate::engine::image_tensor::{image_from_tensor, tensor_from_image};
-use crate::engine::loading::load_diffusers_weights;
-use crate::engine::models::vae::{AutoencoderKl, AutoencoderKlConfig};
+use crate::engine::vae_round_trip::VaeRoundTrip;
 use crate::protocol::{
     DeviceChoice, DiffEditParams, EditSource, EngineEvent, GenerateParams, ImageData, InpaintParams,
     InvertParams, Job, JobOutput, MaskOptions, Precision, PromptToPromptParams,
@@ -243,28 +239,6 @@ impl Tally {
     fn shape(&self) -> f64 {
         self.shapes_right as f64 / self.objects.max(1) as f64
     }
-}
-
-/// The model folder's `vae/` (diffusers `AutoencoderKL`).
-fn load_vae(model: &Path, device: DeviceChoice) -> anyhow::Result<AutoencoderKl> {
-    let folder = model.join("vae");
-    let config_path = folder.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("reading {} (is this a diffusers model folder?)", config_path.display()))?;
-    let config: AutoencoderKlConfig =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
-    let device = crate::engine::device::select(device).map_err(anyhow::Error::msg)?;
-    let vae = AutoencoderKl::new(config, device);
-    load_diffusers_weights(vae.var_store(), &folder)?;
-    Ok(vae)
-}
-
-/// `image` encoded (posterior mean) and decoded by `vae`.
-fn vae_round_trip(vae: &AutoencoderKl, image: &ImageData) -> anyhow::Result<ImageData> {
-    let _guard = tch::no_grad_guard();
-    let pixels = tensor_from_image(image, vae.var_store().device())?;
-    let decoded = vae.decode(&vae.encode(&pixels)?.mean)?;
-    Ok(image_from_tensor(&decoded)?)
 }
 
 fn rgb_of(image: &ImageData) -> Vec<u8> {
@@ -561,12 +535,12 @@ pub fn evaluate(options: &EvalOptions, on_progress: &mut dyn FnMut(&str)) -> any
 
     // 6. ceilings: the detectors on the held-out images of step 1, and on their VAE round trip
     // (last, so that this thread's tensor work does not overlap the engine's timed jobs)
-    let vae = load_vae(&options.model, options.device)?;
+    let vae = VaeRoundTrip::load(&options.model, options.device)?;
     let (mut dataset, mut round_trip, mut sheet) = (Tally::default(), Tally::default(), Vec::new());
     for i in 0..options.captions {
         let sample = held_out(i);
         dataset.add(&sample.scene, &detect::detect(&sample.rgb, sample.scene.width, sample.scene.height));
-        let image = vae_round_trip(&vae, &image_of(&sample))?;
+        let image = vae.run(&image_of(&sample))?;
         round_trip.add(&sample.scene, &detect_image(&image));
         if sheet.len() < 24 {
             sheet.extend([image_of(&sample), image]);
