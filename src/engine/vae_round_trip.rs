@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-
 use crate::engine::device;
 use crate::engine::image_tensor::{image_from_tensor, tensor_from_image};
 use crate::engine::loading::load_diffusers_weights;
@@ -20,12 +18,7 @@ impl VaeRoundTrip {
     /// Loads `model/vae` (config and weights) on `choice`.
     pub fn load(model: &Path, choice: DeviceChoice) -> anyhow::Result<Self> {
         let folder = model.join("vae");
-        let config_path = folder.join("config.json");
-        let text = std::fs::read_to_string(&config_path).with_context(|| {
-            format!("reading {} (is this a diffusers model folder?)", config_path.display())
-        })?;
-        let config: AutoencoderKlConfig =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", config_path.display()))?;
+        let config = AutoencoderKlConfig::from_file(&folder.join("config.json"))?;
         let device = device::select(choice).map_err(anyhow::Error::msg)?;
         let vae = AutoencoderKl::new(config, device);
         load_diffusers_weights(vae.var_store(), &folder)?;

@@ -5,6 +5,7 @@
 //! No learning: what they report can be checked against the dataset's ground truth.
 
 use crate::datasets::shapes::{Colour, Scene, Shape};
+use crate::protocol::ImageData;
 
 /// What the detectors found in an image.
 #[derive(Debug, Clone)]
@@ -240,6 +241,48 @@ pub fn attributes_correct(scene: &Scene, detected: &Detected) -> (usize, usize) 
         correct += usize::from(detected.background == Some(scene.background.colour));
     }
     (correct, total)
+}
+
+/// [`detect`] on an RGBA image (alpha ignored).
+pub fn detect_image(image: &ImageData) -> Detected {
+    let rgb: Vec<u8> = image.rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    detect(&rgb, image.width, image.height)
+}
+
+/// Attribute and shape counts over scenes.
+#[derive(Default)]
+pub struct Tally {
+    correct: usize,
+    total: usize,
+    /// Objects whose colour was found.
+    pub colours: usize,
+    shapes_right: usize,
+    /// Objects in all the scenes added.
+    pub objects: usize,
+}
+
+impl Tally {
+    pub fn add(&mut self, scene: &Scene, detected: &Detected) {
+        let (c, t) = attributes_correct(scene, detected);
+        (self.correct, self.total) = (self.correct + c, self.total + t);
+        for object in &scene.objects {
+            self.objects += 1;
+            if let Some(found) = detected.object(object.colour) {
+                self.colours += 1;
+                self.shapes_right += usize::from(found.shape == object.shape);
+            }
+        }
+    }
+
+    /// Share of attributes read right ([`attributes_correct`]).
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+
+    /// Share of objects found with the right shape.
+    pub fn shape(&self) -> f64 {
+        self.shapes_right as f64 / self.objects.max(1) as f64
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::detect::{self, Detected};
+use super::detect::{self, Tally, detect_image};
 use crate::datasets::shapes::{self, Colour, Sample, Split};
 use crate::engine::EngineHandle;
 use crate::engine::vae_round_trip::VaeRoundTrip;
@@ -209,49 +209,9 @@ impl Runner {
     }
 }
 
-/// Attribute and shape counts over scenes.
-#[derive(Default)]
-struct Tally {
-    correct: usize,
-    total: usize,
-    colours: usize,
-    shapes_right: usize,
-    objects: usize,
-}
-
-impl Tally {
-    fn add(&mut self, scene: &shapes::Scene, detected: &Detected) {
-        let (c, t) = detect::attributes_correct(scene, detected);
-        (self.correct, self.total) = (self.correct + c, self.total + t);
-        for object in &scene.objects {
-            self.objects += 1;
-            if let Some(found) = detected.object(object.colour) {
-                self.colours += 1;
-                self.shapes_right += usize::from(found.shape == object.shape);
-            }
-        }
-    }
-
-    fn accuracy(&self) -> f64 {
-        self.correct as f64 / self.total.max(1) as f64
-    }
-
-    fn shape(&self) -> f64 {
-        self.shapes_right as f64 / self.objects.max(1) as f64
-    }
-}
-
-fn rgb_of(image: &ImageData) -> Vec<u8> {
-    image.rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect()
-}
-
 fn image_of(sample: &Sample) -> ImageData {
     let rgba = sample.rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
     ImageData { width: sample.scene.width, height: sample.scene.height, rgba: Arc::new(rgba) }
-}
-
-fn detect_image(image: &ImageData) -> Detected {
-    detect::detect(&rgb_of(image), image.width, image.height)
 }
 
 /// `caption` with the word `from` replaced by `to` (whole words only).

@@ -30,7 +30,7 @@ pub const DIFFUSERS_VERSION: &str = "0.42.1";
 pub const IMAGE_SIZE: i64 = 128;
 
 /// The sizes a run chooses (`train --latent-channels --vae-levels --unet-channels
-/// --unet-attention`); the defaults are the ones described above.
+/// --unet-attention`; their defaults are the sizes described above).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Architecture {
     /// Channels of the latents.
@@ -41,17 +41,6 @@ pub struct Architecture {
     pub unet_channels: Vec<i64>,
     /// Whether each UNet level (down and mirrored up) has cross- and self-attention.
     pub unet_attention: Vec<bool>,
-}
-
-impl Default for Architecture {
-    fn default() -> Self {
-        Self {
-            latent_channels: 4,
-            vae_levels: 4,
-            unet_channels: vec![32, 64, 64],
-            unet_attention: vec![true, true, false],
-        }
-    }
 }
 
 impl Architecture {

@@ -22,6 +22,7 @@ use super::noise::{NoiseDistribution, Target, TrainingSchedule};
 use super::optim::{AdamW, AdamWConfig, Ema};
 use super::shapes_model::{self, Architecture, named_variables, write_json, write_tensors};
 use crate::datasets::shapes::{IMAGE_SIZE, Scene, Split};
+use crate::engine::image_tensor::image_from_tensor;
 use crate::engine::models::clip::ClipTextModel;
 use crate::engine::models::taesd::AutoencoderTiny;
 use crate::engine::models::unet_2d_condition::UNet2DConditionModel;
@@ -449,34 +450,13 @@ impl Run {
         };
         let std = f64::try_from(latents.std(true))?;
         // what the detectors still read after the round trip (the ceiling of the whole model)
-        let (mut correct, mut total, mut shapes_right, mut objects) = (0usize, 0usize, 0usize, 0usize);
-        let pixels = reconstruction
-            .f_add_scalar(1.0)?
-            .f_mul_scalar(127.5)?
-            .f_round()?
-            .f_clamp(0.0, 255.0)?
-            .f_to_kind(Kind::Uint8)?
-            .f_permute([0, 2, 3, 1])?
-            .f_to_device(Device::Cpu)?
-            .f_contiguous()?;
+        let mut tally = detect::Tally::default();
         for (index, scene) in eval.scenes.iter().enumerate() {
-            let rgb = Vec::<u8>::try_from(pixels.get(index as i64).f_view([-1])?)?;
-            let detected = detect::detect(&rgb, scene.width, scene.height);
-            let scene = Scene { says_background: true, ..scene.clone() };
-            let (c, t) = detect::attributes_correct(&scene, &detected);
-            (correct, total) = (correct + c, total + t);
-            for object in &scene.objects {
-                objects += 1;
-                shapes_right +=
-                    usize::from(detected.object(object.colour).is_some_and(|f| f.shape == object.shape));
-            }
+            let image = image_from_tensor(&reconstruction.get(index as i64))?;
+            tally.add(&Scene { says_background: true, ..scene.clone() }, &detect::detect_image(&image));
         }
-        report
-            .metrics
-            .insert("reconstruction_attribute_accuracy".into(), correct as f64 / total.max(1) as f64);
-        report
-            .metrics
-            .insert("reconstruction_shape_accuracy".into(), shapes_right as f64 / objects.max(1) as f64);
+        report.metrics.insert("reconstruction_attribute_accuracy".into(), tally.accuracy());
+        report.metrics.insert("reconstruction_shape_accuracy".into(), tally.shape());
         let mse = f64::try_from(reconstruction.f_sub(&images)?.f_square()?.f_mean(Kind::Float)?)? / 4.0;
         report.metrics.insert("data_seconds".into(), data_seconds);
         report.metrics.insert("scaling_factor".into(), 1.0 / std);
