@@ -280,6 +280,11 @@ struct TrainArgs {
     /// Checkpoint and stop after this many minutes (run the same command again to go on).
     #[arg(long)]
     time_limit: Option<f64>,
+    /// Start from the finished VAE, preview decoder and latent cache of this other run (which
+    /// must have used the same autoencoder options), and train only the text encoder and UNet:
+    /// how UNet options are compared against each other.
+    #[arg(long, value_name = "RUN")]
+    autoencoder_from: Option<PathBuf>,
     #[command(flatten)]
     options: TrainOptions,
 }
@@ -1135,6 +1140,11 @@ impl TrainProgress for TrainBar {
 fn train(device: DeviceChoice, args: TrainArgs) -> anyhow::Result<()> {
     let device = device::select(device).map_err(anyhow::Error::msg)?;
     let run = Run::open(&args.run, args.options, device)?;
+    if let Some(from) = &args.autoencoder_from
+        && run.reuse_autoencoder(from)?
+    {
+        eprintln!("autoencoder stages and latents copied from {}", from.display());
+    }
     let deadline =
         args.time_limit.map(|minutes| std::time::Instant::now() + Duration::from_secs_f64(minutes * 60.0));
     let mut progress = TrainBar { bar: indicatif::ProgressBar::hidden(), deadline };

@@ -28,6 +28,7 @@ fn tiny() -> TrainOptions {
         vae_levels: 3,
         unet_channels: "32,48".into(),
         unet_attention: "0,1".into(),
+        unet_norm_groups: 8,
         vae_steps: 4,
         vae_batch: 2,
         vae_crop: 32,
@@ -133,6 +134,26 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();
     assert!(error.contains("--unet-attention"), "{error}");
     assert!(!dir.join("bad").exists(), "nothing written for refused options");
+    // 3b. a run differing only in UNet options starts from the finished autoencoder and cache
+    let mut ablation = tiny();
+    ablation.target = Target::Epsilon;
+    ablation.unet_steps = 2;
+    let reuse = Run::open(&dir.join("ablation"), ablation, Device::Cpu).expect("run");
+    assert!(reuse.reuse_autoencoder(&dir.join("straight")).expect("reuses"));
+    for stage in [Stage::Vae, Stage::Taesd] {
+        let (a, b) = (straight.report(stage).unwrap().unwrap(), reuse.report(stage).unwrap().unwrap());
+        assert_eq!((a.steps, a.final_loss), (b.steps, b.final_loss), "{}", stage.name());
+    }
+    assert!(dir.join("ablation/latents.safetensors").is_file());
+    reuse.train(Stage::Unet, &mut Quiet).expect("trains the UNet only");
+    assert_eq!(reuse.report(Stage::Unet).unwrap().unwrap().steps, 2);
+    assert!(!reuse.reuse_autoencoder(&dir.join("straight")).expect("no-op"), "its own VAE stage is kept");
+    let mut other_vae = tiny();
+    other_vae.vae_kl = 1e-3;
+    let refused = Run::open(&dir.join("other-vae"), other_vae, Device::Cpu).expect("run");
+    let error = refused.reuse_autoencoder(&dir.join("straight")).err().expect("refused").to_string();
+    assert!(error.contains("vae_kl"), "{error}");
+    assert!(!dir.join("other-vae/vae").exists(), "nothing copied from a mismatched run");
     // 4. the exported folder is a model for the engine, with its preview decoder
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
     let params = GenerateParams {
@@ -155,7 +176,9 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     assert!(dir.join("straight-model/taesd/config.json").is_file());
     let unet_config = std::fs::read_to_string(dir.join("straight-model/unet/config.json")).expect("config");
     assert!(
-        unet_config.contains("\"sample_size\": 32") && unet_config.contains("\"in_channels\": 8"),
+        unet_config.contains("\"sample_size\": 32")
+            && unet_config.contains("\"in_channels\": 8")
+            && unet_config.contains("\"norm_num_groups\": 8"),
         "{unet_config}"
     );
     let tokenizer = std::fs::read_to_string(dir.join("straight-model/tokenizer/vocab.json")).expect("vocab");

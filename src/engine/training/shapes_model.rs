@@ -41,6 +41,8 @@ pub struct Architecture {
     pub unet_channels: Vec<i64>,
     /// Whether each UNet level (down and mirrored up) has cross- and self-attention.
     pub unet_attention: Vec<bool>,
+    /// Groups of every UNet group norm.
+    pub unet_norm_groups: i64,
 }
 
 impl Architecture {
@@ -60,9 +62,11 @@ impl Architecture {
             !self.unet_channels.is_empty() && self.unet_channels.len() == self.unet_attention.len(),
             "--unet-channels and --unet-attention must name the same number of levels"
         );
+        let groups = self.unet_norm_groups;
+        anyhow::ensure!(groups > 0, "--unet-norm-groups must be at least 1");
         anyhow::ensure!(
-            self.unet_channels.iter().all(|c| *c > 0 && c % 16 == 0),
-            "--unet-channels must be multiples of 16 (the group norm's 16 groups)"
+            self.unet_channels.iter().all(|c| *c > 0 && c % groups == 0),
+            "--unet-channels must be multiples of --unet-norm-groups ({groups})"
         );
         Ok(())
     }
@@ -142,7 +146,7 @@ pub fn unet_config(arch: &Architecture) -> Value {
         "layers_per_block": 1,
         "attention_head_dim": 4,
         "cross_attention_dim": 128,
-        "norm_num_groups": 16,
+        "norm_num_groups": arch.unet_norm_groups,
         "norm_eps": 1e-5,
         "act_fn": "silu",
         "flip_sin_to_cos": true,

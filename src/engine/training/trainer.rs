@@ -58,6 +58,12 @@ pub struct TrainOptions {
     #[arg(long, default_value = "1,1,0")]
     #[serde(default = "unet_attention")]
     pub unet_attention: String,
+    /// Groups of the UNet's group norms (one number for every level, as in diffusers). Keep
+    /// several channels per group at the narrowest level: with one channel per group the norm
+    /// erases each channel's mean and scale, and the UNet can no longer predict small noise.
+    #[arg(long, default_value_t = 4)]
+    #[serde(default = "sixteen")]
+    pub unet_norm_groups: i64,
     /// VAE batch (random crops).
     #[arg(long, default_value_t = 8)]
     pub vae_batch: i64,
@@ -130,6 +136,11 @@ fn four_levels() -> usize {
     4
 }
 
+/// What runs started before `--unet-norm-groups` existed were built with.
+fn sixteen() -> i64 {
+    16
+}
+
 fn unet_channels() -> String {
     "32,64,64".into()
 }
@@ -156,6 +167,7 @@ impl TrainOptions {
                 .into_iter()
                 .map(|v| v != 0)
                 .collect(),
+            unet_norm_groups: self.unet_norm_groups,
         };
         arch.check()?;
         Ok(arch)
@@ -282,6 +294,77 @@ impl Run {
         }
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Ok(Self { folder: folder.into(), options, device, threads, arch })
+    }
+
+    /// The options that decide the autoencoder stages (VAE, preview decoder) and the latent
+    /// cache: two runs that agree on these can share them.
+    pub const AUTOENCODER_OPTIONS: [&'static str; 14] = [
+        "seed",
+        "latent_channels",
+        "vae_levels",
+        "vae_batch",
+        "vae_crop",
+        "vae_lr",
+        "vae_kl",
+        "vae_edge_weight",
+        "vae_steps",
+        "vae_images",
+        "taesd_steps",
+        "warmup",
+        "images",
+        "buckets",
+    ];
+
+    /// Starts this run's autoencoder stages and latent cache from the finished ones of run
+    /// `from` (copies of `vae/`, `taesd/`, `tokenizer/` and `latents.*`), so that runs which
+    /// differ only in their UNet options (the ablations) train only the UNet. Refuses, by
+    /// option name, a run whose [`Self::AUTOENCODER_OPTIONS`] differ, and does nothing when this
+    /// run's VAE stage has already started.
+    pub fn reuse_autoencoder(&self, from: &Path) -> anyhow::Result<bool> {
+        if self.folder.join(Stage::Vae.name()).exists() {
+            return Ok(false);
+        }
+        let path = from.join("options.json");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("could not read {}: is {} a run folder?", path.display(), from.display())
+        })?;
+        let theirs: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a training options file", path.display()))?;
+        let ours = serde_json::to_value(&self.options)?;
+        let differing: Vec<String> = Self::AUTOENCODER_OPTIONS
+            .iter()
+            .filter(|key| theirs.get(**key) != ours.get(**key))
+            .map(|key| {
+                let show = |v: Option<&serde_json::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
+                format!("{key} ({} there, {} here)", show(theirs.get(*key)), show(ours.get(*key)))
+            })
+            .collect();
+        anyhow::ensure!(
+            differing.is_empty(),
+            "the autoencoder of run {} was trained with other options: {}",
+            from.display(),
+            differing.join(", ")
+        );
+        for stage in [Stage::Vae, Stage::Taesd] {
+            anyhow::ensure!(
+                from.join(stage.name()).join("done.json").is_file(),
+                "stage {} of run {} has not finished; finish it first (train --run {} --until taesd)",
+                stage.name(),
+                from.display(),
+                from.display()
+            );
+        }
+        for name in ["tokenizer", "vae", "taesd"] {
+            copy_folder(&from.join(name), &self.folder.join(name))?;
+        }
+        for name in ["latents.safetensors", "latents.seconds"] {
+            let source = from.join(name);
+            if source.is_file() {
+                std::fs::copy(&source, self.folder.join(name))
+                    .with_context(|| format!("could not copy {}", source.display()))?;
+            }
+        }
+        Ok(true)
     }
 
     fn stage_folder(&self, stage: Stage) -> anyhow::Result<PathBuf> {
@@ -796,6 +879,22 @@ fn edge_map(images: &Tensor) -> Result<Tensor, tch::TchError> {
 }
 
 /// The CPU's model name (Linux), for records.
+/// Copies the folder `from`, subfolders included, to `to`.
+fn copy_folder(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("could not create {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("could not read {}", from.display()))? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_folder(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("could not copy {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
