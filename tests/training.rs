@@ -45,6 +45,7 @@ fn tiny() -> TrainOptions {
         buckets: "128x128,96x160".into(),
         target: Target::V,
         min_snr: 5.0,
+        offset_noise: 0.05,
         noise: NoiseDistribution::Edm,
         caption_dropout: 0.5,
         ema: 0.9,

@@ -149,6 +149,22 @@ fn rand_distr_normal(rng: &mut impl rand::Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
+/// Training noise for `x0`: standard normal, plus, with `offset` > 0, one normal draw of
+/// standard deviation `offset` per sample and channel added to every pixel (offset noise,
+/// Guttenberg 2023). A sampler starts from noise whose per-channel mean is random, while at
+/// the last training step an image's mean colour still shows through the noise; without the
+/// offset the model takes that random mean for the image's colour (the bigger the latents, the
+/// plainer it shows) instead of following the prompt.
+pub fn training_noise(x0: &Tensor, offset: f64) -> Result<Tensor, tch::TchError> {
+    let noise = x0.f_randn_like()?;
+    if offset <= 0.0 {
+        return Ok(noise);
+    }
+    let size = x0.size();
+    let shift = Tensor::f_randn([size[0], size[1], 1, 1], (x0.kind(), x0.device()))?;
+    noise.f_add(&shift.f_mul_scalar(offset)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +214,21 @@ mod tests {
         let w = Vec::<f32>::try_from(weights).expect("weights");
         assert!((f64::from(w[0]) - 5.0 / (snr(0) + 1.0)).abs() < 1e-6);
         assert!((f64::from(w[1]) - snr(999) / (snr(999) + 1.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn offset_noise_gives_each_channel_a_random_mean() {
+        tch::manual_seed(0);
+        let x0 = Tensor::zeros([256, 4, 16, 16], (Kind::Float, tch::Device::Cpu));
+        let spread = |noise: &Tensor| {
+            let means = noise.mean_dim(&[2i64, 3][..], false, Kind::Float);
+            f64::try_from(means.std(true)).unwrap()
+        };
+        let plain = training_noise(&x0, 0.0).unwrap();
+        let offset = training_noise(&x0, 0.3).unwrap();
+        // plain: the mean of 256 unit normals, std 1/16; offset: sqrt(0.3² + 1/256)
+        assert!((spread(&plain) - 1.0 / 16.0).abs() < 0.01, "{}", spread(&plain));
+        let expected = (0.09f64 + 1.0 / 256.0).sqrt();
+        assert!((spread(&offset) - expected).abs() < 0.03, "{} vs {expected}", spread(&offset));
     }
 }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
 use super::data::{self, Bucket, LatentSet};
-use super::noise::{NoiseDistribution, Target, TrainingSchedule};
+use super::noise::{NoiseDistribution, Target, TrainingSchedule, training_noise};
 use super::optim::{AdamW, AdamWConfig, Ema};
 use super::shapes_model::{self, Architecture, named_variables, write_json, write_tensors};
 use crate::datasets::shapes::{IMAGE_SIZE, Scene, Split};
@@ -113,6 +113,12 @@ pub struct TrainOptions {
     /// Min-SNR-γ loss weighting (Hang et al. 2023); 0 turns it off.
     #[arg(long, default_value_t = 5.0)]
     pub min_snr: f64,
+    /// Offset noise (Guttenberg 2023): each training noise gets a random per-channel shift of
+    /// this standard deviation, so that generation follows the prompt's colours, not the random
+    /// mean of its starting noise; 0 turns it off.
+    #[arg(long, default_value_t = 0.1)]
+    #[serde(default)]
+    pub offset_noise: f64,
     /// How noise levels are drawn.
     #[arg(long, value_enum, default_value_t = NoiseDistribution::Uniform)]
     pub noise: NoiseDistribution,
@@ -660,7 +666,7 @@ impl Run {
                     }
                 }
                 let context = text_encoder.forward_train(&ids.f_to_device(self.device)?, 0)?;
-                let noise = x0.f_randn_like()?;
+                let noise = training_noise(&x0, options.offset_noise)?;
                 let (noisy, target, weights) =
                     schedule.noisy_and_target(&x0, &noise, &timesteps, options.target, min_snr)?;
                 let t: Vec<f32> = timesteps.iter().map(|t| *t as f32).collect();
