@@ -81,4 +81,8 @@ echo "$table"
   echo "Written by \`make bench\` (bench/run.sh); each row runs both sides on the same machine in one go."
   echo
   echo "$table"
+  # the training ablations take hours: their scripts (bench/ablate.sh) write these, kept as they are
+  for part in bench/ablations/*.md; do
+    if [ -f "$part" ]; then echo; cat "$part"; fi
+  done
 } > BENCHMARKS.md

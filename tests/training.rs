@@ -155,6 +155,15 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     let error = refused.reuse_autoencoder(&dir.join("straight")).err().expect("refused").to_string();
     assert!(error.contains("vae_kl"), "{error}");
     assert!(!dir.join("other-vae/vae").exists(), "nothing copied from a mismatched run");
+    let mut other_buckets = tiny();
+    other_buckets.buckets = "128x128".into();
+    let rebucketed = Run::open(&dir.join("other-buckets"), other_buckets, Device::Cpu).expect("run");
+    assert!(rebucketed.reuse_autoencoder(&dir.join("straight")).expect("reuses the autoencoder"));
+    assert!(dir.join("other-buckets/vae/done.json").is_file());
+    assert!(
+        !dir.join("other-buckets/latents.safetensors").exists(),
+        "latents of other buckets are not reused"
+    );
     // 4. the exported folder is a model for the engine, with its preview decoder
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
     let params = GenerateParams {

@@ -302,9 +302,9 @@ impl Run {
         Ok(Self { folder: folder.into(), options, device, threads, arch })
     }
 
-    /// The options that decide the autoencoder stages (VAE, preview decoder) and the latent
-    /// cache: two runs that agree on these can share them.
-    pub const AUTOENCODER_OPTIONS: [&'static str; 14] = [
+    /// The options that decide the autoencoder stages (VAE, preview decoder): two runs that
+    /// agree on these can share them.
+    pub const AUTOENCODER_OPTIONS: [&'static str; 12] = [
         "seed",
         "latent_channels",
         "vae_levels",
@@ -317,15 +317,17 @@ impl Run {
         "vae_images",
         "taesd_steps",
         "warmup",
-        "images",
-        "buckets",
     ];
 
+    /// What the latent cache depends on besides the autoencoder.
+    pub const LATENT_OPTIONS: [&'static str; 2] = ["images", "buckets"];
+
     /// Starts this run's autoencoder stages and latent cache from the finished ones of run
-    /// `from` (copies of `vae/`, `taesd/`, `tokenizer/` and `latents.*`), so that runs which
-    /// differ only in their UNet options (the ablations) train only the UNet. Refuses, by
-    /// option name, a run whose [`Self::AUTOENCODER_OPTIONS`] differ, and does nothing when this
-    /// run's VAE stage has already started.
+    /// `from` (copies of `vae/`, `taesd/` and `tokenizer/`, and `latents.*` when the
+    /// [`Self::LATENT_OPTIONS`] agree too), so that runs which differ only in their UNet options
+    /// (the ablations) train only the UNet. Refuses, by option name, a run whose
+    /// [`Self::AUTOENCODER_OPTIONS`] differ, and does nothing when this run's VAE stage has
+    /// already started.
     pub fn reuse_autoencoder(&self, from: &Path) -> anyhow::Result<bool> {
         if self.folder.join(Stage::Vae.name()).exists() {
             return Ok(false);
@@ -363,9 +365,10 @@ impl Run {
         for name in ["tokenizer", "vae", "taesd"] {
             copy_folder(&from.join(name), &self.folder.join(name))?;
         }
+        let same_latents = Self::LATENT_OPTIONS.iter().all(|key| theirs.get(*key) == ours.get(*key));
         for name in ["latents.safetensors", "latents.seconds"] {
             let source = from.join(name);
-            if source.is_file() {
+            if same_latents && source.is_file() {
                 std::fs::copy(&source, self.folder.join(name))
                     .with_context(|| format!("could not copy {}", source.display()))?;
             }
