@@ -142,12 +142,15 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     let reuse = Run::open(&dir.join("ablation"), ablation, Device::Cpu).expect("run");
     assert!(reuse.reuse_autoencoder(&dir.join("straight")).expect("reuses"));
     for stage in [Stage::Vae, Stage::Taesd] {
-        let (a, b) = (straight.report(stage).unwrap().unwrap(), reuse.report(stage).unwrap().unwrap());
+        let (a, b) = (
+            straight.report(stage).expect("report").expect("finished"),
+            reuse.report(stage).expect("report").expect("finished"),
+        );
         assert_eq!((a.steps, a.final_loss), (b.steps, b.final_loss), "{}", stage.name());
     }
     assert!(dir.join("ablation/latents.safetensors").is_file());
     reuse.train(Stage::Unet, &mut Quiet).expect("trains the UNet only");
-    assert_eq!(reuse.report(Stage::Unet).unwrap().unwrap().steps, 2);
+    assert_eq!(reuse.report(Stage::Unet).expect("report").expect("finished").steps, 2);
     assert!(!reuse.reuse_autoencoder(&dir.join("straight")).expect("no-op"), "its own VAE stage is kept");
     let mut other_vae = tiny();
     other_vae.vae_kl = 1e-3;

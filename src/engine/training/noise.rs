@@ -222,10 +222,10 @@ mod tests {
         let x0 = Tensor::zeros([256, 4, 16, 16], (Kind::Float, tch::Device::Cpu));
         let spread = |noise: &Tensor| {
             let means = noise.mean_dim(&[2i64, 3][..], false, Kind::Float);
-            f64::try_from(means.std(true)).unwrap()
+            f64::try_from(means.std(true)).expect("a number")
         };
-        let plain = training_noise(&x0, 0.0).unwrap();
-        let offset = training_noise(&x0, 0.3).unwrap();
+        let plain = training_noise(&x0, 0.0).expect("noise");
+        let offset = training_noise(&x0, 0.3).expect("noise");
         // plain: the mean of 256 unit normals, std 1/16; offset: sqrt(0.3² + 1/256)
         assert!((spread(&plain) - 1.0 / 16.0).abs() < 0.01, "{}", spread(&plain));
         let expected = (0.09f64 + 1.0 / 256.0).sqrt();
