@@ -155,7 +155,7 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     let mut other_vae = tiny();
     other_vae.vae_kl = 1e-3;
     let refused = Run::open(&dir.join("other-vae"), other_vae, Device::Cpu).expect("run");
-    let error = refused.reuse_autoencoder(&dir.join("straight")).err().expect("refused").to_string();
+    let error = refused.reuse_autoencoder(&dir.join("straight")).expect_err("refused").to_string();
     assert!(error.contains("vae_kl"), "{error}");
     assert!(!dir.join("other-vae/vae").exists(), "nothing copied from a mismatched run");
     let mut other_buckets = tiny();
