@@ -276,18 +276,12 @@ impl Run {
             .with_context(|| format!("could not create run folder {}", folder.display()))?;
         let path = folder.join("options.json");
         if path.is_file() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("could not read {}", path.display()))?;
-            let saved: TrainOptions = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a training options file", path.display()))?;
-            let (a, b) = (serde_json::to_value(&saved)?, serde_json::to_value(&options)?);
+            let (a, b) = (read_options(folder)?, serde_json::to_value(&options)?);
             if a != b {
-                let differing: Vec<String> = a
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter(|(key, value)| b.get(key.as_str()) != Some(value))
-                    .map(|(key, value)| format!("{key} (started with {value}, now {})", b[key.as_str()]))
+                let keys: Vec<&str> =
+                    a.as_object().into_iter().flatten().map(|(key, _)| key.as_str()).collect();
+                let differing: Vec<String> = differing_options(&a, &b, &keys)
+                    .map(|(key, then, now)| format!("{key} (started with {then}, now {now})"))
                     .collect();
                 anyhow::bail!(
                     "run folder {} was started with other options: {}; resume with the same options or use a new --run folder",
@@ -332,20 +326,9 @@ impl Run {
         if self.folder.join(Stage::Vae.name()).exists() {
             return Ok(false);
         }
-        let path = from.join("options.json");
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("could not read {}: is {} a run folder?", path.display(), from.display())
-        })?;
-        let theirs: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a training options file", path.display()))?;
-        let ours = serde_json::to_value(&self.options)?;
-        let differing: Vec<String> = Self::AUTOENCODER_OPTIONS
-            .iter()
-            .filter(|key| theirs.get(**key) != ours.get(**key))
-            .map(|key| {
-                let show = |v: Option<&serde_json::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
-                format!("{key} ({} there, {} here)", show(theirs.get(*key)), show(ours.get(*key)))
-            })
+        let (theirs, ours) = (read_options(from)?, serde_json::to_value(&self.options)?);
+        let differing: Vec<String> = differing_options(&theirs, &ours, &Self::AUTOENCODER_OPTIONS)
+            .map(|(key, there, here)| format!("{key} ({there} there, {here} here)"))
             .collect();
         anyhow::ensure!(
             differing.is_empty(),
@@ -365,7 +348,7 @@ impl Run {
         for name in ["tokenizer", "vae", "taesd"] {
             copy_folder(&from.join(name), &self.folder.join(name))?;
         }
-        let same_latents = Self::LATENT_OPTIONS.iter().all(|key| theirs.get(*key) == ours.get(*key));
+        let same_latents = differing_options(&theirs, &ours, &Self::LATENT_OPTIONS).next().is_none();
         for name in ["latents.safetensors", "latents.seconds"] {
             let source = from.join(name);
             if same_latents && source.is_file() {
@@ -887,7 +870,31 @@ fn edge_map(images: &Tensor) -> Result<Tensor, tch::TchError> {
     edges.f_max_pool2d(&[3i64, 3][..], &[1i64, 1][..], &[1i64, 1][..], &[1i64, 1][..], false)
 }
 
-/// The CPU's model name (Linux), for records.
+/// The options a run folder was started with, as JSON, with the values of options added
+/// since then filled in as the folder's run was built (the serde defaults).
+fn read_options(folder: &Path) -> anyhow::Result<serde_json::Value> {
+    let path = folder.join("options.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("could not read {}: is {} a run folder?", path.display(), folder.display())
+    })?;
+    let saved: TrainOptions = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a training options file", path.display()))?;
+    Ok(serde_json::to_value(&saved)?)
+}
+
+/// Those of `keys` on which the options `a` and `b` differ, with both values.
+fn differing_options<'a>(
+    a: &'a serde_json::Value,
+    b: &'a serde_json::Value,
+    keys: &'a [&'a str],
+) -> impl Iterator<Item = (&'a str, String, String)> + 'a {
+    let show =
+        |value: Option<&serde_json::Value>| value.map_or_else(|| "(unset)".to_string(), |v| v.to_string());
+    keys.iter()
+        .filter(move |key| a.get(**key) != b.get(**key))
+        .map(move |key| (*key, show(a.get(*key)), show(b.get(*key))))
+}
+
 /// Copies the folder `from`, subfolders included, to `to`.
 fn copy_folder(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to).with_context(|| format!("could not create {}", to.display()))?;
@@ -904,6 +911,7 @@ fn copy_folder(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CPU's model name (Linux), for records.
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
