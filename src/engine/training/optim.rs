@@ -54,12 +54,19 @@ impl AdamW {
     /// Scales gradients so that their global norm is at most `max_norm`; returns the norm.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64, tch::TchError> {
         let _no_grad = tch::no_grad_guard();
-        let mut total = 0.0;
+        // One sum per parameter, read back together: a read per parameter would wait for the
+        // GPU hundreds of times a step (the sums, and their order in `total`, are unchanged).
+        let mut sums = Vec::with_capacity(self.state.len());
         for (parameter, _, _) in self.state.values() {
             let grad = parameter.grad();
             if grad.defined() {
-                total += f64::try_from(grad.f_square()?.f_sum(Kind::Float)?)?;
+                sums.push(grad.f_square()?.f_sum(Kind::Float)?);
             }
+        }
+        let mut total = 0.0;
+        if !sums.is_empty() {
+            let sums = Vec::<f32>::try_from(Tensor::f_stack(&sums, 0)?.f_to_device(tch::Device::Cpu)?)?;
+            total = sums.iter().map(|s| f64::from(*s)).sum();
         }
         let norm = total.sqrt();
         if norm > max_norm {
@@ -213,5 +220,30 @@ mod tests {
         let expected = 1.0 * 2.0 / 11.0 + f64::try_from(w.get(0).get(0)).expect("w") * 9.0 / 11.0;
         let got = f64::try_from(ema.shadow["w"].get(0).get(0)).expect("ema");
         assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+    }
+    #[test]
+    fn clipping_scales_every_gradient_to_the_global_norm() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let a = vs.root().var_copy("a", &Tensor::from_slice(&[0.0f32, 0.0]).view([1, 2]));
+        let b = vs.root().var_copy("b", &Tensor::from_slice(&[0.0f32]));
+        let mut adam = AdamW::new(&vs, AdamWConfig::default()).expect("state");
+        adam.zero_grad();
+        // gradients 3, 0 and 4: global norm 5
+        ((&a * Tensor::from_slice(&[3.0f32, 0.0]).view([1, 2])).sum(Kind::Float)
+            + (&b * 4.0).sum(Kind::Float))
+        .backward();
+        let norm = adam.clip_grad_norm(1.0).expect("clips");
+        assert!((norm - 5.0).abs() < 1e-6, "{norm}");
+        let (ga, gb) = (
+            Vec::<f32>::try_from(a.grad().flatten(0, -1)).expect("a"),
+            f64::try_from(b.grad().get(0)).expect("b"),
+        );
+        assert!(
+            (f64::from(ga[0]) - 0.6).abs() < 1e-5 && ga[1] == 0.0 && (gb - 0.8).abs() < 1e-5,
+            "{ga:?} {gb}"
+        );
+        // under the limit nothing changes
+        assert!((adam.clip_grad_norm(10.0).expect("clips") - 1.0).abs() < 1e-5);
+        assert!((f64::try_from(b.grad().get(0)).expect("b") - 0.8).abs() < 1e-5);
     }
 }
