@@ -221,6 +221,7 @@ mod tests {
         let got = f64::try_from(ema.shadow["w"].get(0).get(0)).expect("ema");
         assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
     }
+
     #[test]
     fn clipping_scales_every_gradient_to_the_global_norm() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
