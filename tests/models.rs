@@ -175,10 +175,10 @@ fn the_vae_encodes_and_decodes_like_diffusers() {
 }
 
 #[test]
-fn unets_match_diffusers_for_sd1_sd2_and_inpainting_shapes() {
+fn unets_match_diffusers_for_sd1_sd2_inpainting_and_text_time_shapes() {
     use diffusion_studio::engine::models::unet_2d_condition::UNet2DConditionModel;
     let record = record("unet.json");
-    for name in ["tiny_unet_sd1", "tiny_unet_sd2", "tiny_unet_inpaint"] {
+    for name in ["tiny_unet_sd1", "tiny_unet_sd2", "tiny_unet_inpaint", "tiny_unet_text_time"] {
         let case = &record[name];
         let unet = UNet2DConditionModel::from_folder(&fixture(name), Device::Cpu).expect("loads");
         let shape: Vec<i64> = case["sample_shape"]

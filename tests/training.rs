@@ -29,6 +29,7 @@ fn tiny() -> TrainOptions {
         unet_channels: "32,48".into(),
         unet_attention: "0,1".into(),
         unet_norm_groups: 8,
+        unet_text_time: true,
         vae_steps: 4,
         vae_batch: 2,
         vae_crop: 32,
@@ -39,6 +40,7 @@ fn tiny() -> TrainOptions {
         unet_steps: 6,
         unet_batch: 4,
         lr: 1e-3,
+        text_lr_scale: 2.0,
         warmup: 2,
         vae_images: 6,
         images: 10,
@@ -152,6 +154,25 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     reuse.train(Stage::Unet, &mut Quiet).expect("trains the UNet only");
     assert_eq!(reuse.report(Stage::Unet).expect("report").expect("finished").steps, 2);
     assert!(!reuse.reuse_autoencoder(&dir.join("straight")).expect("no-op"), "its own VAE stage is kept");
+    // 3c. --text-lr-scale 0 keeps the text encoder at its initialisation while the UNet learns
+    let frozen = |name: &str, steps: usize| {
+        let mut options = tiny();
+        options.text_lr_scale = 0.0;
+        options.unet_steps = steps;
+        options.ema = 0.0; // an EMA of unchanged weights may still round differently
+        let run = Run::open(&dir.join(name), options, Device::Cpu).expect("run");
+        assert!(run.reuse_autoencoder(&dir.join("straight")).expect("reuses"));
+        run.train(Stage::Unet, &mut Quiet).expect("trains");
+        let read = |part: &str| {
+            read_safetensors(&dir.join(name).join("unet").join(part).join("final.safetensors"))
+                .expect("weights")
+        };
+        (read("text_encoder"), read("unet"))
+    };
+    let (text_1, unet_1) = frozen("frozen-1", 1);
+    let (text_3, unet_3) = frozen("frozen-3", 3);
+    assert!(text_1.iter().all(|(key, tensor)| tensor.equal(&text_3[key])), "the text encoder moved");
+    assert!(unet_1.iter().any(|(key, tensor)| !tensor.equal(&unet_3[key])), "the UNet did not learn");
     let mut other_vae = tiny();
     other_vae.vae_kl = 1e-3;
     let refused = Run::open(&dir.join("other-vae"), other_vae, Device::Cpu).expect("run");
@@ -191,16 +212,23 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     assert!(
         unet_config.contains("\"sample_size\": 32")
             && unet_config.contains("\"in_channels\": 8")
-            && unet_config.contains("\"norm_num_groups\": 8"),
+            && unet_config.contains("\"norm_num_groups\": 8")
+            && unet_config.contains("\"addition_embed_type\": \"text\""),
         "{unet_config}"
     );
     let tokenizer = std::fs::read_to_string(dir.join("straight-model/tokenizer/vocab.json")).expect("vocab");
     assert!(tokenizer.contains("\"circle</w>\""));
     // the record beside the weights reproduces the run
     let record = std::fs::read_to_string(dir.join("straight-model/TRAINING.md")).expect("training record");
-    for needle in
-        ["--seed 5", "--target v", "--noise edm", "--buckets 128x128,96x160", "| unet | 6 |", "| vae | 4 |"]
-    {
+    for needle in [
+        "--seed 5",
+        "--target v",
+        "--noise edm",
+        "--unet-text-time --",
+        "--buckets 128x128,96x160",
+        "| unet | 6 |",
+        "| vae | 4 |",
+    ] {
         assert!(record.contains(needle), "TRAINING.md lacks {needle}:\n{record}");
     }
     // 5. the evaluation runs every metric on it, and the card carries the record and the numbers

@@ -41,6 +41,7 @@ fn config_summary(folder: &Path) -> String {
         "down_block_types",
         "attention_head_dim",
         "cross_attention_dim",
+        "addition_embed_type",
         "hidden_size",
         "num_hidden_layers",
         "num_attention_heads",

@@ -10,6 +10,7 @@ use tch::{Kind, Tensor};
 
 use super::attention::{Transformer2DModel, TransformerOptions};
 use super::blocks::{ResnetBlock2D, conv2d, group_norm};
+use super::embeddings::TextTimeEmbedding;
 use super::unet_levels::{LevelsConfig, UNetLevels};
 use crate::engine::attention_control::{AttentionControl, CrossContext, Place};
 use crate::engine::loading::{self, LoadError};
@@ -67,8 +68,16 @@ pub struct UNet2DConditionConfig {
     pub mid_block_type: Option<String>,
     #[serde(default)]
     pub class_embed_type: Option<String>,
+    /// "text" (a pooled prompt vector added to the timestep embedding, [`TextTimeEmbedding`])
+    /// or none (SD 1.x/2.x).
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// Heads of the "text" addition's attention pooling.
+    #[serde(default = "default_addition_heads")]
+    pub addition_embed_type_num_heads: i64,
+    /// A projection of the text embedding before the UNet (Kandinsky, DeepFloyd IF): refused.
+    #[serde(default)]
+    pub encoder_hid_dim: Option<i64>,
     #[serde(default = "default_sample_size")]
     pub sample_size: i64,
 }
@@ -83,6 +92,9 @@ fn default_true() -> bool {
     true
 }
 fn default_sample_size() -> i64 {
+    64
+}
+fn default_addition_heads() -> i64 {
     64
 }
 
@@ -117,6 +129,8 @@ impl UNet2DConditionConfig {
             mid_block_type: None,
             class_embed_type: None,
             addition_embed_type: None,
+            addition_embed_type_num_heads: 64,
+            encoder_hid_dim: None,
             sample_size: 64,
         }
     }
@@ -169,12 +183,28 @@ impl UNet2DConditionConfig {
         {
             return Err(format!("mid_block_type \"{kind}\" is not supported (UNetMidBlock2DCrossAttn)"));
         }
-        for (field, value) in
-            [("class_embed_type", &self.class_embed_type), ("addition_embed_type", &self.addition_embed_type)]
-        {
-            if let Some(value) = value {
-                return Err(format!("{field} \"{value}\" is not supported (SD 1.x/2.x have none)"));
+        if let Some(value) = &self.class_embed_type {
+            return Err(format!("class_embed_type \"{value}\" is not supported (SD 1.x/2.x have none)"));
+        }
+        match self.addition_embed_type.as_deref() {
+            None => {}
+            Some("text") => {
+                let heads = self.addition_embed_type_num_heads;
+                if heads < 1 || self.cross_attention_dim % heads != 0 {
+                    return Err(format!(
+                        "addition_embed_type_num_heads {heads} must divide cross_attention_dim {}",
+                        self.cross_attention_dim
+                    ));
+                }
             }
+            Some(value) => {
+                return Err(format!(
+                    "addition_embed_type \"{value}\" is not supported (\"text\", or none as in SD 1.x/2.x)"
+                ));
+            }
+        }
+        if let Some(dim) = self.encoder_hid_dim {
+            return Err(format!("encoder_hid_dim {dim} is not supported (SD 1.x/2.x have none)"));
         }
         Ok(())
     }
@@ -189,6 +219,8 @@ impl UNet2DConditionConfig {
 pub struct UNet2DConditionModel {
     time_linear_1: nn::Linear,
     time_linear_2: nn::Linear,
+    /// `addition_embed_type: "text"`.
+    add_embedding: Option<TextTimeEmbedding>,
     conv_in: nn::Conv2D,
     levels: UNetLevels<Transformer2DModel>,
     mid_resnets: [ResnetBlock2D; 2],
@@ -241,6 +273,14 @@ impl UNet2DConditionModel {
         let mut model = Self {
             time_linear_1: nn::linear(&time / "linear_1", channels[0], temb, Default::default()),
             time_linear_2: nn::linear(&time / "linear_2", temb, temb, Default::default()),
+            add_embedding: (config.addition_embed_type.as_deref() == Some("text")).then(|| {
+                TextTimeEmbedding::new(
+                    &(&root / "add_embedding"),
+                    config.cross_attention_dim,
+                    temb,
+                    config.addition_embed_type_num_heads,
+                )
+            }),
             conv_in: conv2d(&root / "conv_in", config.in_channels, channels[0], 3, 1, 1),
             levels: unet_levels,
             mid_resnets,
@@ -340,7 +380,10 @@ impl UNet2DConditionModel {
             self.config.freq_shift,
         )?
         .f_to_kind(kind)?;
-        let temb = self.time_linear_2.forward(&self.time_linear_1.forward(&features).f_silu()?);
+        let mut temb = self.time_linear_2.forward(&self.time_linear_1.forward(&features).f_silu()?);
+        if let Some(add_embedding) = &self.add_embedding {
+            temb = temb.f_add(&add_embedding.forward(&context)?)?;
+        }
         // 2. down path, keeping every output for the skips
         let cross = CrossContext::new(&context, control);
         let (mut h, skips) = self.levels.down(self.conv_in.forward(&sample), &temb, Some(&cross))?;

@@ -43,6 +43,8 @@ pub struct Architecture {
     pub unet_attention: Vec<bool>,
     /// Groups of every UNet group norm.
     pub unet_norm_groups: i64,
+    /// Whether the pooled prompt is added to the timestep embedding (`addition_embed_type`).
+    pub unet_text_time: bool,
 }
 
 impl Architecture {
@@ -134,7 +136,7 @@ pub fn unet_config(arch: &Architecture) -> Value {
         .rev()
         .map(|attention| if *attention { "CrossAttnUpBlock2D" } else { "UpBlock2D" })
         .collect();
-    json!({
+    let mut config = json!({
         "_class_name": "UNet2DConditionModel",
         "_diffusers_version": DIFFUSERS_VERSION,
         "sample_size": IMAGE_SIZE / arch.factor(),
@@ -156,7 +158,12 @@ pub fn unet_config(arch: &Architecture) -> Value {
         "mid_block_scale_factor": 1,
         "use_linear_projection": false,
         "upcast_attention": false
-    })
+    });
+    if arch.unet_text_time {
+        config["addition_embed_type"] = json!("text");
+        config["addition_embed_type_num_heads"] = json!(4);
+    }
+    config
 }
 
 /// `taesd/config.json` (diffusers' `AutoencoderTiny`), one level per VAE level.

@@ -64,6 +64,12 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 4)]
     #[serde(default = "sixteen")]
     pub unet_norm_groups: i64,
+    /// Also add the prompt, pooled into one vector, to the UNet's timestep embedding (diffusers'
+    /// `addition_embed_type: "text"`), so that every resnet hears it, not only the attention
+    /// levels: a direct path for words that change a whole object's form, like its shape.
+    #[arg(long)]
+    #[serde(default)]
+    pub unet_text_time: bool,
     /// VAE batch (random crops).
     #[arg(long, default_value_t = 8)]
     pub vae_batch: i64,
@@ -95,6 +101,11 @@ pub struct TrainOptions {
     /// cosine decay to a tenth.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// The text encoder's learning rate as a multiple of --lr; 0 keeps it at its random
+    /// initialisation (every word stays distinct, and only the UNet learns to read them).
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "one")]
+    pub text_lr_scale: f64,
     /// Warm-up steps of every stage.
     #[arg(long, default_value_t = 200)]
     pub warmup: usize,
@@ -132,6 +143,10 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 500)]
     #[serde(skip)]
     pub checkpoint_every: usize,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 fn four() -> i64 {
@@ -174,6 +189,7 @@ impl TrainOptions {
                 .map(|v| v != 0)
                 .collect(),
             unet_norm_groups: self.unet_norm_groups,
+            unet_text_time: self.unet_text_time,
         };
         arch.check()?;
         Ok(arch)
@@ -611,7 +627,7 @@ impl Run {
         let schedule = TrainingSchedule::default();
         let ema = options.ema;
         let mut parts = vec![
-            Part::new("text_encoder", text_encoder.var_store(), ema)?,
+            Part::scaled(text_encoder.var_store(), "text_encoder", ema, options.text_lr_scale)?,
             Part::new("unet", unet.var_store(), ema)?,
         ];
         let sizes: Vec<i64> = sets.iter().map(LatentSet::len).collect();
@@ -739,7 +755,7 @@ impl Run {
             let lr = self.lr(stage, step, steps);
             for part in parts.iter_mut() {
                 part.adam.clip_grad_norm(1.0)?;
-                part.adam.step(lr)?;
+                part.adam.step(lr * part.lr_scale)?;
                 if let Some(ema) = &mut part.ema {
                     ema.update(part.vs)?;
                 }
@@ -821,11 +837,14 @@ impl Run {
         let options = serde_json::to_value(&self.options)?;
         let mut command = String::from("diffusion-studio train --run RUN --out OUT");
         for (key, value) in options.as_object().into_iter().flatten() {
-            let value = match value {
-                serde_json::Value::String(text) => text.clone(),
-                other => other.to_string(),
-            };
-            command.push_str(&format!(" --{} {value}", key.replace('_', "-")));
+            let flag = key.replace('_', "-");
+            match value {
+                // a switch: named when on, left out when off
+                serde_json::Value::Bool(true) => command.push_str(&format!(" --{flag}")),
+                serde_json::Value::Bool(false) => {}
+                serde_json::Value::String(text) => command.push_str(&format!(" --{flag} {text}")),
+                other => command.push_str(&format!(" --{flag} {other}")),
+            }
         }
         let mut text = format!(
             "# Training record\n\nWritten by `diffusion-studio train` when it exported this folder.\n\n\
@@ -930,12 +949,25 @@ struct Part<'a> {
     vs: &'a nn::VarStore,
     adam: AdamW,
     ema: Option<Ema>,
+    /// The part's learning rate as a multiple of the stage's.
+    lr_scale: f64,
 }
 
 impl<'a> Part<'a> {
     fn new(name: &'static str, vs: &'a nn::VarStore, ema: f64) -> anyhow::Result<Self> {
         let adam = AdamW::new(vs, AdamWConfig::default())?;
-        Ok(Self { name, vs, adam, ema: (ema > 0.0).then(|| Ema::new(vs, ema)) })
+        Ok(Self { name, vs, adam, ema: (ema > 0.0).then(|| Ema::new(vs, ema)), lr_scale: 1.0 })
+    }
+
+    /// This part learning `scale` times as fast as the others; 0 freezes its weights.
+    fn scaled(vs: &'a nn::VarStore, name: &'static str, ema: f64, scale: f64) -> anyhow::Result<Self> {
+        anyhow::ensure!(scale >= 0.0 && scale.is_finite(), "--text-lr-scale must be 0 or more");
+        if scale == 0.0 {
+            for (_, mut variable) in vs.variables() {
+                let _ = variable.requires_grad_(false);
+            }
+        }
+        Ok(Self { lr_scale: scale, ..Self::new(name, vs, ema)? })
     }
 }
 
