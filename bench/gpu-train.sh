@@ -16,7 +16,7 @@ mode=${1:?prepare, start or finish}
 G=$PWD/.gpu
 DEVICE=${DEVICE:-cuda}
 AE=${AE:---vae-levels 3 --vae-edge-weight 5 --vae-steps 2000 --taesd-steps 1000}
-TRAIN=${TRAIN:---target v --unet-channels 16,32,64,128 --unet-attention 0,0,1,0 --unet-norm-groups 4 --unet-batch 256}
+TRAIN=${TRAIN:---target v --unet-channels 16,32,64,128 --unet-attention 0,0,1,0 --unet-norm-groups 4 --unet-batch 256 --unet-text-time --text-lr-scale 0}
 case $mode in
 prepare)
   from=${2:?the finished autoencoder run folder}
