@@ -967,6 +967,8 @@ impl<'a> Part<'a> {
                 let _ = variable.requires_grad_(false);
             }
         }
+        // a frozen part needs no average: its weights are what it ships, bit for bit
+        let ema = if scale == 0.0 { 0.0 } else { ema };
         Ok(Self { lr_scale: scale, ..Self::new(name, vs, ema)? })
     }
 }
