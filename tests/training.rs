@@ -137,6 +137,11 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();
     assert!(error.contains("--unet-attention"), "{error}");
     assert!(!dir.join("bad").exists(), "nothing written for refused options");
+    let mut bad = tiny();
+    bad.text_lr_scale = -1.0;
+    let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();
+    assert!(error.contains("--text-lr-scale"), "{error}");
+    assert!(!dir.join("bad").exists(), "nothing written for refused options");
     // 3b. a run differing only in UNet options starts from the finished autoencoder and cache
     let mut ablation = tiny();
     ablation.target = Target::Epsilon;

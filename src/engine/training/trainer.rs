@@ -288,6 +288,11 @@ impl Run {
     /// by name, so a resumed run never silently mixes settings.
     pub fn open(folder: &Path, options: TrainOptions, device: Device) -> anyhow::Result<Self> {
         let arch = options.architecture()?;
+        let text_lr_scale = options.text_lr_scale;
+        anyhow::ensure!(
+            text_lr_scale >= 0.0 && text_lr_scale.is_finite(),
+            "--text-lr-scale must be 0 or more (0 freezes the text encoder), not {text_lr_scale}"
+        );
         std::fs::create_dir_all(folder)
             .with_context(|| format!("could not create run folder {}", folder.display()))?;
         let path = folder.join("options.json");
@@ -462,11 +467,10 @@ impl Run {
         let report = self.require(Stage::Vae)?;
         let vae = self.vae_model()?;
         load_final(vae.var_store(), &self.folder.join("vae"))?;
-        let mut vs_frozen = vae;
-        freeze(&mut vs_frozen);
+        freeze(vae.var_store());
         let scaling =
             report.metrics.get("scaling_factor").copied().context("the VAE report has no scaling factor")?;
-        Ok((vs_frozen, scaling))
+        Ok((vae, scaling))
     }
 
     fn train_vae(&self, progress: &mut dyn TrainProgress) -> anyhow::Result<StageReport> {
@@ -961,20 +965,18 @@ impl<'a> Part<'a> {
 
     /// This part learning `scale` times as fast as the others; 0 freezes its weights.
     fn scaled(vs: &'a nn::VarStore, name: &'static str, ema: f64, scale: f64) -> anyhow::Result<Self> {
-        anyhow::ensure!(scale >= 0.0 && scale.is_finite(), "--text-lr-scale must be 0 or more");
         if scale == 0.0 {
-            for (_, mut variable) in vs.variables() {
-                let _ = variable.requires_grad_(false);
-            }
+            freeze(vs);
+            // a frozen part needs no average: its weights are what it ships, bit for bit
+            return Ok(Self { lr_scale: 0.0, ..Self::new(name, vs, 0.0)? });
         }
-        // a frozen part needs no average: its weights are what it ships, bit for bit
-        let ema = if scale == 0.0 { 0.0 } else { ema };
         Ok(Self { lr_scale: scale, ..Self::new(name, vs, ema)? })
     }
 }
 
-fn freeze(vae: &mut AutoencoderKl) {
-    for (_, mut variable) in vae.var_store().variables() {
+/// No gradients for any weight of `vs`.
+fn freeze(vs: &nn::VarStore) {
+    for (_, mut variable) in vs.variables() {
         let _ = variable.requires_grad_(false);
     }
 }
