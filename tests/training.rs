@@ -41,6 +41,7 @@ fn tiny() -> TrainOptions {
         unet_batch: 4,
         lr: 1e-3,
         text_lr_scale: 2.0,
+        ground_weight: 0.5,
         warmup: 2,
         vae_images: 6,
         images: 10,
@@ -127,6 +128,9 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     assert!((0.0..=1.0).contains(&shapes_read), "{shapes_read}");
     let unet = straight.report(Stage::Unet).expect("report").expect("finished");
     assert_eq!(unet.steps, 6);
+    // the grounding loss is reported: a share of attention outside the masks, squared
+    let ground = unet.metrics["ground_loss"];
+    assert!(ground > 0.0 && ground < 1.0, "{ground}");
     // 3. a folder started with other options refuses to resume with these
     let mut other = tiny();
     other.seed = 6;
@@ -141,6 +145,11 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     bad.text_lr_scale = -1.0;
     let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();
     assert!(error.contains("--text-lr-scale"), "{error}");
+    assert!(!dir.join("bad").exists(), "nothing written for refused options");
+    let mut bad = tiny();
+    bad.ground_weight = f64::NAN;
+    let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();
+    assert!(error.contains("--ground-weight"), "{error}");
     assert!(!dir.join("bad").exists(), "nothing written for refused options");
     // 3b. a run differing only in UNet options starts from the finished autoencoder and cache
     let mut ablation = tiny();

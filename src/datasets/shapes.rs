@@ -232,32 +232,53 @@ pub struct Scene {
     pub says_background: bool,
 }
 
+/// What a caption word names: an object (by its index in the scene) or the background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Region {
+    Object(usize),
+    Background,
+}
+
 impl Scene {
     /// The caption: "a big red circle, a small blue star and a yellow heart on a green
     /// background".
     pub fn caption(&self) -> String {
-        let phrases: Vec<String> = self
-            .objects
-            .iter()
-            .map(|object| {
-                let words = if self.says_size {
-                    format!("{} {} {}", object.size.name(), object.colour.name(), object.shape.name())
-                } else {
-                    format!("{} {}", object.colour.name(), object.shape.name())
-                };
-                format!("{} {words}", article(&words))
-            })
-            .collect();
-        let mut caption = match phrases.as_slice() {
-            [] => String::new(),
-            [one] => one.clone(),
-            [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
-        };
-        if self.says_background {
-            let colour = self.background.colour.name();
-            caption.push_str(&format!(" on {} {colour} background", article(colour)));
+        let mut caption = String::new();
+        for (word, _) in self.words() {
+            if !caption.is_empty() && word != "," {
+                caption.push(' ');
+            }
+            caption.push_str(word);
         }
         caption
+    }
+
+    /// The caption's words in order ("," is a word of its own, as the CLIP tokenizer splits
+    /// it), each with the region it names: an object's size, colour and shape words name that
+    /// object; the background's colour and "background" name the background; articles, "and",
+    /// "on" and "," name nothing. What cross-attention grounding trains on.
+    pub fn words(&self) -> Vec<(&'static str, Option<Region>)> {
+        let mut words = Vec::new();
+        let count = self.objects.len();
+        for (index, object) in self.objects.iter().enumerate() {
+            if index > 0 {
+                words.push((if index + 1 == count { "and" } else { "," }, None));
+            }
+            let first = if self.says_size { object.size.name() } else { object.colour.name() };
+            words.push((article(first), None));
+            let region = Some(Region::Object(index));
+            if self.says_size {
+                words.push((object.size.name(), region));
+            }
+            words.push((object.colour.name(), region));
+            words.push((object.shape.name(), region));
+        }
+        if self.says_background {
+            let colour = self.background.colour.name();
+            let region = Some(Region::Background);
+            words.extend([("on", None), (article(colour), None), (colour, region), ("background", region)]);
+        }
+        words
     }
 }
 
@@ -496,6 +517,30 @@ mod tests {
         );
         let one = Scene { objects: scene.objects[2..].to_vec(), says_size: false, ..scene.clone() };
         assert_eq!(one.caption(), "an orange heart on a green background");
+        let two = Scene { objects: scene.objects[..2].to_vec(), says_background: false, ..scene.clone() };
+        assert_eq!(two.caption(), "a big red circle and a small blue star");
+        // the words' regions: each object's size, colour and shape; the background's colour
+        let named: Vec<(&str, Option<Region>)> =
+            scene.words().into_iter().filter(|(_, region)| region.is_some()).collect();
+        let object = |i| Some(Region::Object(i));
+        assert_eq!(
+            named,
+            [
+                ("big", object(0)),
+                ("red", object(0)),
+                ("circle", object(0)),
+                ("small", object(1)),
+                ("blue", object(1)),
+                ("star", object(1)),
+                ("small", object(2)),
+                ("orange", object(2)),
+                ("heart", object(2)),
+                ("green", Some(Region::Background)),
+                ("background", Some(Region::Background)),
+            ]
+        );
+        let words: Vec<&str> = scene.words().into_iter().map(|(word, _)| word).collect();
+        assert_eq!(words.join(" "), scene.caption().replace(',', " ,"));
         let vocabulary = vocabulary();
         for i in 0..200 {
             for word in sample(2, i, Split::Train, 32, 32).caption.replace(',', " ,").split_whitespace() {

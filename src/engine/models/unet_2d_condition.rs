@@ -339,14 +339,16 @@ impl UNet2DConditionModel {
         self.vs.unfreeze();
     }
 
-    /// Training's forward: gradients flow to the weights; `timesteps` (batch,) one per sample.
+    /// Training's forward: gradients flow to the weights; `timesteps` (batch,) one per sample;
+    /// `control` sees the attention (a grounding loss reads the cross-attention maps).
     pub fn forward_train(
         &self,
         sample: &Tensor,
         timesteps: &Tensor,
         context: &Tensor,
+        control: Option<&dyn AttentionControl>,
     ) -> Result<Tensor, tch::TchError> {
-        self.forward_inner(sample, timesteps, context, None)
+        self.forward_inner(sample, timesteps, context, control)
     }
 
     /// [`Self::forward`] with gradients flowing to `sample` and `context` (the weights are frozen):

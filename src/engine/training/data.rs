@@ -62,7 +62,16 @@ pub struct ImageSet {
     pub captions: Vec<String>,
     /// What each image shows (for measuring reconstructions with the detectors).
     pub scenes: Vec<shapes::Scene>,
+    /// (n, 4, height/4, width/4) u8: the visible share (0–255) of each 4×4 pixel block covered
+    /// by objects 0, 1, 2 (zero where absent) and by the background — the regions caption
+    /// words name ([`token_regions`]).
+    pub masks: Tensor,
 }
+
+/// Slots of [`ImageSet::masks`]: three objects, then the background.
+pub const MASK_SLOTS: usize = 4;
+/// Side of the pixel blocks [`ImageSet::masks`] averages.
+pub const MASK_BLOCK: u32 = 4;
 
 /// The dataset index where bucket `b`'s stream starts (streams of different buckets never meet).
 fn stream_start(bucket_index: usize) -> u64 {
@@ -84,24 +93,30 @@ pub fn render_set(
     let mut rgb = vec![0u8; count * pixels];
     let mut captions = vec![String::new(); count];
     let mut scenes = vec![None; count];
+    let (mask_w, mask_h) = (bucket.width / MASK_BLOCK, bucket.height / MASK_BLOCK);
+    let mask_len = MASK_SLOTS * (mask_w * mask_h) as usize;
+    let mut masks = vec![0u8; count * mask_len];
     let per_thread = count.div_ceil(threads).max(1);
     std::thread::scope(|scope| {
-        for (chunk, ((rgb_chunk, caption_chunk), scene_chunk)) in rgb
+        for (chunk, (((rgb_chunk, caption_chunk), scene_chunk), mask_chunk)) in rgb
             .chunks_mut(per_thread * pixels)
             .zip(captions.chunks_mut(per_thread))
             .zip(scenes.chunks_mut(per_thread))
+            .zip(masks.chunks_mut(per_thread * mask_len))
             .enumerate()
         {
             scope.spawn(move || {
-                for (i, ((out, caption), scene)) in rgb_chunk
+                for (i, (((out, caption), scene), mask)) in rgb_chunk
                     .chunks_mut(pixels)
                     .zip(caption_chunk.iter_mut())
                     .zip(scene_chunk.iter_mut())
+                    .zip(mask_chunk.chunks_mut(mask_len))
                     .enumerate()
                 {
                     let index = stream_start(bucket_index) + (chunk * per_thread + i) as u64;
                     let sample = shapes::sample(seed, index, split, bucket.width, bucket.height);
                     out.copy_from_slice(&sample.rgb);
+                    block_masks(&sample.masks, bucket, mask);
                     *caption = sample.caption;
                     *scene = Some(sample.scene);
                 }
@@ -111,7 +126,62 @@ pub fn render_set(
     let scenes = scenes.into_iter().map(|scene| scene.expect("every sample rendered")).collect();
     let (h, w) = (i64::from(bucket.height), i64::from(bucket.width));
     let images = Tensor::from_slice(&rgb).view([count as i64, h, w, 3]).permute([0, 3, 1, 2]).contiguous();
-    ImageSet { bucket, images, captions, scenes }
+    let masks = Tensor::from_slice(&masks).view([
+        count as i64,
+        MASK_SLOTS as i64,
+        i64::from(mask_h),
+        i64::from(mask_w),
+    ]);
+    ImageSet { bucket, images, captions, scenes, masks }
+}
+
+/// Averages full-resolution object coverages over [`MASK_BLOCK`]² blocks into `out`
+/// ([`MASK_SLOTS`] planes, u8); the background's plane is what no object covers.
+fn block_masks(objects: &[Vec<f32>], bucket: Bucket, out: &mut [u8]) {
+    let (width, height) = (bucket.width as usize, bucket.height as usize);
+    let block = MASK_BLOCK as usize;
+    let (mask_w, mask_h) = (width / block, height / block);
+    let plane = mask_w * mask_h;
+    let mut covered = vec![0f32; plane];
+    for (slot, mask) in objects.iter().take(MASK_SLOTS - 1).enumerate() {
+        for by in 0..mask_h {
+            for bx in 0..mask_w {
+                let mut sum = 0.0;
+                for y in by * block..(by + 1) * block {
+                    sum += mask[y * width + bx * block..y * width + (bx + 1) * block].iter().sum::<f32>();
+                }
+                let share = sum / (block * block) as f32;
+                covered[by * mask_w + bx] += share;
+                out[slot * plane + by * mask_w + bx] = (share * 255.0).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    for (cell, share) in covered.iter().enumerate() {
+        out[(MASK_SLOTS - 1) * plane + cell] = ((1.0 - share) * 255.0).round().clamp(0.0, 255.0) as u8;
+    }
+}
+
+/// For each caption's tokens (n, 77) u8: the region the token's word names, as a mask slot + 1
+/// (1–3: objects, 4: the background), or 0 (a word that names nothing, BOS, EOS, padding).
+/// Checks that each word is one token, as the shapes vocabulary makes it.
+pub fn token_regions(ids: &Tensor, scenes: &[shapes::Scene], eos: u32) -> anyhow::Result<Tensor> {
+    let mut regions = vec![0u8; scenes.len() * 77];
+    for (row, scene) in scenes.iter().enumerate() {
+        let words = scene.words();
+        anyhow::ensure!(
+            ids.int64_value(&[row as i64, words.len() as i64 + 1]) == i64::from(eos),
+            "caption \"{}\": its words are not one token each",
+            scene.caption()
+        );
+        for (position, (_, region)) in words.iter().enumerate() {
+            regions[row * 77 + position + 1] = match region {
+                None => 0,
+                Some(shapes::Region::Object(index)) => (index + 1).min(MASK_SLOTS - 1) as u8,
+                Some(shapes::Region::Background) => MASK_SLOTS as u8,
+            };
+        }
+    }
+    Ok(Tensor::from_slice(&regions).view([scenes.len() as i64, 77]))
 }
 
 /// u8 images (n, 3, h, w) → f32 in [-1, 1] on `device`.
@@ -138,6 +208,10 @@ pub struct LatentSet {
     pub std: Tensor,
     /// (n, 77) int64.
     pub ids: Tensor,
+    /// (n, 77) u8, [`token_regions`].
+    pub regions: Tensor,
+    /// (n, 4, h/4, w/4) u8, [`ImageSet::masks`].
+    pub masks: Tensor,
 }
 
 impl LatentSet {
@@ -155,6 +229,7 @@ pub fn encode_set(
     vae: &AutoencoderKl,
     set: &ImageSet,
     ids: Tensor,
+    regions: Tensor,
     device: Device,
     on_batch: &mut dyn FnMut(usize),
 ) -> anyhow::Result<LatentSet> {
@@ -171,10 +246,17 @@ pub fn encode_set(
         start += length;
         on_batch(length as usize);
     }
-    Ok(LatentSet { bucket: set.bucket, mean: Tensor::cat(&means, 0), std: Tensor::cat(&stds, 0), ids })
+    Ok(LatentSet {
+        bucket: set.bucket,
+        mean: Tensor::cat(&means, 0),
+        std: Tensor::cat(&stds, 0),
+        ids,
+        regions,
+        masks: set.masks.shallow_clone(),
+    })
 }
 
-/// Saves latent caches to one `.safetensors` file (keys `BUCKET.mean|std|ids`).
+/// Saves latent caches to one `.safetensors` file (keys `BUCKET.mean|std|ids|regions|masks`).
 pub fn save_latents(path: &Path, sets: &[LatentSet]) -> anyhow::Result<()> {
     let mut tensors = Vec::new();
     for set in sets {
@@ -182,11 +264,14 @@ pub fn save_latents(path: &Path, sets: &[LatentSet]) -> anyhow::Result<()> {
         tensors.push((format!("{name}.mean"), set.mean.shallow_clone()));
         tensors.push((format!("{name}.std"), set.std.shallow_clone()));
         tensors.push((format!("{name}.ids"), set.ids.shallow_clone()));
+        tensors.push((format!("{name}.regions"), set.regions.shallow_clone()));
+        tensors.push((format!("{name}.masks"), set.masks.shallow_clone()));
     }
     super::shapes_model::write_tensors(path, &tensors)
 }
 
-/// Loads what [`save_latents`] wrote for `buckets` (None when any bucket is missing).
+/// Loads what [`save_latents`] wrote for `buckets` (None when any bucket or tensor is missing,
+/// as in caches written before the regions and masks were).
 pub fn load_latents(path: &Path, buckets: &[Bucket]) -> anyhow::Result<Option<Vec<LatentSet>>> {
     if !path.is_file() {
         return Ok(None);
@@ -195,14 +280,13 @@ pub fn load_latents(path: &Path, buckets: &[Bucket]) -> anyhow::Result<Option<Ve
     let mut sets = Vec::new();
     for bucket in buckets {
         let name = bucket.name();
-        let (Some(mean), Some(std), Some(ids)) = (
-            tensors.remove(&format!("{name}.mean")),
-            tensors.remove(&format!("{name}.std")),
-            tensors.remove(&format!("{name}.ids")),
-        ) else {
+        let mut take = |what: &str| tensors.remove(&format!("{name}.{what}"));
+        let (Some(mean), Some(std), Some(ids), Some(regions), Some(masks)) =
+            (take("mean"), take("std"), take("ids"), take("regions"), take("masks"))
+        else {
             return Ok(None);
         };
-        sets.push(LatentSet { bucket: *bucket, mean, std, ids });
+        sets.push(LatentSet { bucket: *bucket, mean, std, ids, regions, masks });
     }
     Ok(Some(sets))
 }
@@ -219,6 +303,51 @@ mod tests {
             let error = Bucket::parse_list(bad).expect_err(bad).to_string();
             assert!(error.contains("bucket") || error.contains("at least one"), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn token_regions_name_each_objects_words_and_masks_cover_them() -> anyhow::Result<()> {
+        let folder = std::env::temp_dir().join(format!("ds-regions-{}", std::process::id()));
+        super::super::shapes_model::vocabulary().write(&folder)?;
+        let tokenizer = ClipTokenizer::from_folder(&folder)?;
+        std::fs::remove_dir_all(&folder)?;
+        let bucket = Bucket { width: 64, height: 32 };
+        let set = render_set(5, 0, bucket, Split::Train, 40, 2);
+        let ids = token_ids(&tokenizer, &set.captions)?;
+        let regions = token_regions(&ids, &set.scenes, tokenizer.eos_id)?;
+        assert_eq!(set.masks.size(), [40, 4, 8, 16]);
+        for (row, scene) in set.scenes.iter().enumerate() {
+            let row = row as i64;
+            for (position, (word, region)) in scene.words().into_iter().enumerate() {
+                let position = position as i64 + 1;
+                // the token at the word's position is that word
+                assert_eq!(ids.int64_value(&[row, position]), i64::from(tokenizer.encode(word)?[0]));
+                let code = regions.int64_value(&[row, position]);
+                match region {
+                    None => assert_eq!(code, 0),
+                    Some(shapes::Region::Background) => assert_eq!(code, 4),
+                    Some(shapes::Region::Object(index)) => {
+                        assert_eq!(code, index as i64 + 1);
+                        // the object's plane covers about its visible area
+                        let plane = set.masks.get(row).get(index as i64).to_kind(Kind::Float);
+                        let area = plane.sum(Kind::Float).double_value(&[]) / 255.0 * 16.0;
+                        let visible: f32 =
+                            shapes::sample(5, row as u64, Split::Train, 64, 32).masks[index].iter().sum();
+                        assert!((area - f64::from(visible)).abs() < 0.02 * f64::from(visible) + 2.0);
+                    }
+                }
+            }
+            assert_eq!(regions.get(row).int64_value(&[0]), 0, "BOS names nothing");
+            // the planes add up to the whole image
+            let total = set.masks.get(row).to_kind(Kind::Float).sum_dim_intlist(0, false, Kind::Float);
+            let (low, high) = (total.min().double_value(&[]), total.max().double_value(&[]));
+            assert!(low >= 253.0 && high <= 257.0, "{low}..{high}");
+        }
+        // a caption whose words are not one token each is refused
+        let mut wrong = set.scenes[0].clone();
+        wrong.says_background = !wrong.says_background;
+        assert!(token_regions(&ids.narrow(0, 0, 1), &[wrong], tokenizer.eos_id).is_err());
+        Ok(())
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! averaging, what each diffusion step draws and weighs, and the trainers.
 
 pub mod data;
+pub mod grounding;
 pub mod noise;
 pub mod optim;
 pub mod shapes_model;

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
 use super::data::{self, Bucket, LatentSet};
+use super::grounding::{AttentionCollector, grounding_loss};
 use super::noise::{NoiseDistribution, Target, TrainingSchedule, training_noise};
 use super::optim::{AdamW, AdamWConfig, Ema};
 use super::shapes_model::{self, Architecture, named_variables, write_json, write_tensors};
@@ -106,6 +107,12 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 1.0)]
     #[serde(default = "one")]
     pub text_lr_scale: f64,
+    /// Weight of the cross-attention grounding loss (TokenCompose's L_token, Wang et al. 2024):
+    /// each word that names an object or the background has its attention pulled inside that
+    /// region's true mask, so that a shape word acts where its object is; 0 turns it off.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub ground_weight: f64,
     /// Warm-up steps of every stage.
     #[arg(long, default_value_t = 200)]
     pub warmup: usize,
@@ -292,6 +299,11 @@ impl Run {
         anyhow::ensure!(
             text_lr_scale >= 0.0 && text_lr_scale.is_finite(),
             "--text-lr-scale must be 0 or more (0 freezes the text encoder), not {text_lr_scale}"
+        );
+        let ground_weight = options.ground_weight;
+        anyhow::ensure!(
+            ground_weight >= 0.0 && ground_weight.is_finite(),
+            "--ground-weight must be 0 or more (0 turns grounding off), not {ground_weight}"
         );
         std::fs::create_dir_all(folder)
             .with_context(|| format!("could not create run folder {}", folder.display()))?;
@@ -638,6 +650,9 @@ impl Run {
         let total: i64 = sizes.iter().sum();
         let mut losses = LossWindow::default();
         let min_snr = (options.min_snr > 0.0).then_some(options.min_snr);
+        let collector = AttentionCollector::default();
+        let grounding = (options.ground_weight > 0.0).then_some(&collector);
+        let mut ground_losses = LossWindow::default();
         let report = self.run_steps(
             stage,
             &folder,
@@ -677,19 +692,42 @@ impl Run {
                     schedule.noisy_and_target(&x0, &noise, &timesteps, options.target, min_snr)?;
                 let t: Vec<f32> = timesteps.iter().map(|t| *t as f32).collect();
                 let t = Tensor::f_from_slice(&t)?.f_to_device(self.device)?;
-                let prediction = unet.forward_train(&noisy, &t, &context)?;
+                let prediction = unet.forward_train(
+                    &noisy,
+                    &t,
+                    &context,
+                    grounding.map(|c| c as &dyn crate::engine::attention_control::AttentionControl),
+                )?;
                 let per_sample = prediction.f_sub(&target)?.f_square()?.f_mean_dim(
                     &[1i64, 2, 3][..],
                     false,
                     Kind::Float,
                 )?;
-                Ok(per_sample.f_mul(&weights)?.f_mean(Kind::Float)?)
+                let loss = per_sample.f_mul(&weights)?.f_mean(Kind::Float)?;
+                let Some(collector) = grounding else { return Ok(loss) };
+                // the regions of the dropped captions' tokens are gone with their words
+                let kept: Vec<u8> = dropped.iter().map(|drop| u8::from(!drop)).collect();
+                let kept = Tensor::f_from_slice(&kept)?.f_view([-1, 1])?;
+                let regions = set.regions.f_index_select(0, &index)?.f_mul(&kept)?;
+                let masks = set
+                    .masks
+                    .f_index_select(0, &index)?
+                    .f_to_device(self.device)?
+                    .f_to_kind(Kind::Float)?
+                    .f_div_scalar(255.0)?;
+                let ground = grounding_loss(&collector.take(), &regions, &masks)?;
+                ground_losses.push(f64::try_from(&ground)?);
+                Ok(loss.f_add(&ground.f_mul_scalar(options.ground_weight)?)?)
             },
         )?;
         write_final(&folder.join("text_encoder"), text_encoder.var_store(), parts[0].ema.as_ref())?;
         write_final(&folder.join("unet"), unet.var_store(), parts[1].ema.as_ref())?;
         let mut report = report;
         report.metrics.insert("data_seconds".into(), data_seconds);
+        if grounding.is_some() {
+            // the grounding loss alone (mean of the last 100 steps run by this process)
+            report.metrics.insert("ground_loss".into(), ground_losses.mean());
+        }
         Ok(report)
     }
 
@@ -719,7 +757,8 @@ impl Run {
             progress.message(&format!("rendering and encoding {count} images at {}", bucket.name()));
             let set = data::render_set(self.options.seed, index, *bucket, Split::Train, count, self.threads);
             let ids = data::token_ids(tokenizer, &set.captions)?;
-            sets.push(data::encode_set(&vae, &set, ids, self.device, &mut |_| {})?);
+            let regions = data::token_regions(&ids, &set.scenes, tokenizer.eos_id)?;
+            sets.push(data::encode_set(&vae, &set, ids, regions, self.device, &mut |_| {})?);
         }
         data::save_latents(&path, &sets)?;
         let seconds = clock.elapsed().as_secs_f64();
