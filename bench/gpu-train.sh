@@ -23,7 +23,7 @@ prepare)
   mkdir -p "$G/lib" "$G/ae"
   strip -o "$G/ds" target/release/diffusion-studio && xz -f -T2 "$G/ds"
   cp -L /lib/x86_64-linux-gnu/libasound.so.2 "$G/lib/"
-  cp "$from/options.json" "$G/ae/" && cp -r "$from/tokenizer" "$G/ae/"
+  cp "$from/options.json" "$G/ae/" && { [ ! -d "$from/tokenizer" ] || cp -r "$from/tokenizer" "$G/ae/"; }
   for stage in vae taesd; do mkdir -p "$G/ae/$stage" && cp "$from/$stage"/{done.json,final.safetensors} "$G/ae/$stage/"; done
   du -sh "$G" ;;
 start)

@@ -201,6 +201,21 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
         !dir.join("other-buckets/latents.safetensors").exists(),
         "latents of other buckets are not reused"
     );
+    // a run stopped after the autoencoder (`--until taesd`) has no tokenizer yet: still reusable
+    let stopped = dir.join("straight-stopped");
+    for name in ["vae", "taesd"] {
+        std::fs::create_dir_all(stopped.join(name)).expect("folder");
+        for file in ["done.json", "final.safetensors"] {
+            std::fs::copy(dir.join("straight").join(name).join(file), stopped.join(name).join(file))
+                .expect("copies");
+        }
+    }
+    std::fs::copy(dir.join("straight/options.json"), stopped.join("options.json")).expect("copies");
+    let mut after_stop = tiny();
+    after_stop.unet_steps = 1;
+    let after = Run::open(&dir.join("after-stop"), after_stop, Device::Cpu).expect("run");
+    assert!(after.reuse_autoencoder(&stopped).expect("reuses without a tokenizer"));
+    after.train(Stage::Unet, &mut Quiet).expect("writes its own tokenizer and trains");
     // 4. the exported folder is a model for the engine, with its preview decoder
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
     let params = GenerateParams {

@@ -264,8 +264,10 @@ pub fn save_latents(path: &Path, sets: &[LatentSet]) -> anyhow::Result<()> {
         tensors.push((format!("{name}.mean"), set.mean.shallow_clone()));
         tensors.push((format!("{name}.std"), set.std.shallow_clone()));
         tensors.push((format!("{name}.ids"), set.ids.shallow_clone()));
-        tensors.push((format!("{name}.regions"), set.regions.shallow_clone()));
-        tensors.push((format!("{name}.masks"), set.masks.shallow_clone()));
+        // bytes go to the file as int64 and f16 (exact for 0–255): the weight loader refuses
+        // u8, which in weights would be quantised values
+        tensors.push((format!("{name}.regions"), set.regions.f_to_kind(Kind::Int64)?));
+        tensors.push((format!("{name}.masks"), set.masks.f_to_kind(Kind::Half)?));
     }
     super::shapes_model::write_tensors(path, &tensors)
 }
@@ -286,6 +288,7 @@ pub fn load_latents(path: &Path, buckets: &[Bucket]) -> anyhow::Result<Option<Ve
         else {
             return Ok(None);
         };
+        let (regions, masks) = (regions.f_to_kind(Kind::Uint8)?, masks.f_to_kind(Kind::Uint8)?);
         sets.push(LatentSet { bucket: *bucket, mean, std, ids, regions, masks });
     }
     Ok(Some(sets))
@@ -347,6 +350,21 @@ mod tests {
         let mut wrong = set.scenes[0].clone();
         wrong.says_background = !wrong.says_background;
         assert!(token_regions(&ids.narrow(0, 0, 1), &[wrong], tokenizer.eos_id).is_err());
+        // the cache keeps regions and masks exactly
+        let latents = Tensor::zeros([40, 4, 8, 16], (Kind::Float, Device::Cpu));
+        let cache = LatentSet {
+            bucket,
+            mean: latents.shallow_clone(),
+            std: latents,
+            ids,
+            regions: regions.shallow_clone(),
+            masks: set.masks.shallow_clone(),
+        };
+        let path = std::env::temp_dir().join(format!("ds-latents-{}.safetensors", std::process::id()));
+        save_latents(&path, &[cache])?;
+        let loaded = load_latents(&path, &[bucket])?.context("loads")?;
+        std::fs::remove_file(&path)?;
+        assert!(loaded[0].regions.equal(&regions) && loaded[0].masks.equal(&set.masks));
         Ok(())
     }
 

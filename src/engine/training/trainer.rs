@@ -378,8 +378,12 @@ impl Run {
                 from.display()
             );
         }
-        for name in ["tokenizer", "vae", "taesd"] {
+        for name in ["vae", "taesd"] {
             copy_folder(&from.join(name), &self.folder.join(name))?;
+        }
+        // a run stopped after `--until taesd` has no tokenizer yet; this run writes the same one
+        if from.join("tokenizer").is_dir() {
+            copy_folder(&from.join("tokenizer"), &self.folder.join("tokenizer"))?;
         }
         let same_latents = differing_options(&theirs, &ours, &Self::LATENT_OPTIONS).next().is_none();
         for name in ["latents.safetensors", "latents.seconds"] {
