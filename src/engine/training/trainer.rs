@@ -23,6 +23,7 @@ use super::noise::{NoiseDistribution, Target, TrainingSchedule, training_noise};
 use super::optim::{AdamW, AdamWConfig, Ema};
 use super::shapes_model::{self, Architecture, named_variables, write_json, write_tensors};
 use crate::datasets::shapes::{IMAGE_SIZE, Scene, Split};
+use crate::engine::attention_control::AttentionControl;
 use crate::engine::image_tensor::image_from_tensor;
 use crate::engine::models::clip::ClipTextModel;
 use crate::engine::models::taesd::AutoencoderTiny;
@@ -696,12 +697,8 @@ impl Run {
                     schedule.noisy_and_target(&x0, &noise, &timesteps, options.target, min_snr)?;
                 let t: Vec<f32> = timesteps.iter().map(|t| *t as f32).collect();
                 let t = Tensor::f_from_slice(&t)?.f_to_device(self.device)?;
-                let prediction = unet.forward_train(
-                    &noisy,
-                    &t,
-                    &context,
-                    grounding.map(|c| c as &dyn crate::engine::attention_control::AttentionControl),
-                )?;
+                let prediction =
+                    unet.forward_train(&noisy, &t, &context, grounding.map(|c| c as &dyn AttentionControl))?;
                 let per_sample = prediction.f_sub(&target)?.f_square()?.f_mean_dim(
                     &[1i64, 2, 3][..],
                     false,
