@@ -5,5 +5,6 @@ pub mod data;
 pub mod grounding;
 pub mod noise;
 pub mod optim;
+pub mod outline;
 pub mod shapes_model;
 pub mod trainer;
