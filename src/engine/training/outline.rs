@@ -90,7 +90,7 @@ mod tests {
         assert!(f64::try_from(weighted_mean(&squared, &ones)?.f_sub(&plain)?.abs().max())? < 1e-6);
         // an error only inside the band counts more than it does unweighted, and stays per sample
         let weights = outline_weights(&square(), (6, 6), 4.0)?.repeat([2, 1, 1, 1]);
-        let mut inside = Tensor::zeros([2, 4, 6, 6], (Kind::Float, Device::Cpu));
+        let inside = Tensor::zeros([2, 4, 6, 6], (Kind::Float, Device::Cpu));
         let _ = inside.get(0).get(0).narrow(0, 1, 1).narrow(1, 1, 1).fill_(1.0);
         let weighted = weighted_mean(&inside, &weights)?;
         let unweighted = inside.mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
