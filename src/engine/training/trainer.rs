@@ -711,20 +711,21 @@ impl Run {
                 let t = Tensor::f_from_slice(&t)?.f_to_device(self.device)?;
                 let prediction =
                     unet.forward_train(&noisy, &t, &context, grounding.map(|c| c as &dyn AttentionControl))?;
-                let masks = || -> Result<Tensor, tch::TchError> {
-                    set.masks
-                        .f_index_select(0, &index)?
-                        .f_to_device(self.device)?
-                        .f_to_kind(Kind::Float)?
-                        .f_div_scalar(255.0)
+                // the batch's masks, read once for the outline weights and the grounding loss
+                let masks = if options.unet_edge_weight > 0.0 || grounding.is_some() {
+                    let masks = set.masks.f_index_select(0, &index)?.f_to_device(self.device)?;
+                    Some(masks.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?)
+                } else {
+                    None
                 };
                 let squared = prediction.f_sub(&target)?.f_square()?;
-                let per_sample = if options.unet_edge_weight > 0.0 {
-                    let (_, _, height, width) = squared.size4()?;
-                    let cells = outline_weights(&masks()?, (height, width), options.unet_edge_weight)?;
-                    weighted_mean(&squared, &cells)?
-                } else {
-                    squared.f_mean_dim(&[1i64, 2, 3][..], false, Kind::Float)?
+                let per_sample = match &masks {
+                    Some(masks) if options.unet_edge_weight > 0.0 => {
+                        let (_, _, height, width) = squared.size4()?;
+                        let cells = outline_weights(masks, (height, width), options.unet_edge_weight)?;
+                        weighted_mean(&squared, &cells)?
+                    }
+                    _ => squared.f_mean_dim(&[1i64, 2, 3][..], false, Kind::Float)?,
                 };
                 let loss = per_sample.f_mul(&weights)?.f_mean(Kind::Float)?;
                 let Some(collector) = grounding else { return Ok(loss) };
@@ -732,7 +733,7 @@ impl Run {
                 let kept: Vec<u8> = dropped.iter().map(|drop| u8::from(!drop)).collect();
                 let kept = Tensor::f_from_slice(&kept)?.f_view([-1, 1])?;
                 let regions = set.regions.f_index_select(0, &index)?.f_mul(&kept)?;
-                let masks = masks()?;
+                let masks = masks.context("the masks are read whenever grounding is on")?;
                 let ground = grounding_loss(&collector.take(), &regions, &masks)?;
                 ground_losses.push(f64::try_from(&ground)?);
                 Ok(loss.f_add(&ground.f_mul_scalar(options.ground_weight)?)?)
