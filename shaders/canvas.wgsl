@@ -1,17 +1,26 @@
 // The canvas: draws the document image into its on-screen rectangle (pan and zoom), over a
-// checkerboard where the image is transparent. The viewport is the canvas widget's rectangle.
+// checkerboard where the image is transparent; over it the inpainting mask as a tint with a
+// marching black-and-white edge where it crosses one half, and the brush cursor as a ring.
+// The viewport is the canvas widget's rectangle; @builtin(position) is in framebuffer pixels.
 
 struct View {
     // Image rectangle in the viewport's normalized device coordinates: min.xy, max.xy.
     image_ndc: vec4<f32>,
     // x: 1.0 to sample nearest (zoomed in past 100%), 0.0 to filter; y: checker size in pixels.
     params: vec4<f32>,
+    // The mask tint: rgb, and its opacity in a (0 hides the mask and its edge).
+    overlay: vec4<f32>,
+    // The brush cursor: centre xy and radius z in framebuffer pixels; w = 1 when shown.
+    cursor: vec4<f32>,
+    // x: seconds, the marching edge's phase.
+    time: vec4<f32>,
 };
 
 @group(0) @binding(0) var<uniform> view: View;
 @group(0) @binding(1) var image_texture: texture_2d<f32>;
 @group(0) @binding(2) var linear_sampler: sampler;
 @group(0) @binding(3) var nearest_sampler: sampler;
+@group(0) @binding(4) var mask_texture: texture_2d<f32>;
 
 struct VertexOut {
     @builtin(position) position: vec4<f32>,
@@ -37,6 +46,29 @@ fn fs_main(in: VertexOut) -> @location(0) vec4<f32> {
     let color = select(filtered, nearest, view.params.x > 0.5);
     let cell = floor(in.position.xy / max(view.params.y, 1.0));
     let checker = select(0.55, 0.75, (i32(cell.x + cell.y) & 1) == 0);
-    let rgb = mix(vec3<f32>(checker), color.rgb, color.a);
+    var rgb = mix(vec3<f32>(checker), color.rgb, color.a);
+
+    // The mask: a tint in proportion to its value, and the 0.5 contour as marching ants (the
+    // contour found in screen space from the value's rate of change, so it stays one to two
+    // pixels wide at any zoom).
+    let m = textureSample(mask_texture, linear_sampler, in.uv).r;
+    let shown = view.overlay.a;
+    rgb = mix(rgb, view.overlay.rgb, m * shown);
+    let width = max(fwidth(m), 1e-4);
+    let on_edge = abs(m - 0.5) < width * 0.75 && shown > 0.0;
+    if on_edge {
+        let dash = fract((in.position.x + in.position.y) / 12.0 - view.time.x * 1.5) < 0.5;
+        rgb = select(vec3<f32>(1.0), vec3<f32>(0.0), dash);
+    }
+
+    // The brush cursor: a black ring inside a white one, readable on any image.
+    if view.cursor.w > 0.5 {
+        let d = distance(in.position.xy, view.cursor.xy) - view.cursor.z;
+        if abs(d) < 0.75 {
+            rgb = vec3<f32>(0.0);
+        } else if abs(d - 1.5) < 0.75 {
+            rgb = vec3<f32>(1.0);
+        }
+    }
     return vec4<f32>(rgb, 1.0);
 }

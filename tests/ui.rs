@@ -1,13 +1,17 @@
 //! The studio's UI logic through egui_kittest, by role and label: opening images (good and bad),
-//! zoom and pan, a job from the inspector with undo, a failed job, and the canvas shader drawn
-//! through wgpu on a software adapter.
+//! zoom and pan, painting the mask (brush, eraser, straight lines, mask tools, shortcuts) with
+//! undo, inpainting from the inspector, a job from the inspector with undo, a failed job, and the
+//! canvas shader (image, mask overlay) drawn through wgpu on a software adapter.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
 use diffusion_studio::engine::{EngineHandle, JobContext, JobError, JobRunner};
-use diffusion_studio::protocol::{DeviceChoice, DeviceReport, Job, JobOutput};
+use diffusion_studio::protocol::{DeviceChoice, DeviceReport, ImageData, Job, JobOutput};
 use diffusion_studio::ui::StudioApp;
+use diffusion_studio::ui::app::Tool;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 
@@ -80,7 +84,9 @@ fn menu_zoom_wheel_and_drag_change_the_view() {
     let zoomed = harness.state().view.zoom;
     assert!(zoomed > 1.3, "zoom after the wheel: {zoomed}");
 
-    // A drag pans by the drag.
+    // With the pan tool, a drag pans by the drag.
+    harness.get_by_label("Pan (H)").click();
+    harness.run();
     let before = harness.state().view.offset;
     harness.drag_at(centre);
     harness.run();
@@ -170,6 +176,20 @@ fn the_canvas_shader_draws_the_image() {
     // The red disc covers the middle of the fitted image; sample a little left and right of it.
     let red = rendered.get_pixel((600.0 * ppp) as u32, (400.0 * ppp) as u32).0;
     assert!(red[0] > 150 && red[1] < 90 && red[2] < 90, "expected the sample's red disc, got {red:?}");
+
+    // A filled mask tints the image toward the overlay colour (1.0, 0.2, 0.3) at 45%; hidden,
+    // the image shows as it is again.
+    harness
+        .state_mut()
+        .execute(diffusion_studio::ui::UiCommand::Mask(diffusion_studio::document::MaskOp::Fill));
+    harness.run();
+    let tinted = harness.render().expect("render");
+    let tinted = tinted.get_pixel((600.0 * ppp) as u32, (400.0 * ppp) as u32).0;
+    assert!(tinted[0] > red[0] + 8 && tinted[2] > red[2] + 5, "{red:?} → {tinted:?}");
+    harness.state_mut().show_mask = false;
+    harness.run();
+    let hidden = harness.render().expect("render");
+    assert_eq!(hidden.get_pixel((600.0 * ppp) as u32, (400.0 * ppp) as u32).0, red);
 }
 
 /// A file as the window system hands it over on drop.
@@ -208,4 +228,192 @@ fn save_as_writes_the_image_and_keeps_its_pixels() {
     let saved = image::open(&out).expect("a PNG").into_rgba8();
     let original = image::open(sample()).expect("sample").into_rgba8();
     assert_eq!(saved, original);
+}
+
+/// Mask pixels marked for repainting at all.
+fn marked(app: &StudioApp) -> usize {
+    app.document.mask.as_ref().map_or(0, |m| m.pixels().iter().filter(|&&v| v > 0).count())
+}
+
+/// Ctrl+Z.
+fn undo(harness: &mut Harness<'static, StudioApp>) {
+    harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    harness.run();
+}
+
+/// A left-button stroke from `from` through `to`, as a mouse makes it.
+fn stroke(
+    harness: &mut Harness<'static, StudioApp>,
+    from: egui::Pos2,
+    to: egui::Pos2,
+    modifiers: egui::Modifiers,
+) {
+    let button = |pos, pressed| egui::Event::PointerButton {
+        pos,
+        button: egui::PointerButton::Primary,
+        pressed,
+        modifiers,
+    };
+    harness.event(egui::Event::ModifiersChanged(modifiers));
+    harness.event(egui::Event::PointerMoved(from));
+    harness.step();
+    harness.event(button(from, true));
+    harness.step();
+    for i in 1..=4 {
+        harness.event(egui::Event::PointerMoved(from + (to - from) * (i as f32 / 4.0)));
+        harness.step();
+    }
+    harness.event(button(to, false));
+    harness.step();
+    harness.event(egui::Event::ModifiersChanged(egui::Modifiers::NONE));
+    harness.step();
+}
+
+#[test]
+fn a_brush_stroke_paints_the_mask_and_undo_and_redo_walk_it() {
+    let mut harness = studio();
+    opened(&mut harness, sample());
+    assert_eq!(harness.state().tool, Tool::Brush, "the studio opens on the brush");
+    assert_eq!(marked(harness.state()), 0);
+    stroke(&mut harness, egui::pos2(560.0, 400.0), egui::pos2(660.0, 420.0), egui::Modifiers::NONE);
+    let painted = marked(harness.state());
+    // about 68 × 48 image pixels plus the round ends (zoom ≈ 1.46, radius 24)
+    assert!((3000..15000).contains(&painted), "{painted} pixels marked");
+    harness.get_by_label_contains("Painted the mask");
+
+    // the eraser takes part of it back
+    harness.key_press(egui::Key::E);
+    harness.run();
+    assert_eq!(harness.state().tool, Tool::Eraser);
+    stroke(&mut harness, egui::pos2(560.0, 400.0), egui::pos2(600.0, 408.0), egui::Modifiers::NONE);
+    let erased = marked(harness.state());
+    assert!(erased < painted && erased > 0, "{erased} of {painted}");
+
+    undo(&mut harness);
+    assert_eq!(marked(harness.state()), painted, "undo brings the erased part back");
+    undo(&mut harness);
+    assert_eq!(marked(harness.state()), 0, "undo takes the stroke away");
+    harness.key_press_modifiers(egui::Modifiers::COMMAND | egui::Modifiers::SHIFT, egui::Key::Z);
+    harness.run();
+    assert_eq!(marked(harness.state()), painted, "redo paints it again");
+}
+
+#[test]
+fn shift_click_draws_a_straight_line_and_brackets_resize_the_brush() {
+    let mut harness = studio();
+    opened(&mut harness, sample());
+    let radius = harness.state().brush.radius;
+    harness.key_press(egui::Key::CloseBracket);
+    harness.run();
+    assert!((harness.state().brush.radius - radius * 1.25).abs() < 1e-3);
+    harness.key_press(egui::Key::OpenBracket);
+    harness.key_press(egui::Key::OpenBracket);
+    harness.run();
+    assert!((harness.state().brush.radius - radius / 1.25).abs() < 1e-3);
+
+    let (a, b) = (egui::pos2(450.0, 300.0), egui::pos2(750.0, 500.0));
+    stroke(&mut harness, a, a, egui::Modifiers::NONE);
+    let dab = marked(harness.state());
+    stroke(&mut harness, b, b, egui::Modifiers::SHIFT);
+    let line = marked(harness.state());
+    assert!(line > dab * 5, "a line from the dab to the click: {dab} then {line}");
+    undo(&mut harness);
+    assert_eq!(marked(harness.state()), dab, "the line is one undo step");
+}
+
+#[test]
+fn the_mask_tools_change_the_whole_mask_in_one_undo_step() {
+    let mut harness = studio();
+    opened(&mut harness, sample());
+    let total = 512 * 512;
+    stroke(&mut harness, egui::pos2(560.0, 400.0), egui::pos2(600.0, 400.0), egui::Modifiers::NONE);
+    let painted = marked(harness.state());
+    harness.get_by_label("Grow").click();
+    harness.run();
+    let grown = marked(harness.state());
+    assert!(grown > painted, "{painted} → {grown}");
+    harness.get_by_label("Shrink").click();
+    harness.run();
+    assert!(marked(harness.state()) < grown);
+    harness.get_by_label("Invert").click();
+    harness.run();
+    let inverted = marked(harness.state());
+    assert!(inverted > total - grown, "{inverted}");
+    harness.get_by_label("Clear").click();
+    harness.run();
+    assert_eq!(marked(harness.state()), 0);
+    harness.get_by_label("Edit").click();
+    harness.run();
+    harness.get_by_label("Undo").click();
+    harness.run();
+    assert_eq!(marked(harness.state()), inverted, "undo takes back the clear alone");
+}
+
+#[test]
+fn typing_in_the_prompt_does_not_switch_tools() {
+    let mut harness = studio();
+    opened(&mut harness, sample());
+    harness.get_by_role_and_label(egui::accesskit::Role::MultilineTextInput, "prompt").click();
+    harness.run();
+    harness.get_by_role_and_label(egui::accesskit::Role::MultilineTextInput, "prompt").type_text(" here");
+    harness.run();
+    assert_eq!(harness.state().tool, Tool::Brush, "the e of \"here\" went into the prompt");
+    assert!(harness.state().inpaint.prompt.ends_with(" here"), "{}", harness.state().inpaint.prompt);
+}
+
+/// An engine runner that records the inpaint jobs it gets and answers with a flat blue image.
+struct RecordingRunner(Arc<Mutex<Vec<(String, usize, f64)>>>);
+
+impl JobRunner for RecordingRunner {
+    fn device_report(&self) -> DeviceReport {
+        DeviceReport { name: "test".into(), description: "recording test runner".into() }
+    }
+
+    fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
+        let Job::Inpaint(params) = job else {
+            return Err(JobError::Failed("only inpainting here".into()));
+        };
+        let marked = params.mask.rgba.chunks_exact(4).filter(|p| p[0] > 0).count();
+        if let Ok(mut seen) = self.0.lock() {
+            seen.push((params.base.prompt.clone(), marked, params.strength));
+        }
+        ctx.progress(1, 1, None);
+        let (w, h) = (params.image.width, params.image.height);
+        let blue = [20u8, 40, 220, 255].repeat((w * h) as usize);
+        ImageData::new(w, h, blue).map(JobOutput::Image).map_err(JobError::Failed)
+    }
+}
+
+#[test]
+fn inpaint_sends_the_painted_mask_and_prompt_and_keeps_the_mask_for_the_next_try() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Arc::clone(&seen);
+    let mut harness = Harness::builder().with_size(egui::vec2(1280.0, 800.0)).build_eframe(move |cc| {
+        let waker = StudioApp::repaint_waker(&cc.egui_ctx);
+        StudioApp::new(cc, EngineHandle::spawn_with(move || (RecordingRunner(recorder), None), waker))
+    });
+    opened(&mut harness, sample());
+    harness.state_mut().model_path = Some(PathBuf::from("assets/models/shapes"));
+
+    // nothing painted: a message, no job
+    harness.get_by_label("Inpaint").click();
+    harness.run();
+    harness.get_by_label_contains("The mask is empty");
+    assert!(harness.state().jobs.is_empty());
+    harness.get_by_label("Dismiss").click();
+    harness.run();
+
+    stroke(&mut harness, egui::pos2(560.0, 400.0), egui::pos2(640.0, 400.0), egui::Modifiers::NONE);
+    let painted = marked(harness.state());
+    harness.state_mut().inpaint.prompt = "a big blue square".into();
+    harness.get_by_label("Inpaint").click();
+    harness.run_steps(2);
+    settle(&mut harness, |app| app.jobs.is_empty() && app.document.can_undo() && app.status.contains("done"));
+    let jobs = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(jobs, vec![("a big blue square".to_string(), painted, 1.0)]);
+    assert_eq!(centre_pixel(harness.state()), [20, 40, 220, 255], "the result is on the canvas");
+    assert_eq!(marked(harness.state()), painted, "the mask stays for another try");
+    undo(&mut harness);
+    assert_eq!(centre_pixel(harness.state()), [214, 40, 40, 255], "undo brings the image back");
+    assert_eq!(marked(harness.state()), painted);
 }

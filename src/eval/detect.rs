@@ -4,7 +4,7 @@
 //! object's shape is the upright template that best overlaps it inside its bounding box.
 //! No learning: what they report can be checked against the dataset's ground truth.
 
-use crate::datasets::shapes::{Colour, Scene, Shape};
+use crate::datasets::shapes::{Colour, Scene, Shape, Size};
 use crate::protocol::ImageData;
 
 /// What the detectors found in an image.
@@ -259,6 +259,14 @@ pub struct Tally {
     shapes_right: usize,
     /// Objects in all the scenes added.
     pub objects: usize,
+    /// Objects found with the right shape, and all objects, by size (small, big): a small
+    /// object's outline spans few latent cells, so the two can differ widely.
+    shapes_right_by_size: [usize; 2],
+    objects_by_size: [usize; 2],
+    /// The same by the number of objects in the scene (1, 2, 3): one object needs no binding
+    /// of words to objects.
+    shapes_right_by_count: [usize; 3],
+    objects_by_count: [usize; 3],
 }
 
 impl Tally {
@@ -266,10 +274,17 @@ impl Tally {
         let (c, t) = attributes_correct(scene, detected);
         (self.correct, self.total) = (self.correct + c, self.total + t);
         for object in &scene.objects {
+            let size = usize::from(object.size == Size::Big);
+            let count = scene.objects.len().clamp(1, 3) - 1;
             self.objects += 1;
+            self.objects_by_size[size] += 1;
+            self.objects_by_count[count] += 1;
             if let Some(found) = detected.object(object.colour) {
                 self.colours += 1;
-                self.shapes_right += usize::from(found.shape == object.shape);
+                let right = usize::from(found.shape == object.shape);
+                self.shapes_right += right;
+                self.shapes_right_by_size[size] += right;
+                self.shapes_right_by_count[count] += right;
             }
         }
     }
@@ -282,6 +297,17 @@ impl Tally {
     /// Share of objects found with the right shape.
     pub fn shape(&self) -> f64 {
         self.shapes_right as f64 / self.objects.max(1) as f64
+    }
+
+    /// [`Tally::shape`] over the small objects and over the big ones.
+    pub fn shape_by_size(&self) -> (f64, f64) {
+        let share = |i: usize| self.shapes_right_by_size[i] as f64 / self.objects_by_size[i].max(1) as f64;
+        (share(0), share(1))
+    }
+
+    /// [`Tally::shape`] over the objects of scenes with one, two and three objects.
+    pub fn shape_by_count(&self) -> [f64; 3] {
+        std::array::from_fn(|i| self.shapes_right_by_count[i] as f64 / self.objects_by_count[i].max(1) as f64)
     }
 }
 

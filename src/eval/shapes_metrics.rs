@@ -48,6 +48,10 @@ pub struct EvalReport {
     pub attribute_accuracy: f64,
     pub colour_accuracy: f64,
     pub shape_accuracy: f64,
+    /// Shape accuracy over the small objects and over the big ones.
+    pub shape_accuracy_by_size: (f64, f64),
+    /// Shape accuracy over scenes of one, two and three objects.
+    pub shape_accuracy_by_count: [f64; 3],
     pub background_accuracy: f64,
     /// Objects found whose colour the caption does not name, per image.
     pub extra_objects_per_image: f64,
@@ -59,6 +63,8 @@ pub struct EvalReport {
     pub dataset_shape_accuracy: f64,
     pub vae_attribute_accuracy: f64,
     pub vae_shape_accuracy: f64,
+    /// The round trip's shape accuracy over the small objects and over the big ones.
+    pub vae_shape_accuracy_by_size: (f64, f64),
     pub p2p_cases: usize,
     pub p2p_layout_iou: f64,
     pub p2p_new_colour_rate: f64,
@@ -80,6 +86,8 @@ impl EvalReport {
         let mark = |met: bool| if met { "✓" } else { "✗" };
         let mut text = String::from("| metric | cases | measured | target | met |\n|---|---|---|---|---|\n");
         let mut row = |metric: String, cases: usize, measured: String, target: &str, met: Option<bool>| {
+            // a metric asked for with no cases (`--edits 0`, `--inversions 0`) was not measured
+            let (measured, met) = if cases == 0 { ("not run".into(), None) } else { (measured, met) };
             let met = met.map_or("", mark);
             text.push_str(&format!("| {metric} | {cases} | {measured} | {target} | {met} |\n"));
         };
@@ -93,6 +101,21 @@ impl EvalReport {
         );
         row("— object colour".into(), self.captions, format!("{:.3}", self.colour_accuracy), "", None);
         row("— object shape".into(), self.captions, format!("{:.3}", self.shape_accuracy), "", None);
+        row(
+            "— object shape: small / big objects".into(),
+            self.captions,
+            format!("{:.3} / {:.3}", self.shape_accuracy_by_size.0, self.shape_accuracy_by_size.1),
+            "",
+            None,
+        );
+        let [one, two, three] = self.shape_accuracy_by_count;
+        row(
+            "— object shape: scenes of 1 / 2 / 3 objects".into(),
+            self.captions,
+            format!("{one:.3} / {two:.3} / {three:.3}"),
+            "",
+            None,
+        );
         row(
             "— background colour".into(),
             self.captions,
@@ -118,6 +141,13 @@ impl EvalReport {
             "ceiling: attributes (shape) after the VAE round trip".into(),
             self.captions,
             format!("{:.3} ({:.3})", self.vae_attribute_accuracy, self.vae_shape_accuracy),
+            "",
+            None,
+        );
+        row(
+            "ceiling: shape of small / big objects after the VAE round trip".into(),
+            self.captions,
+            format!("{:.3} / {:.3}", self.vae_shape_accuracy_by_size.0, self.vae_shape_accuracy_by_size.1),
             "",
             None,
         );
@@ -317,6 +347,8 @@ pub fn evaluate(options: &EvalOptions, on_progress: &mut dyn FnMut(&str)) -> any
     report.attribute_accuracy = tally.accuracy();
     report.colour_accuracy = tally.colours as f64 / tally.objects.max(1) as f64;
     report.shape_accuracy = tally.shape();
+    report.shape_accuracy_by_size = tally.shape_by_size();
+    report.shape_accuracy_by_count = tally.shape_by_count();
     report.background_accuracy = backgrounds as f64 / background_total.max(1) as f64;
     report.extra_objects_per_image = extra as f64 / options.captions.max(1) as f64;
     if let Some(folder) = &options.samples {
@@ -512,12 +544,15 @@ pub fn evaluate(options: &EvalOptions, on_progress: &mut dyn FnMut(&str)) -> any
     (report.dataset_attribute_accuracy, report.dataset_shape_accuracy) =
         (dataset.accuracy(), dataset.shape());
     (report.vae_attribute_accuracy, report.vae_shape_accuracy) = (round_trip.accuracy(), round_trip.shape());
+    report.vae_shape_accuracy_by_size = round_trip.shape_by_size();
     on_progress(&format!(
-        "ceilings: dataset images {:.3} (shape {:.3}), VAE round trip {:.3} (shape {:.3})",
+        "ceilings: dataset images {:.3} (shape {:.3}), VAE round trip {:.3} (shape {:.3}: small {:.3}, big {:.3})",
         report.dataset_attribute_accuracy,
         report.dataset_shape_accuracy,
         report.vae_attribute_accuracy,
-        report.vae_shape_accuracy
+        report.vae_shape_accuracy,
+        report.vae_shape_accuracy_by_size.0,
+        report.vae_shape_accuracy_by_size.1
     ));
     drop(vae);
     Ok(report)

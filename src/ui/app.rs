@@ -10,10 +10,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use egui::{Color32, RichText, Vec2};
 
-use crate::document::{self, Document};
+use crate::document::mask::Brush;
+use crate::document::{self, Document, MaskOp};
 use crate::engine::EngineHandle;
-use crate::protocol::{DeviceReport, EngineEvent, ImageData, Job, JobId, JobOutput};
-use crate::ui::canvas::{CanvasCallback, CanvasImage, CanvasRenderer, CanvasView};
+use crate::protocol::{
+    DeviceReport, EngineEvent, GenerateParams, ImageData, InpaintParams, Job, JobId, JobOutput, MaskOptions,
+    Precision,
+};
+use crate::ui::canvas::{CanvasCallback, CanvasImage, CanvasRenderer, CanvasView, MaskUpload, Overlay};
 
 /// How long one frame may spend draining engine events and file results.
 const EVENT_BUDGET: Duration = Duration::from_millis(4);
@@ -33,8 +37,46 @@ pub enum UiCommand {
     Undo,
     Redo,
     RunForwardNoise,
+    RunInpaint,
     Cancel(JobId),
     DismissError(usize),
+    SetTool(Tool),
+    /// Multiply the brush radius (`[` and `]`).
+    ScaleBrush(f32),
+    Mask(MaskOp),
+}
+
+/// What a primary-button drag on the canvas does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Pan,
+    Brush,
+    Eraser,
+}
+
+/// Settings of the inpaint method (blended latent diffusion in the painted mask).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InpaintSettings {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub guidance: f32,
+    pub seed: u64,
+    /// 1 repaints the masked region from pure noise; less keeps more of what is there.
+    pub strength: f32,
+}
+
+impl Default for InpaintSettings {
+    fn default() -> Self {
+        Self {
+            prompt: "a big red star".into(),
+            negative_prompt: String::new(),
+            steps: 20,
+            guidance: 5.0,
+            seed: 0,
+            strength: 1.0,
+        }
+    }
 }
 
 /// What background file work reports back.
@@ -91,6 +133,20 @@ pub struct StudioApp {
     /// A running job's latest preview, drawn over the document image.
     preview: Option<CanvasImage>,
     pub noise: NoiseSettings,
+    pub inpaint: InpaintSettings,
+    pub tool: Tool,
+    /// The brush's radius, hardness and opacity (the eraser uses them too).
+    pub brush: Brush,
+    /// Pixels that Grow and Shrink move the mask's edge by.
+    pub mask_step: u32,
+    /// σ in pixels of Feather.
+    pub feather_sigma: f32,
+    pub show_mask: bool,
+    /// The model folder or file jobs run on.
+    pub model_path: Option<PathBuf>,
+    /// The brush cursor over the canvas (screen points), when it is there.
+    cursor: Option<egui::Pos2>,
+    started: Instant,
     io_sender: Sender<IoResult>,
     io_receiver: Receiver<IoResult>,
     /// Background file tasks still running.
@@ -122,6 +178,15 @@ impl StudioApp {
             jobs: BTreeMap::new(),
             preview: None,
             noise: NoiseSettings::default(),
+            inpaint: InpaintSettings::default(),
+            tool: Tool::Brush,
+            brush: Brush::default(),
+            mask_step: 8,
+            feather_sigma: 4.0,
+            show_mask: true,
+            model_path: None,
+            cursor: None,
+            started: Instant::now(),
             io_sender,
             io_receiver,
             pending_io: 0,
@@ -138,6 +203,7 @@ impl StudioApp {
             return;
         }
         self.model = Some(format!("loading {}…", path.display()));
+        self.model_path = Some(path.clone());
         self.engine.load_model(crate::protocol::ModelRef {
             path,
             options: Default::default(),
@@ -172,7 +238,28 @@ impl StudioApp {
                 }
             }
             UiCommand::RunForwardNoise => self.run_forward_noise(),
+            UiCommand::RunInpaint => self.run_inpaint(),
             UiCommand::Cancel(id) => self.engine.cancel(id),
+            UiCommand::SetTool(tool) => self.tool = tool,
+            UiCommand::ScaleBrush(factor) => {
+                self.brush.radius = (self.brush.radius * factor).clamp(Brush::MIN_RADIUS, Brush::MAX_RADIUS);
+            }
+            UiCommand::Mask(op) => {
+                let name = match &op {
+                    MaskOp::Fill => "Filled the mask",
+                    MaskOp::Clear => "Cleared the mask",
+                    MaskOp::Invert => "Inverted the mask",
+                    MaskOp::Grow(_) => "Grew the mask",
+                    MaskOp::Shrink(_) => "Shrank the mask",
+                    MaskOp::Feather(_) => "Feathered the mask",
+                    MaskOp::Set(_) => "Replaced the mask",
+                };
+                if self.document.apply_mask_op(op) {
+                    self.status = format!("{name}; Ctrl+Z to undo");
+                } else {
+                    self.errors.push("Open an image first: the mask is painted over it.".into());
+                }
+            }
             UiCommand::DismissError(index) => {
                 if index < self.errors.len() {
                     self.errors.remove(index);
@@ -235,7 +322,7 @@ impl StudioApp {
     }
 
     fn save_as(&mut self, path: PathBuf) {
-        let Some(layer) = self.document.image.as_ref() else {
+        let Some(layer) = self.document.image.clone() else {
             self.errors.push("Nothing to save: open an image first.".into());
             return;
         };
@@ -248,7 +335,7 @@ impl StudioApp {
     }
 
     fn run_forward_noise(&mut self) {
-        let Some(layer) = self.document.image.as_ref() else {
+        let Some(layer) = self.document.image.clone() else {
             self.errors.push("Open an image first: the noise preview noises the open image.".into());
             return;
         };
@@ -261,6 +348,51 @@ impl StudioApp {
         let label = job.label();
         let id = self.engine.submit(job);
         self.jobs.insert(id, JobState { label, step: 0, of: self.noise.steps });
+        self.status = format!("Queued {label} ({id})");
+    }
+
+    /// Repaints the masked region of the image from the inpaint prompt with the loaded model.
+    fn run_inpaint(&mut self) {
+        let (Some(layer), Some(mask)) = (self.document.image.as_ref(), self.document.mask.as_ref()) else {
+            self.errors.push("Open an image first, then paint the region to repaint.".into());
+            return;
+        };
+        let Some(model) = self.model_path.clone() else {
+            self.errors.push("No model is loaded: inpainting needs one (Settings: model folder).".into());
+            return;
+        };
+        if mask.is_empty() {
+            self.errors
+                .push("The mask is empty: paint the region to repaint with the brush (B) first.".into());
+            return;
+        }
+        let settings = &self.inpaint;
+        let job = Job::Inpaint(InpaintParams {
+            base: GenerateParams {
+                model,
+                model_options: Default::default(),
+                prompt: settings.prompt.clone(),
+                negative_prompt: settings.negative_prompt.clone(),
+                steps: settings.steps,
+                scheduler: "ddim".into(),
+                guidance_scale: f64::from(settings.guidance),
+                guidance_rescale: 0.0,
+                clip_skip: 0,
+                seed: settings.seed,
+                width: layer.image.width(),
+                height: layer.image.height(),
+                precision: Precision::F32,
+            },
+            image: ImageData::from_rgba_image(&layer.image),
+            mask: ImageData::from_rgba_image(&mask.to_luma_image()),
+            strength: f64::from(settings.strength),
+            // as the CLI's inpaint: the seam feathered a little beyond what was painted
+            mask_options: MaskOptions::default(),
+            composite: true,
+        });
+        let label = job.label();
+        let id = self.engine.submit(job);
+        self.jobs.insert(id, JobState { label, step: 0, of: settings.steps });
         self.status = format!("Queued {label} ({id})");
     }
 
@@ -412,16 +544,101 @@ impl StudioApp {
         }
     }
 
-    fn tools_ui(&self, ui: &mut egui::Ui) {
+    fn tools_ui(&mut self, ui: &mut egui::Ui, commands: &mut Vec<UiCommand>) {
         ui.heading("Tools");
-        ui.label("Pan: drag (left or middle button)");
-        ui.label("Zoom: mouse wheel");
+        for (tool, name, key, tip) in [
+            (
+                Tool::Brush,
+                "Brush",
+                "B",
+                "Paint the region to repaint (left drag; shift-click draws a straight line)",
+            ),
+            (Tool::Eraser, "Eraser", "E", "Take the region back out of the mask"),
+            (
+                Tool::Pan,
+                "Pan",
+                "H",
+                "Drag to move the image (space-drag and the middle button pan with any tool)",
+            ),
+        ] {
+            if ui.selectable_label(self.tool == tool, format!("{name} ({key})")).on_hover_text(tip).clicked()
+            {
+                commands.push(UiCommand::SetTool(tool));
+            }
+        }
         ui.separator();
-        ui.weak("Brush, eraser and mask tools arrive with the mask canvas.");
+        ui.label(RichText::new("Brush").strong());
+        ui.add(
+            egui::Slider::new(&mut self.brush.radius, Brush::MIN_RADIUS..=512.0)
+                .logarithmic(true)
+                .text("size"),
+        )
+        .on_hover_text("Radius in image pixels; [ and ] make it smaller and larger");
+        ui.add(egui::Slider::new(&mut self.brush.hardness, 0.0..=1.0).text("hardness"))
+            .on_hover_text("The share of the radius painted at full strength; the rest fades out");
+        ui.add(egui::Slider::new(&mut self.brush.opacity, 0.0..=1.0).text("opacity"))
+            .on_hover_text("The most one stroke adds, however often it passes over a pixel");
+        ui.separator();
+        ui.label(RichText::new("Mask").strong());
+        ui.checkbox(&mut self.show_mask, "Show mask");
+        let has_mask = self.document.mask.is_some();
+        ui.add_enabled_ui(has_mask, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                if ui.button("Fill").on_hover_text("Mark everything for repainting").clicked() {
+                    commands.push(UiCommand::Mask(MaskOp::Fill));
+                }
+                if ui.button("Clear").on_hover_text("Unmark everything").clicked() {
+                    commands.push(UiCommand::Mask(MaskOp::Clear));
+                }
+                if ui.button("Invert").on_hover_text("Repaint what is kept, keep what is repainted").clicked()
+                {
+                    commands.push(UiCommand::Mask(MaskOp::Invert));
+                }
+            });
+            ui.horizontal(|ui| {
+                if ui.button("Grow").on_hover_text("Move the mask's edge outwards").clicked() {
+                    commands.push(UiCommand::Mask(MaskOp::Grow(self.mask_step)));
+                }
+                if ui.button("Shrink").on_hover_text("Move the mask's edge inwards").clicked() {
+                    commands.push(UiCommand::Mask(MaskOp::Shrink(self.mask_step)));
+                }
+                let label = ui.label("px");
+                ui.add(egui::DragValue::new(&mut self.mask_step).range(1..=256)).labelled_by(label.id);
+            });
+            ui.horizontal(|ui| {
+                if ui.button("Feather").on_hover_text("Soften the mask's edge (Gaussian blur)").clicked() {
+                    commands.push(UiCommand::Mask(MaskOp::Feather(self.feather_sigma)));
+                }
+                let label = ui.label("σ");
+                ui.add(egui::DragValue::new(&mut self.feather_sigma).range(0.5..=128.0).speed(0.1))
+                    .labelled_by(label.id);
+            });
+        });
     }
 
     fn inspector_ui(&mut self, ui: &mut egui::Ui, commands: &mut Vec<UiCommand>) {
         ui.heading("Inspector");
+        ui.separator();
+        ui.label(RichText::new("Inpaint the mask").strong())
+            .on_hover_text("Repaints the masked region from the prompt (blended latent diffusion); the rest of the image is kept exactly.");
+        let label = ui.label("prompt");
+        ui.add(egui::TextEdit::multiline(&mut self.inpaint.prompt).desired_rows(2)).labelled_by(label.id);
+        let label = ui.label("negative prompt");
+        ui.add(egui::TextEdit::singleline(&mut self.inpaint.negative_prompt)).labelled_by(label.id);
+        ui.add(egui::Slider::new(&mut self.inpaint.steps, 1..=100).text("steps"))
+            .on_hover_text("DDIM denoising steps");
+        ui.add(egui::Slider::new(&mut self.inpaint.guidance, 1.0..=15.0).text("guidance"))
+            .on_hover_text("Classifier-free guidance: how strongly the prompt is followed");
+        ui.add(egui::Slider::new(&mut self.inpaint.strength, 0.05..=1.0).text("strength"))
+            .on_hover_text("1 repaints the region from noise; less keeps more of what is there");
+        ui.horizontal(|ui| {
+            let label = ui.label("seed");
+            ui.add(egui::DragValue::new(&mut self.inpaint.seed)).labelled_by(label.id);
+        });
+        let can_inpaint = self.document.image.is_some() && self.model_path.is_some();
+        if ui.add_enabled(can_inpaint, egui::Button::new("Inpaint")).clicked() {
+            commands.push(UiCommand::RunInpaint);
+        }
         ui.separator();
         ui.label(RichText::new("Noise preview").strong())
             .on_hover_text("Runs the image forward through the diffusion noising process: what img2img starts from at this strength.");
@@ -478,7 +695,7 @@ impl StudioApp {
     fn canvas_ui(&mut self, ui: &mut egui::Ui) {
         let canvas = ui.available_rect_before_wrap();
         let response = ui.allocate_rect(canvas, egui::Sense::click_and_drag());
-        let Some(layer) = self.document.image.as_ref() else {
+        let Some(layer) = self.document.image.clone() else {
             ui.painter().text(
                 canvas.center(),
                 egui::Align2::CENTER_CENTER,
@@ -492,10 +709,44 @@ impl StudioApp {
         if self.view.fit_pending {
             self.view.fit(image_size, canvas);
         }
-        // 1. navigation: drag pans, the wheel zooms about the cursor
-        if response.dragged_by(egui::PointerButton::Primary)
-            || response.dragged_by(egui::PointerButton::Middle)
-        {
+        // 1. input: painting with the brush or eraser; panning with the pan tool, space-drag or
+        //    the middle button; the wheel zooms about the cursor
+        let (space, shift, pressed, down, pointer) = ui.input(|i| {
+            (
+                i.key_down(egui::Key::Space),
+                i.modifiers.shift,
+                i.pointer.primary_pressed(),
+                i.pointer.primary_down(),
+                i.pointer.latest_pos(),
+            )
+        });
+        let painting_tool = matches!(self.tool, Tool::Brush | Tool::Eraser) && !space;
+        let to_image = |view: &CanvasView, pos: egui::Pos2| {
+            let p = view.image_pos_from_screen(pos, image_size, canvas);
+            (p.x, p.y)
+        };
+        if painting_tool && pressed && response.hovered() {
+            if let Some(pos) = pointer {
+                let brush = Brush { erase: self.tool == Tool::Eraser, ..self.brush };
+                let point = to_image(&self.view, pos);
+                if shift && self.document.last_stroke_end.is_some() {
+                    self.document.stroke_line_to(brush, point);
+                } else {
+                    self.document.begin_stroke(brush, point);
+                }
+            }
+        } else if self.document.stroking() {
+            if let Some(pos) = pointer {
+                self.document.continue_stroke(to_image(&self.view, pos));
+            }
+            if !down {
+                self.document.finish_stroke();
+                self.status = "Painted the mask; Ctrl+Z to undo".into();
+            }
+        }
+        let pans = response.dragged_by(egui::PointerButton::Middle)
+            || (response.dragged_by(egui::PointerButton::Primary) && !painting_tool);
+        if pans && !self.document.stroking() {
             self.view.pan(response.drag_delta());
         }
         if response.hovered() {
@@ -506,18 +757,40 @@ impl StudioApp {
                 self.view.zoom_at(factor, pointer, canvas);
             }
         }
+        self.cursor = if painting_tool { response.hover_pos() } else { None };
         // 2. draw: the preview of a running job, else the document image
         let image_rect = self.view.image_rect(image_size, canvas);
         let shown = self
             .preview
             .clone()
             .unwrap_or_else(|| CanvasImage { revision: layer.revision, image: Arc::clone(&layer.image) });
+        let mask_upload = self.document.take_mask_dirty().and_then(|rect| {
+            let mask = self.document.mask.as_ref()?;
+            let patch = mask.copy_rect(rect);
+            Some(MaskUpload { size: (mask.width(), mask.height()), rect: patch.rect, pixels: patch.pixels })
+        });
         if self.gpu_canvas {
-            let callback =
-                CanvasCallback::new(shown, image_rect, canvas, self.view.zoom, ui.ctx().pixels_per_point());
+            let overlay = Overlay {
+                colour: [1.0, 0.2, 0.3, if self.show_mask { 0.45 } else { 0.0 }],
+                cursor: self.cursor.map(|centre| (centre, self.brush.radius * self.view.zoom)),
+                time: self.started.elapsed().as_secs_f32(),
+            };
+            let callback = CanvasCallback::with_overlay(
+                shown,
+                mask_upload,
+                overlay,
+                image_rect,
+                canvas,
+                self.view.zoom,
+                ui.ctx().pixels_per_point(),
+            );
             ui.painter()
                 .with_clip_rect(canvas)
                 .add(eframe::egui_wgpu::Callback::new_paint_callback(canvas, callback));
+            if self.cursor.is_some() {
+                // the marching edge moves while the pointer is over the canvas
+                ui.ctx().request_repaint_after(Duration::from_millis(100));
+            }
         } else {
             ui.painter().rect_filled(image_rect.intersect(canvas), 0.0, Color32::DARK_GRAY);
         }
@@ -556,7 +829,8 @@ impl eframe::App for StudioApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         self.drain_events();
         let mut commands = Vec::new();
-        // Keyboard shortcuts and dropped files.
+        // Keyboard shortcuts (letters only while no text field has the focus) and dropped files.
+        let typing = ui.ctx().egui_wants_keyboard_input();
         ui.input(|input| {
             if input.modifiers.command && input.key_pressed(egui::Key::O) {
                 commands.push(UiCommand::ShowOpenDialog);
@@ -569,6 +843,19 @@ impl eframe::App for StudioApp {
             }
             if input.key_pressed(egui::Key::Escape) {
                 commands.extend(self.jobs.keys().map(|id| UiCommand::Cancel(*id)));
+            }
+            if !typing {
+                for (key, command) in [
+                    (egui::Key::OpenBracket, UiCommand::ScaleBrush(1.0 / 1.25)),
+                    (egui::Key::CloseBracket, UiCommand::ScaleBrush(1.25)),
+                    (egui::Key::B, UiCommand::SetTool(Tool::Brush)),
+                    (egui::Key::E, UiCommand::SetTool(Tool::Eraser)),
+                    (egui::Key::H, UiCommand::SetTool(Tool::Pan)),
+                ] {
+                    if input.key_pressed(key) && !input.modifiers.command {
+                        commands.push(command);
+                    }
+                }
             }
             if let Some(path) = input
                 .raw
@@ -587,7 +874,7 @@ impl eframe::App for StudioApp {
             }
         });
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
-        egui::Panel::left("tools").default_size(170.0).show(ui, |ui| self.tools_ui(ui));
+        egui::Panel::left("tools").default_size(190.0).show(ui, |ui| self.tools_ui(ui, &mut commands));
         egui::Panel::right("inspector")
             .default_size(240.0)
             .show(ui, |ui| self.inspector_ui(ui, &mut commands));

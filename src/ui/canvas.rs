@@ -1,10 +1,14 @@
 //! The central canvas: the view transform (pan and zoom, in plain math that tests can check) and
-//! its wgpu renderer, a paint callback drawing the image with `shaders/canvas.wgsl`.
+//! its wgpu renderer, a paint callback drawing the image, the mask overlay with its marching
+//! edge, and the brush cursor with `shaders/canvas.wgsl`. The mask is uploaded by the rectangles
+//! that changed, not whole.
 
 use std::sync::Arc;
 
 use eframe::egui_wgpu::{self, wgpu};
 use egui::{Pos2, Rect, Vec2};
+
+use crate::document::mask::PixelRect;
 
 /// Zoom range, in screen points per image pixel.
 pub const MIN_ZOOM: f32 = 1.0 / 64.0;
@@ -85,6 +89,37 @@ impl CanvasView {
 struct ViewUniform {
     image_ndc: [f32; 4],
     params: [f32; 4],
+    /// The mask overlay's colour (rgb) and opacity (a; 0 hides the mask).
+    overlay: [f32; 4],
+    /// The brush cursor: centre (framebuffer pixels), radius (framebuffer pixels), shown (1).
+    cursor: [f32; 4],
+    /// x: seconds (the marching edge's phase).
+    time: [f32; 4],
+}
+
+/// Mask pixels to upload: `rect` of a `size` mask, row by row.
+#[derive(Clone)]
+pub struct MaskUpload {
+    pub size: (u32, u32),
+    pub rect: PixelRect,
+    pub pixels: Vec<u8>,
+}
+
+/// How the mask and brush are drawn this frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Overlay {
+    /// rgb and opacity of the masked region's tint; opacity 0 hides the mask.
+    pub colour: [f32; 4],
+    /// The brush cursor's centre and radius in screen points, when it is over the canvas.
+    pub cursor: Option<(Pos2, f32)>,
+    /// Seconds, for the marching edge.
+    pub time: f32,
+}
+
+impl Default for Overlay {
+    fn default() -> Self {
+        Self { colour: [1.0, 0.2, 0.3, 0.45], cursor: None, time: 0.0 }
+    }
 }
 
 /// An image to upload, shared with the document without copying.
@@ -103,8 +138,20 @@ pub struct CanvasRenderer {
     linear_sampler: wgpu::Sampler,
     nearest_sampler: wgpu::Sampler,
     texture_format: wgpu::TextureFormat,
-    /// The uploaded image: its revision and the bind group that samples it.
-    uploaded: Option<(u64, wgpu::BindGroup)>,
+    /// The uploaded image's revision and texture view.
+    image: Option<(u64, wgpu::TextureView)>,
+    /// The mask texture: the mask size it shows, its downscale factor, texture and view.
+    mask: Option<MaskTexture>,
+    /// The bind group over the current image and mask views (rebuilt when either changes).
+    bind_group: Option<wgpu::BindGroup>,
+}
+
+struct MaskTexture {
+    size: (u32, u32),
+    /// Every `step`-th mask pixel is a texel (masks larger than the GPU's texture limit).
+    step: u32,
+    texture: wgpu::Texture,
+    view: wgpu::TextureView,
 }
 
 impl CanvasRenderer {
@@ -132,28 +179,10 @@ impl CanvasRenderer {
                     },
                     count: None,
                 },
-                wgpu::BindGroupLayoutEntry {
-                    binding: 1,
-                    visibility: wgpu::ShaderStages::FRAGMENT,
-                    ty: wgpu::BindingType::Texture {
-                        sample_type: wgpu::TextureSampleType::Float { filterable: true },
-                        view_dimension: wgpu::TextureViewDimension::D2,
-                        multisampled: false,
-                    },
-                    count: None,
-                },
-                wgpu::BindGroupLayoutEntry {
-                    binding: 2,
-                    visibility: wgpu::ShaderStages::FRAGMENT,
-                    ty: wgpu::BindingType::Sampler(wgpu::SamplerBindingType::Filtering),
-                    count: None,
-                },
-                wgpu::BindGroupLayoutEntry {
-                    binding: 3,
-                    visibility: wgpu::ShaderStages::FRAGMENT,
-                    ty: wgpu::BindingType::Sampler(wgpu::SamplerBindingType::Filtering),
-                    count: None,
-                },
+                texture_entry(1),
+                sampler_entry(2),
+                sampler_entry(3),
+                texture_entry(4),
             ],
         });
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -217,8 +246,110 @@ impl CanvasRenderer {
             linear_sampler: sampler(wgpu::FilterMode::Linear),
             nearest_sampler: sampler(wgpu::FilterMode::Nearest),
             texture_format,
-            uploaded: None,
+            image: None,
+            mask: None,
+            bind_group: None,
         }
+    }
+
+    /// Uploads `upload` into the mask texture, first (re)creating it when the mask's size
+    /// changed; masks larger than the GPU's limit keep every `step`-th pixel.
+    fn upload_mask(&mut self, device: &wgpu::Device, queue: &wgpu::Queue, upload: &MaskUpload) {
+        let (width, height) = upload.size;
+        if self.mask.as_ref().is_none_or(|m| m.size != upload.size) {
+            let limit = device.limits().max_texture_dimension_2d.max(1);
+            let step = width.max(height).div_ceil(limit).max(1);
+            let size = wgpu::Extent3d {
+                width: width.div_ceil(step).max(1),
+                height: height.div_ceil(step).max(1),
+                depth_or_array_layers: 1,
+            };
+            let texture = device.create_texture(&wgpu::TextureDescriptor {
+                label: Some("canvas mask"),
+                size,
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::R8Unorm,
+                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                view_formats: &[],
+            });
+            let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+            self.mask = Some(MaskTexture { size: upload.size, step, texture, view });
+            self.bind_group = None;
+        }
+        let Some(mask) = self.mask.as_ref() else { return };
+        let step = mask.step;
+        let rect = upload.rect;
+        if rect.is_empty() || upload.pixels.len() != rect.width() as usize * rect.height() as usize {
+            return;
+        }
+        // the texels whose source pixel (texel × step) lies in the rectangle
+        let (tx0, ty0) = (rect.x0.div_ceil(step), rect.y0.div_ceil(step));
+        let (tx1, ty1) = (rect.x1.div_ceil(step), rect.y1.div_ceil(step));
+        if tx0 >= tx1 || ty0 >= ty1 {
+            return;
+        }
+        let texels: std::borrow::Cow<'_, [u8]> = if step == 1 {
+            std::borrow::Cow::Borrowed(&upload.pixels)
+        } else {
+            let row = rect.width() as usize;
+            let picked = (ty0..ty1)
+                .flat_map(|ty| {
+                    (tx0..tx1).map(move |tx| {
+                        let (x, y) = ((tx * step - rect.x0) as usize, (ty * step - rect.y0) as usize);
+                        upload.pixels[y * row + x]
+                    })
+                })
+                .collect();
+            std::borrow::Cow::Owned(picked)
+        };
+        let extent = wgpu::Extent3d { width: tx1 - tx0, height: ty1 - ty0, depth_or_array_layers: 1 };
+        queue.write_texture(
+            wgpu::TexelCopyTextureInfo {
+                texture: &mask.texture,
+                mip_level: 0,
+                origin: wgpu::Origin3d { x: tx0, y: ty0, z: 0 },
+                aspect: wgpu::TextureAspect::All,
+            },
+            &texels,
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(tx1 - tx0),
+                rows_per_image: Some(ty1 - ty0),
+            },
+            extent,
+        );
+    }
+
+    fn ensure_bind_group(&mut self, device: &wgpu::Device, queue: &wgpu::Queue) {
+        if self.bind_group.is_some() {
+            return;
+        }
+        if self.mask.is_none() {
+            // no mask yet: a 1 × 1 empty one
+            let upload =
+                MaskUpload { size: (1, 1), rect: PixelRect { x0: 0, y0: 0, x1: 1, y1: 1 }, pixels: vec![0] };
+            self.upload_mask(device, queue, &upload);
+        }
+        let (Some((_, image)), Some(mask)) = (self.image.as_ref(), self.mask.as_ref()) else { return };
+        self.bind_group = Some(device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("canvas"),
+            layout: &self.bind_group_layout,
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: self.uniform_buffer.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::TextureView(image) },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: wgpu::BindingResource::Sampler(&self.linear_sampler),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: wgpu::BindingResource::Sampler(&self.nearest_sampler),
+                },
+                wgpu::BindGroupEntry { binding: 4, resource: wgpu::BindingResource::TextureView(&mask.view) },
+            ],
+        }));
     }
 
     fn upload(&mut self, device: &wgpu::Device, queue: &wgpu::Queue, canvas_image: &CanvasImage) {
@@ -268,29 +399,43 @@ impl CanvasRenderer {
             );
         }
         let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("canvas"),
-            layout: &self.bind_group_layout,
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: self.uniform_buffer.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::TextureView(&view) },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: wgpu::BindingResource::Sampler(&self.linear_sampler),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: wgpu::BindingResource::Sampler(&self.nearest_sampler),
-                },
-            ],
-        });
-        self.uploaded = Some((canvas_image.revision, bind_group));
+        self.image = Some((canvas_image.revision, view));
+        self.bind_group = None;
+    }
+}
+
+/// A filterable 2D float texture read by the fragment shader.
+fn texture_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::FRAGMENT,
+        ty: wgpu::BindingType::Texture {
+            sample_type: wgpu::TextureSampleType::Float { filterable: true },
+            view_dimension: wgpu::TextureViewDimension::D2,
+            multisampled: false,
+        },
+        count: None,
+    }
+}
+
+/// A filtering sampler read by the fragment shader.
+fn sampler_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::FRAGMENT,
+        ty: wgpu::BindingType::Sampler(wgpu::SamplerBindingType::Filtering),
+        count: None,
     }
 }
 
 /// One frame's drawing of the canvas image.
 pub struct CanvasCallback {
     pub image: CanvasImage,
+    /// Mask pixels changed since the last frame.
+    pub mask: Option<MaskUpload>,
+    pub overlay: Overlay,
+    /// The cursor in the window's framebuffer pixels, and its radius in them.
+    cursor_px: Option<([f32; 2], f32)>,
     /// The image rectangle in the callback viewport's normalized device coordinates.
     pub image_ndc: [f32; 4],
     pub nearest: bool,
@@ -300,10 +445,30 @@ pub struct CanvasCallback {
 impl CanvasCallback {
     /// The paint callback for `image` drawn at `image_rect` inside `canvas`.
     pub fn new(image: CanvasImage, image_rect: Rect, canvas: Rect, zoom: f32, pixels_per_point: f32) -> Self {
+        Self::with_overlay(image, None, Overlay::default(), image_rect, canvas, zoom, pixels_per_point)
+    }
+
+    /// [`CanvasCallback::new`] with mask pixels to upload and the overlay's settings.
+    pub fn with_overlay(
+        image: CanvasImage,
+        mask: Option<MaskUpload>,
+        overlay: Overlay,
+        image_rect: Rect,
+        canvas: Rect,
+        zoom: f32,
+        pixels_per_point: f32,
+    ) -> Self {
+        // the fragment shader's position is in framebuffer pixels of the whole window
+        let cursor_px = overlay.cursor.map(|(centre, radius)| {
+            ([centre.x * pixels_per_point, centre.y * pixels_per_point], radius * pixels_per_point)
+        });
         let to_ndc_x = |x: f32| (x - canvas.min.x) / canvas.width() * 2.0 - 1.0;
         let to_ndc_y = |y: f32| 1.0 - (y - canvas.min.y) / canvas.height() * 2.0;
         Self {
             image,
+            mask,
+            overlay,
+            cursor_px,
             image_ndc: [
                 to_ndc_x(image_rect.min.x),
                 to_ndc_y(image_rect.min.y),
@@ -328,13 +493,24 @@ impl egui_wgpu::CallbackTrait for CanvasCallback {
         let Some(renderer) = resources.get_mut::<CanvasRenderer>() else {
             return Vec::new();
         };
-        let stale = renderer.uploaded.as_ref().is_none_or(|(revision, _)| *revision != self.image.revision);
+        let stale = renderer.image.as_ref().is_none_or(|(revision, _)| *revision != self.image.revision);
         if stale {
             renderer.upload(device, queue, &self.image);
         }
+        if let Some(upload) = &self.mask {
+            renderer.upload_mask(device, queue, upload);
+        }
+        renderer.ensure_bind_group(device, queue);
+        let (cursor, radius, shown) = match self.cursor_px {
+            Some((centre, radius)) => (centre, radius, 1.0),
+            None => ([0.0, 0.0], 0.0, 0.0),
+        };
         let uniform = ViewUniform {
             image_ndc: self.image_ndc,
             params: [if self.nearest { 1.0 } else { 0.0 }, self.checker_px, 0.0, 0.0],
+            overlay: self.overlay.colour,
+            cursor: [cursor[0], cursor[1], radius, shown],
+            time: [self.overlay.time, 0.0, 0.0, 0.0],
         };
         queue.write_buffer(&renderer.uniform_buffer, 0, bytemuck::bytes_of(&uniform));
         Vec::new()
@@ -347,7 +523,7 @@ impl egui_wgpu::CallbackTrait for CanvasCallback {
         resources: &egui_wgpu::CallbackResources,
     ) {
         let Some(renderer) = resources.get::<CanvasRenderer>() else { return };
-        let Some((_, bind_group)) = renderer.uploaded.as_ref() else { return };
+        let Some(bind_group) = renderer.bind_group.as_ref() else { return };
         render_pass.set_pipeline(&renderer.pipeline);
         render_pass.set_bind_group(0, bind_group, &[]);
         render_pass.draw(0..4, 0..1);

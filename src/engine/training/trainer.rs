@@ -303,21 +303,16 @@ impl Run {
     /// by name, so a resumed run never silently mixes settings.
     pub fn open(folder: &Path, options: TrainOptions, device: Device) -> anyhow::Result<Self> {
         let arch = options.architecture()?;
-        let text_lr_scale = options.text_lr_scale;
-        anyhow::ensure!(
-            text_lr_scale >= 0.0 && text_lr_scale.is_finite(),
-            "--text-lr-scale must be 0 or more (0 freezes the text encoder), not {text_lr_scale}"
-        );
-        let ground_weight = options.ground_weight;
-        anyhow::ensure!(
-            ground_weight >= 0.0 && ground_weight.is_finite(),
-            "--ground-weight must be 0 or more (0 turns grounding off), not {ground_weight}"
-        );
-        let unet_edge_weight = options.unet_edge_weight;
-        anyhow::ensure!(
-            unet_edge_weight >= 0.0 && unet_edge_weight.is_finite(),
-            "--unet-edge-weight must be 0 or more (0 weighs every latent cell the same), not {unet_edge_weight}"
-        );
+        for (flag, value, zero_means) in [
+            ("--text-lr-scale", options.text_lr_scale, "freezes the text encoder"),
+            ("--ground-weight", options.ground_weight, "turns grounding off"),
+            ("--unet-edge-weight", options.unet_edge_weight, "weighs every latent cell the same"),
+        ] {
+            anyhow::ensure!(
+                value >= 0.0 && value.is_finite(),
+                "{flag} must be 0 or more (0 {zero_means}), not {value}"
+            );
+        }
         std::fs::create_dir_all(folder)
             .with_context(|| format!("could not create run folder {}", folder.display()))?;
         let path = folder.join("options.json");
