@@ -4,7 +4,9 @@
 #   1. the window is not blank;
 #   2. the canvas draws the sample image through the WGSL shader (the red disc at its centre);
 #   3. the mouse wheel over the canvas zooms (the second screenshot differs from the first);
-#   4. "Add noise" in the inspector runs a job on the engine thread and the canvas shows it.
+#   4. a brush stroke paints the mask (its tint shows where the stroke went, nowhere else);
+#   5. "Inpaint" repaints the painted region with the bundled model on the engine thread, and
+#      the canvas shows the result there.
 # Usage: scripts/window-test.sh [BINARY]
 set -euo pipefail
 BIN=${1:-target/release/diffusion-studio}
@@ -65,14 +67,46 @@ changed=$(compare -metric AE "$OUT/studio.png" "$OUT/studio-zoomed.png" null: 2>
 echo "window-test: $changed pixels changed after zooming"
 awk -v c="${changed%% *}" 'BEGIN { exit !(c > 1000) }' || fail "the wheel did not zoom the canvas"
 
-# Press "Add noise" (inspector, top right) and let the engine noise the image.
-xdotool mousemove --window "$window" $((width - 195)) 157 click 1
-sleep 4
-import -window "$window" "$OUT/studio-noised.png"
-read -r r g b <<<"$(pixel "$OUT/studio-noised.png" $((width / 2)) $((height / 2)))"
-noised=$(compare -metric AE -fuzz 10% "$OUT/studio-zoomed.png" "$OUT/studio-noised.png" null: 2>&1 || true)
-echo "window-test: $noised pixels changed after Add noise; centre pixel now $r $g $b"
-awk -v c="${noised%% *}" 'BEGIN { exit !(c > 5000) }' || fail "Add noise did not change the canvas"
+# Paint a stroke across the middle with the brush (the studio opens on it), then move the
+# pointer off the canvas so that the marching edge stops.
+cx=$((width / 2)); cy=$((height / 2))
+xdotool mousemove --window "$window" $((cx - 40)) "$cy" mousedown 1
+for dx in -20 0 20 40; do xdotool mousemove --window "$window" $((cx + dx)) "$cy"; sleep 0.05; done
+xdotool mouseup 1
+xdotool mousemove --window "$window" "$cx" $((height - 5))
+sleep 1.5
+import -window "$window" "$OUT/studio-mask.png"
+painted=$(compare -metric AE -fuzz 5% "$OUT/studio-zoomed.png" "$OUT/studio-mask.png" null: 2>&1 || true)
+read -r r g b <<<"$(pixel "$OUT/studio-mask.png" "$cx" "$cy")"
+read -r r0 g0 b0 <<<"$(pixel "$OUT/studio-zoomed.png" "$cx" "$cy")"
+read -r fr fg fb <<<"$(pixel "$OUT/studio-mask.png" 260 $((height - 120)))"
+read -r fr0 fg0 fb0 <<<"$(pixel "$OUT/studio-zoomed.png" 260 $((height - 120)))"
+echo "window-test: $painted pixels changed by the stroke; under it $r0 $g0 $b0 → $r $g $b"
+awk -v c="${painted%% *}" 'BEGIN { exit !(c > 500 && c < 60000) }' || fail "the stroke did not paint a mask-sized region"
+[ "$b" -gt $((b0 + 5)) ] || fail "no mask tint under the stroke ($r0 $g0 $b0 → $r $g $b)"
+[ "$fr $fg $fb" = "$fr0 $fg0 $fb0" ] || fail "the canvas changed far from the stroke"
+
+# "Inpaint" repaints the painted region with the bundled model (at 512 × 512 on the CPU). The
+# region around the stroke is watched until it has changed and then holds still for 2 s (the
+# live previews have ended).
+region() { convert "$1" -crop 240x140+$((cx - 120))+$((cy - 70)) +repage "$2"; }
+region "$OUT/studio-mask.png" "$runtime/before.png"
+xdotool mousemove --window "$window" $((width - 203)) 275 click 1 # "Inpaint" (inspector, top right)
+xdotool mousemove --window "$window" "$cx" $((height - 5))
+changed=0
+cp "$runtime/before.png" "$runtime/last.png"
+for _ in $(seq 1 90); do
+  sleep 2
+  import -window "$window" "$OUT/studio-inpainted.png"
+  region "$OUT/studio-inpainted.png" "$runtime/now.png"
+  changed=$(compare -metric AE -fuzz 10% "$runtime/before.png" "$runtime/now.png" null: 2>&1 || true)
+  still=$(compare -metric AE "$runtime/last.png" "$runtime/now.png" null: 2>&1 || true)
+  changed=${changed%% *}
+  cp "$runtime/now.png" "$runtime/last.png"
+  awk -v c="$changed" -v s="${still%% *}" 'BEGIN { exit !(c > 300 && s == 0) }' && break
+done
+echo "window-test: $changed pixels changed around the stroke after inpainting"
+awk -v c="$changed" 'BEGIN { exit !(c > 300) }' || fail "inpainting did not change the canvas within 180 s: $(tail -5 "$OUT/studio.log")"
 
 kill -0 "$app_pid" 2>/dev/null || fail "the studio died: $(cat "$OUT/studio.log")"
 echo "window-test: ok — screenshots in $OUT/"

@@ -416,4 +416,10 @@ fn inpaint_sends_the_painted_mask_and_prompt_and_keeps_the_mask_for_the_next_try
     undo(&mut harness);
     assert_eq!(centre_pixel(harness.state()), [214, 40, 40, 255], "undo brings the image back");
     assert_eq!(marked(harness.state()), painted);
+
+    // Ctrl+Enter runs it again
+    harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    harness.run_steps(2);
+    settle(&mut harness, |app| app.jobs.is_empty() && centre_pixel(app) == [20, 40, 220, 255]);
+    assert_eq!(seen.lock().map(|s| s.len()).unwrap_or_default(), 2);
 }

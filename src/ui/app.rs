@@ -636,7 +636,7 @@ impl StudioApp {
             ui.add(egui::DragValue::new(&mut self.inpaint.seed)).labelled_by(label.id);
         });
         let can_inpaint = self.document.image.is_some() && self.model_path.is_some();
-        if ui.add_enabled(can_inpaint, egui::Button::new("Inpaint")).clicked() {
+        if ui.add_enabled(can_inpaint, egui::Button::new("Inpaint")).on_hover_text("Ctrl+Enter").clicked() {
             commands.push(UiCommand::RunInpaint);
         }
         ui.separator();
@@ -711,38 +711,59 @@ impl StudioApp {
         }
         // 1. input: painting with the brush or eraser; panning with the pan tool, space-drag or
         //    the middle button; the wheel zooms about the cursor
-        let (space, shift, pressed, down, pointer) = ui.input(|i| {
-            (
-                i.key_down(egui::Key::Space),
-                i.modifiers.shift,
-                i.pointer.primary_pressed(),
-                i.pointer.primary_down(),
-                i.pointer.latest_pos(),
-            )
+        // The frame's pointer events in order, so that a fast stroke keeps every point the
+        // window system reported and a release ends the stroke where it happened.
+        let (space, shift, events) = ui.input(|i| {
+            let events: Vec<egui::Event> = i
+                .events
+                .iter()
+                .filter(|e| matches!(e, egui::Event::PointerMoved(_) | egui::Event::PointerButton { .. }))
+                .cloned()
+                .collect();
+            (i.key_down(egui::Key::Space), i.modifiers.shift, events)
         });
         let painting_tool = matches!(self.tool, Tool::Brush | Tool::Eraser) && !space;
         let to_image = |view: &CanvasView, pos: egui::Pos2| {
             let p = view.image_pos_from_screen(pos, image_size, canvas);
             (p.x, p.y)
         };
-        if painting_tool && pressed && response.hovered() {
-            if let Some(pos) = pointer {
-                let brush = Brush { erase: self.tool == Tool::Eraser, ..self.brush };
-                let point = to_image(&self.view, pos);
-                if shift && self.document.last_stroke_end.is_some() {
-                    self.document.stroke_line_to(brush, point);
-                } else {
-                    self.document.begin_stroke(brush, point);
+        let over_canvas = |pos: egui::Pos2| canvas.contains(pos) && response.contains_pointer();
+        for event in events {
+            match event {
+                egui::Event::PointerButton {
+                    pos,
+                    button: egui::PointerButton::Primary,
+                    pressed: true,
+                    ..
+                } if painting_tool && over_canvas(pos) => {
+                    let brush = Brush { erase: self.tool == Tool::Eraser, ..self.brush };
+                    let point = to_image(&self.view, pos);
+                    if shift && self.document.last_stroke_end.is_some() {
+                        self.document.stroke_line_to(brush, point);
+                        self.status = "Drew a straight line; Ctrl+Z to undo".into();
+                    } else {
+                        self.document.begin_stroke(brush, point);
+                    }
                 }
+                egui::Event::PointerMoved(pos) if self.document.stroking() => {
+                    self.document.continue_stroke(to_image(&self.view, pos));
+                }
+                egui::Event::PointerButton {
+                    pos,
+                    button: egui::PointerButton::Primary,
+                    pressed: false,
+                    ..
+                } if self.document.stroking() => {
+                    self.document.continue_stroke(to_image(&self.view, pos));
+                    self.document.finish_stroke();
+                    self.status = "Painted the mask; Ctrl+Z to undo".into();
+                }
+                _ => {}
             }
-        } else if self.document.stroking() {
-            if let Some(pos) = pointer {
-                self.document.continue_stroke(to_image(&self.view, pos));
-            }
-            if !down {
-                self.document.finish_stroke();
-                self.status = "Painted the mask; Ctrl+Z to undo".into();
-            }
+        }
+        if self.document.stroking() && !ui.input(|i| i.pointer.primary_down()) {
+            // the release happened outside the window
+            self.document.finish_stroke();
         }
         let pans = response.dragged_by(egui::PointerButton::Middle)
             || (response.dragged_by(egui::PointerButton::Primary) && !painting_tool);
@@ -840,6 +861,9 @@ impl eframe::App for StudioApp {
             }
             if input.modifiers.command && input.key_pressed(egui::Key::Z) {
                 commands.push(if input.modifiers.shift { UiCommand::Redo } else { UiCommand::Undo });
+            }
+            if input.modifiers.command && input.key_pressed(egui::Key::Enter) {
+                commands.push(UiCommand::RunInpaint);
             }
             if input.key_pressed(egui::Key::Escape) {
                 commands.extend(self.jobs.keys().map(|id| UiCommand::Cancel(*id)));
