@@ -361,8 +361,11 @@ fn typing_in_the_prompt_does_not_switch_tools() {
     assert!(harness.state().inpaint.prompt.ends_with(" here"), "{}", harness.state().inpaint.prompt);
 }
 
+/// The inpaint jobs a [`RecordingRunner`] got: prompt, mask pixels marked, strength.
+type Recorded = Arc<Mutex<Vec<(String, usize, f64)>>>;
+
 /// An engine runner that records the inpaint jobs it gets and answers with a flat blue image.
-struct RecordingRunner(Arc<Mutex<Vec<(String, usize, f64)>>>);
+struct RecordingRunner(Recorded);
 
 impl JobRunner for RecordingRunner {
     fn device_report(&self) -> DeviceReport {
@@ -379,19 +382,16 @@ impl JobRunner for RecordingRunner {
         }
         ctx.progress(1, 1, None);
         let (w, h) = (params.image.width, params.image.height);
-        let blue = [20u8, 40, 220, 255].repeat((w * h) as usize);
-        ImageData::new(w, h, blue).map(JobOutput::Image).map_err(JobError::Failed)
+        // blue, with the prompt's length in the green channel (tells results apart)
+        let green = 40u8.wrapping_add(params.base.prompt.len() as u8).wrapping_sub(17);
+        let colour = [20u8, green, 220, 255].repeat((w * h) as usize);
+        ImageData::new(w, h, colour).map(JobOutput::Image).map_err(JobError::Failed)
     }
 }
 
 #[test]
 fn inpaint_sends_the_painted_mask_and_prompt_and_keeps_the_mask_for_the_next_try() {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let recorder = Arc::clone(&seen);
-    let mut harness = Harness::builder().with_size(egui::vec2(1280.0, 800.0)).build_eframe(move |cc| {
-        let waker = StudioApp::repaint_waker(&cc.egui_ctx);
-        StudioApp::new(cc, EngineHandle::spawn_with(move || (RecordingRunner(recorder), None), waker))
-    });
+    let (mut harness, seen) = recording_studio();
     opened(&mut harness, sample());
     harness.state_mut().model_path = Some(PathBuf::from("assets/models/shapes"));
 
@@ -422,4 +422,97 @@ fn inpaint_sends_the_painted_mask_and_prompt_and_keeps_the_mask_for_the_next_try
     harness.run_steps(2);
     settle(&mut harness, |app| app.jobs.is_empty() && centre_pixel(app) == [20, 40, 220, 255]);
     assert_eq!(seen.lock().map(|s| s.len()).unwrap_or_default(), 2);
+}
+
+fn recording_studio() -> (Harness<'static, StudioApp>, Recorded) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Arc::clone(&seen);
+    let harness = Harness::builder().with_size(egui::vec2(1280.0, 800.0)).build_eframe(move |cc| {
+        let waker = StudioApp::repaint_waker(&cc.egui_ctx);
+        StudioApp::new(cc, EngineHandle::spawn_with(move || (RecordingRunner(recorder), None), waker))
+    });
+    (harness, seen)
+}
+
+fn inpaint_with(harness: &mut Harness<'static, StudioApp>, prompt: &str) {
+    let before = harness.state().history.len();
+    harness.state_mut().inpaint.prompt = prompt.into();
+    harness.get_by_label("Inpaint").click();
+    harness.run_steps(2);
+    settle(harness, |app| app.jobs.is_empty() && app.history.len() == before + 1);
+}
+
+#[test]
+fn results_go_into_the_history_and_clicking_one_puts_its_image_and_settings_back() {
+    let (mut harness, _) = recording_studio();
+    opened(&mut harness, sample());
+    harness.state_mut().model_path = Some(PathBuf::from("assets/models/shapes"));
+    stroke(&mut harness, egui::pos2(560.0, 400.0), egui::pos2(640.0, 400.0), egui::Modifiers::NONE);
+    inpaint_with(&mut harness, "a big blue square"); // 17 letters: green 40
+    harness.state_mut().inpaint.steps = 33;
+    inpaint_with(&mut harness, "a small blue square"); // 19: green 42
+    assert_eq!(centre_pixel(harness.state()), [20, 42, 220, 255]);
+    let history = &harness.state().history;
+    assert_eq!(history.len(), 2);
+    assert!(
+        history[0].entry.parameters.starts_with("a big blue square\nSteps: 20"),
+        "{}",
+        history[0].entry.parameters
+    );
+
+    harness.get_by_label("inpaint #1").click();
+    harness.run();
+    let app = harness.state();
+    assert_eq!(centre_pixel(app), [20, 40, 220, 255], "the first result is back");
+    assert_eq!((app.inpaint.prompt.as_str(), app.inpaint.steps), ("a big blue square", 20));
+    undo(&mut harness);
+    assert_eq!(centre_pixel(harness.state()), [20, 42, 220, 255], "restoring is one undo step");
+}
+
+#[test]
+fn after_a_crash_the_studio_offers_its_autosave_and_restores_it() {
+    let folder = std::env::temp_dir().join(format!("ds-ui-{}-autosave", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    let (mut first, _) = recording_studio();
+    first.state_mut().autosave = Some(folder.clone());
+    first.state_mut().autosave_every = Duration::ZERO;
+    opened(&mut first, sample());
+    first.state_mut().model_path = Some(PathBuf::from("assets/models/shapes"));
+    stroke(&mut first, egui::pos2(560.0, 400.0), egui::pos2(640.0, 400.0), egui::Modifiers::NONE);
+    inpaint_with(&mut first, "a big blue square");
+    first.state_mut().inpaint.prompt = "typed just before the crash".into();
+    let painted = marked(first.state());
+    let project = folder.join("project.json");
+    let saved_prompt = |project: &Path| {
+        std::fs::read_to_string(project).unwrap_or_default().contains("typed just before the crash")
+    };
+    let start = Instant::now();
+    while !(saved_prompt(&project) && first.state().pending_io == 0) {
+        assert!(start.elapsed() < Duration::from_secs(20), "no autosave");
+        first.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(first); // a crash: no on_exit
+
+    let (mut second, _) = recording_studio();
+    second.state_mut().autosave = Some(folder.clone());
+    second.state_mut().check_autosave();
+    second.run();
+    second.get_by_label_contains("did not close normally");
+    second.get_by_label("Restore").click();
+    second.run();
+    settle(&mut second, |app| app.document.image.is_some() && app.pending_io == 0);
+    let app = second.state();
+    assert_eq!(centre_pixel(app), [20, 40, 220, 255], "the result that was on the canvas");
+    assert_eq!(marked(app), painted, "the mask");
+    assert_eq!(app.inpaint.prompt, "typed just before the crash");
+    assert_eq!(app.history.len(), 1);
+    assert!(app.restore_offer.is_none());
+
+    // a normal exit is not offered again
+    second.state_mut().autosave_on_exit().expect("saved on exit");
+    let (mut third, _) = recording_studio();
+    third.state_mut().autosave = Some(folder);
+    third.state_mut().check_autosave();
+    assert!(third.state().restore_offer.is_none());
 }

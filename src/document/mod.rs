@@ -4,6 +4,7 @@
 
 pub mod inversion;
 pub mod mask;
+pub mod project;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,6 +72,28 @@ pub struct Document {
 }
 
 impl Document {
+    /// A document holding `image` and `mask` (an empty mask when None or of another size) with
+    /// a fresh undo history, as a restored project starts; its revisions start after
+    /// `revisions_from` so that nothing cached for an earlier document is taken for it.
+    pub fn restored(
+        image: image::RgbaImage,
+        path: Option<PathBuf>,
+        mask: Option<Mask>,
+        revisions_from: u64,
+    ) -> Self {
+        let (width, height) = image.dimensions();
+        let mask = mask.filter(|m| (m.width(), m.height()) == (width, height));
+        let mut document = Document {
+            image: Some(ImageLayer { image: Arc::new(image), path, revision: revisions_from + 1 }),
+            mask: Some(mask.unwrap_or_else(|| Mask::new(width, height))),
+            next_revision: revisions_from + 1,
+            modified: true,
+            ..Document::default()
+        };
+        document.mark_mask_dirty(None);
+        document
+    }
+
     /// Replaces the image with one read from `path`, with an empty mask of its size; the
     /// previous image and mask can be had back by undo.
     pub fn set_opened_image(&mut self, image: image::RgbaImage, path: PathBuf) {

@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use egui::{Color32, RichText, Vec2};
 
 use crate::document::mask::Brush;
+use crate::document::project::{self, HistoryEntry, LoadedProject, ProjectSnapshot, Written};
 use crate::document::{self, Document, MaskOp};
 use crate::engine::EngineHandle;
 use crate::protocol::{
@@ -44,7 +45,51 @@ pub enum UiCommand {
     /// Multiply the brush radius (`[` and `]`).
     ScaleBrush(f32),
     Mask(MaskOp),
+    /// Put history entry N (its image and settings) back.
+    RestoreHistory(usize),
+    /// Answer the offer to restore what a crash left: true restores it.
+    RestoreAutosave(bool),
+    ShowSaveProjectDialog,
+    ShowOpenProjectDialog,
+    SaveProject(PathBuf),
+    OpenProject(PathBuf),
+    ShowExportMaskDialog,
+    ExportMask(PathBuf),
 }
+
+/// The settings a project keeps and a history entry restores.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct StudioSettings {
+    pub inpaint: InpaintSettings,
+    pub brush: Brush,
+    pub mask_step: u32,
+    pub feather_sigma: f32,
+    pub show_mask: bool,
+}
+
+impl Default for StudioSettings {
+    fn default() -> Self {
+        Self {
+            inpaint: InpaintSettings::default(),
+            brush: Brush::default(),
+            mask_step: 8,
+            feather_sigma: 4.0,
+            show_mask: true,
+        }
+    }
+}
+
+/// A result in the history strip.
+pub struct HistoryItem {
+    pub entry: HistoryEntry,
+    pub image: Arc<image::RgbaImage>,
+    /// Its thumbnail, made when first drawn.
+    thumbnail: Option<egui::TextureHandle>,
+}
+
+/// How often the document is autosaved while it changes.
+pub const AUTOSAVE_EVERY: Duration = Duration::from_secs(5);
 
 /// What a primary-button drag on the canvas does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +100,8 @@ pub enum Tool {
 }
 
 /// Settings of the inpaint method (blended latent diffusion in the painted mask).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct InpaintSettings {
     pub prompt: String,
     pub negative_prompt: String,
@@ -91,6 +137,20 @@ enum IoResult {
     },
     /// The dialog's choice; `None` when it was closed without one.
     DialogChose(Option<UiCommand>),
+    /// An autosave or an explicit project save finished.
+    ProjectSaved {
+        folder: PathBuf,
+        autosave: bool,
+        result: Result<Written, String>,
+    },
+    ProjectLoaded {
+        folder: PathBuf,
+        result: Result<LoadedProject, String>,
+    },
+    MaskExported {
+        path: PathBuf,
+        result: Result<(), String>,
+    },
 }
 
 /// One job as the UI tracks it.
@@ -99,6 +159,9 @@ pub struct JobState {
     pub label: &'static str,
     pub step: usize,
     pub of: usize,
+    /// For the history: the job's parameters (infotext) and the settings that made it.
+    pub parameters: String,
+    pub settings: Option<serde_json::Value>,
 }
 
 /// Settings of the forward-noise (SDEdit strength) preview.
@@ -147,6 +210,21 @@ pub struct StudioApp {
     /// The brush cursor over the canvas (screen points), when it is there.
     cursor: Option<egui::Pos2>,
     started: Instant,
+    /// Results, oldest first.
+    pub history: Vec<HistoryItem>,
+    next_history_id: u64,
+    /// The autosave folder (None: no autosave).
+    pub autosave: Option<PathBuf>,
+    /// What a crash left in the autosave folder, offered for restoring; autosave waits until
+    /// the offer is answered, so that it never overwrites it.
+    pub restore_offer: Option<PathBuf>,
+    /// How often the autosave runs while the document changes ([`AUTOSAVE_EVERY`]).
+    pub autosave_every: Duration,
+    autosave_written: Written,
+    autosave_in_flight: bool,
+    last_autosave: Instant,
+    /// The state last autosaved (image and mask revisions, history length, settings).
+    autosaved_state: Option<(u64, u64, usize, StudioSettings)>,
     io_sender: Sender<IoResult>,
     io_receiver: Receiver<IoResult>,
     /// Background file tasks still running.
@@ -187,6 +265,15 @@ impl StudioApp {
             model_path: None,
             cursor: None,
             started: Instant::now(),
+            history: Vec::new(),
+            next_history_id: 1,
+            autosave: None,
+            restore_offer: None,
+            autosave_every: AUTOSAVE_EVERY,
+            autosave_written: Written::default(),
+            autosave_in_flight: false,
+            last_autosave: Instant::now(),
+            autosaved_state: None,
             io_sender,
             io_receiver,
             pending_io: 0,
@@ -244,6 +331,37 @@ impl StudioApp {
             UiCommand::ScaleBrush(factor) => {
                 self.brush.radius = (self.brush.radius * factor).clamp(Brush::MIN_RADIUS, Brush::MAX_RADIUS);
             }
+            UiCommand::RestoreHistory(index) => self.restore_history(index),
+            UiCommand::RestoreAutosave(restore) => {
+                let offered = self.restore_offer.take();
+                if let (true, Some(folder)) = (restore, offered) {
+                    self.load_project(folder);
+                }
+            }
+            UiCommand::ShowSaveProjectDialog => self.spawn_folder_dialog(true),
+            UiCommand::ShowOpenProjectDialog => self.spawn_folder_dialog(false),
+            UiCommand::SaveProject(folder) => {
+                let snapshot = self.snapshot(true);
+                self.status = format!("Saving the project to {}…", folder.display());
+                self.spawn_io(move || {
+                    let result = project::save_project(&folder, &snapshot, &Written::default())
+                        .map_err(|error| error.to_string());
+                    IoResult::ProjectSaved { folder, autosave: false, result }
+                });
+            }
+            UiCommand::OpenProject(folder) => self.load_project(folder),
+            UiCommand::ShowExportMaskDialog => self.spawn_dialog_for(true, "mask.png", UiCommand::ExportMask),
+            UiCommand::ExportMask(path) => {
+                let Some(mask) = self.document.mask.as_ref() else {
+                    self.errors.push("No mask to export: open an image and paint one first.".into());
+                    return;
+                };
+                let image = mask.to_luma_image();
+                self.spawn_io(move || {
+                    let result = document::write_png_atomic(&image, &path).map_err(|e| e.to_string());
+                    IoResult::MaskExported { path, result }
+                });
+            }
             UiCommand::Mask(op) => {
                 let name = match &op {
                     MaskOp::Fill => "Filled the mask",
@@ -284,31 +402,63 @@ impl StudioApp {
 
     /// Opens the native file dialog on its own thread, so the UI keeps drawing.
     fn spawn_dialog(&mut self, save: bool) {
+        if save {
+            let suggested = self
+                .document
+                .image
+                .as_ref()
+                .and_then(|layer| layer.path.as_ref())
+                .and_then(|path| path.file_stem())
+                .map(|stem| format!("{}-edited.png", stem.to_string_lossy()))
+                .unwrap_or_else(|| "image.png".into());
+            self.spawn_dialog_for(true, &suggested, UiCommand::SaveAs);
+        } else {
+            self.spawn_dialog_for(false, "", UiCommand::Open);
+        }
+    }
+
+    /// Whether a native dialog can open; says what to do instead when not.
+    fn dialogs_available(&mut self) -> bool {
         if !desktop_bus_reachable() {
             self.errors.push(
                 "No file dialog is available here (no desktop session bus for xdg-desktop-portal). \
                  Drop an image on the window, or pass it on the command line: diffusion-studio IMAGE"
                     .into(),
             );
+            return false;
+        }
+        true
+    }
+
+    /// An image file dialog (save: with `suggested` as the name) on its own thread, so the UI
+    /// keeps drawing; the chosen path becomes `then(path)`.
+    fn spawn_dialog_for(&mut self, save: bool, suggested: &str, then: fn(PathBuf) -> UiCommand) {
+        if !self.dialogs_available() {
             return;
         }
-        let suggested = self
-            .document
-            .image
-            .as_ref()
-            .and_then(|layer| layer.path.as_ref())
-            .and_then(|path| path.file_stem())
-            .map(|stem| format!("{}-edited.png", stem.to_string_lossy()))
-            .unwrap_or_else(|| "image.png".into());
+        let suggested = suggested.to_string();
         self.spawn_io(move || {
             let dialog = rfd::FileDialog::new()
                 .add_filter("Images", &["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]);
-            let chosen = if save {
-                dialog.set_file_name(suggested).save_file().map(UiCommand::SaveAs)
+            let chosen = if save { dialog.set_file_name(suggested).save_file() } else { dialog.pick_file() };
+            IoResult::DialogChose(chosen.map(then))
+        });
+    }
+
+    /// A folder dialog for saving (true) or opening a project.
+    fn spawn_folder_dialog(&mut self, save: bool) {
+        if !self.dialogs_available() {
+            return;
+        }
+        self.spawn_io(move || {
+            let chosen = rfd::FileDialog::new()
+                .set_title(if save { "Save project in" } else { "Open project" })
+                .pick_folder();
+            IoResult::DialogChose(chosen.map(if save {
+                UiCommand::SaveProject
             } else {
-                dialog.pick_file().map(UiCommand::Open)
-            };
-            IoResult::DialogChose(chosen)
+                UiCommand::OpenProject
+            }))
         });
     }
 
@@ -347,7 +497,11 @@ impl StudioApp {
         };
         let label = job.label();
         let id = self.engine.submit(job);
-        self.jobs.insert(id, JobState { label, step: 0, of: self.noise.steps });
+        let parameters = format!(
+            "forward noise, strength {}, stages {}, seed {}",
+            self.noise.strength, self.noise.steps, self.noise.seed
+        );
+        self.jobs.insert(id, JobState { label, step: 0, of: self.noise.steps, parameters, settings: None });
         self.status = format!("Queued {label} ({id})");
     }
 
@@ -391,9 +545,166 @@ impl StudioApp {
             composite: true,
         });
         let label = job.label();
+        let parameters = match &job {
+            Job::Inpaint(params) => params.base.to_infotext(),
+            _ => String::new(),
+        };
+        let steps = settings.steps;
         let id = self.engine.submit(job);
-        self.jobs.insert(id, JobState { label, step: 0, of: settings.steps });
+        let settings = serde_json::to_value(self.settings()).ok();
+        self.jobs.insert(id, JobState { label, step: 0, of: steps, parameters, settings });
         self.status = format!("Queued {label} ({id})");
+    }
+
+    /// The settings a project keeps and history entries restore.
+    pub fn settings(&self) -> StudioSettings {
+        StudioSettings {
+            inpaint: self.inpaint.clone(),
+            brush: self.brush,
+            mask_step: self.mask_step,
+            feather_sigma: self.feather_sigma,
+            show_mask: self.show_mask,
+        }
+    }
+
+    pub fn apply_settings(&mut self, settings: StudioSettings) {
+        self.inpaint = settings.inpaint;
+        self.brush = settings.brush.clamped();
+        self.mask_step = settings.mask_step.clamp(1, 256);
+        self.feather_sigma =
+            if settings.feather_sigma.is_finite() { settings.feather_sigma.clamp(0.5, 128.0) } else { 4.0 };
+        self.show_mask = settings.show_mask;
+    }
+
+    fn push_history(
+        &mut self,
+        image: Arc<image::RgbaImage>,
+        label: &str,
+        parameters: String,
+        settings: Option<serde_json::Value>,
+    ) {
+        let id = self.next_history_id;
+        self.next_history_id += 1;
+        let settings = settings.unwrap_or_else(|| serde_json::to_value(self.settings()).unwrap_or_default());
+        let entry = HistoryEntry { id, label: label.to_string(), parameters, settings };
+        self.history.push(HistoryItem { entry, image, thumbnail: None });
+    }
+
+    /// Puts a history entry's image back on the canvas (undoable) and its settings in the panels.
+    fn restore_history(&mut self, index: usize) {
+        let Some(item) = self.history.get(index) else { return };
+        let image = item.image.as_ref().clone();
+        let settings = serde_json::from_value::<StudioSettings>(item.entry.settings.clone());
+        let label = format!("{} #{}", item.entry.label, item.entry.id);
+        self.document.set_result_image(image);
+        match settings {
+            Ok(settings) => self.apply_settings(settings),
+            Err(error) => self
+                .errors
+                .push(format!("{label}: its settings could not be read ({error}); the image is back")),
+        }
+        self.status = format!("Restored {label}; Ctrl+Z to undo");
+    }
+
+    /// What a save writes now (cheap: images are shared, the mask is copied).
+    fn snapshot(&self, clean_exit: bool) -> ProjectSnapshot {
+        ProjectSnapshot {
+            image: self.document.image.as_ref().map(|layer| (layer.revision, Arc::clone(&layer.image))),
+            source_path: self.document.image.as_ref().and_then(|layer| layer.path.clone()),
+            mask: self.document.mask.as_ref().map(|mask| (self.document.mask_revision, mask.clone())),
+            settings: serde_json::to_value(self.settings()).unwrap_or_default(),
+            history: self.history.iter().map(|item| (item.entry.clone(), Arc::clone(&item.image))).collect(),
+            clean_exit,
+        }
+    }
+
+    fn autosave_state(&self) -> (u64, u64, usize, StudioSettings) {
+        let revision = self.document.image.as_ref().map_or(0, |layer| layer.revision);
+        (revision, self.document.mask_revision, self.history.len(), self.settings())
+    }
+
+    /// Autosaves in the background when something changed and the last autosave is
+    /// `autosave_every` old; never while a crash's autosave waits to be restored or not.
+    pub fn autosave_if_due(&mut self) {
+        let Some(folder) = self.autosave.clone() else { return };
+        if self.restore_offer.is_some()
+            || self.autosave_in_flight
+            || self.document.stroking()
+            || self.document.image.is_none()
+            || self.last_autosave.elapsed() < self.autosave_every
+        {
+            return;
+        }
+        let state = self.autosave_state();
+        if self.autosaved_state.as_ref() == Some(&state) {
+            return;
+        }
+        self.autosaved_state = Some(state);
+        self.last_autosave = Instant::now();
+        self.autosave_in_flight = true;
+        let (snapshot, written) = (self.snapshot(false), self.autosave_written.clone());
+        self.spawn_io(move || {
+            let result =
+                project::save_project(&folder, &snapshot, &written).map_err(|error| error.to_string());
+            IoResult::ProjectSaved { folder, autosave: true, result }
+        });
+    }
+
+    /// Saves the autosave now, on this thread, marked as a normal exit (what closing does).
+    pub fn autosave_on_exit(&mut self) -> Result<(), String> {
+        let Some(folder) = self.autosave.clone() else { return Ok(()) };
+        if self.restore_offer.is_some() || self.document.image.is_none() {
+            // a crash's autosave not yet answered, or nothing to keep: leave the folder as it is
+            return Ok(());
+        }
+        let written = project::save_project(&folder, &self.snapshot(true), &self.autosave_written)
+            .map_err(|error| error.to_string())?;
+        self.autosave_written = written;
+        Ok(())
+    }
+
+    /// Looks at the autosave folder at start-up: what a crash left there is offered for
+    /// restoring.
+    pub fn check_autosave(&mut self) {
+        let Some(folder) = self.autosave.clone() else { return };
+        if let Ok(file) = project::read_project_file(&folder)
+            && !file.clean_exit
+            && file.has_image
+        {
+            self.restore_offer = Some(folder);
+        }
+    }
+
+    fn load_project(&mut self, folder: PathBuf) {
+        self.status = format!("Opening the project {}…", folder.display());
+        self.spawn_io(move || {
+            let result = project::load_project(&folder).map_err(|error| error.to_string());
+            IoResult::ProjectLoaded { folder, result }
+        });
+    }
+
+    fn apply_project(&mut self, folder: &std::path::Path, loaded: LoadedProject) {
+        let Some(image) = loaded.image else {
+            self.errors.push(format!("{} holds no image to restore", folder.display()));
+            return;
+        };
+        let first = self.document.take_revision();
+        self.document = Document::restored(image, loaded.file.source_path.clone(), loaded.mask, first);
+        self.preview = None;
+        self.view.fit_pending = true;
+        match serde_json::from_value::<StudioSettings>(loaded.file.settings) {
+            Ok(settings) => self.apply_settings(settings),
+            Err(error) => {
+                self.errors.push(format!("the project's settings could not be read ({error}); defaults kept"))
+            }
+        }
+        self.history.clear();
+        for (entry, image) in loaded.history {
+            self.next_history_id = self.next_history_id.max(entry.id + 1);
+            self.history.push(HistoryItem { entry, image: Arc::new(image), thumbnail: None });
+        }
+        self.errors.extend(loaded.warnings);
+        self.status = format!("Restored {}", folder.display());
     }
 
     /// Drains engine events and file results, for at most `EVENT_BUDGET`.
@@ -432,6 +743,28 @@ impl StudioApp {
             }
             IoResult::DialogChose(Some(command)) => self.execute(command),
             IoResult::DialogChose(None) => {}
+            IoResult::ProjectSaved { folder, autosave, result } => {
+                if autosave {
+                    self.autosave_in_flight = false;
+                }
+                match result {
+                    Ok(written) if autosave => self.autosave_written = written,
+                    Ok(_) => self.status = format!("Saved the project to {}", folder.display()),
+                    Err(message) => {
+                        // an autosave that failed is tried again at the next change
+                        if autosave {
+                            self.autosaved_state = None;
+                        }
+                        self.errors.push(message);
+                    }
+                }
+            }
+            IoResult::ProjectLoaded { folder, result: Ok(loaded) } => self.apply_project(&folder, loaded),
+            IoResult::ProjectLoaded { result: Err(message), .. } => self.errors.push(message),
+            IoResult::MaskExported { path, result: Ok(()) } => {
+                self.status = format!("Exported the mask to {}", path.display());
+            }
+            IoResult::MaskExported { result: Err(message), .. } => self.errors.push(message),
         }
     }
 
@@ -456,32 +789,39 @@ impl StudioApp {
                 }
             }
             EngineEvent::Done { job, output } => {
-                let label = self.jobs.remove(&job).map_or("job", |state| state.label);
+                let state = self.jobs.remove(&job);
+                let label = state.as_ref().map_or("job", |state| state.label);
                 self.preview = None;
-                match output {
-                    JobOutput::Image(data) => match data.to_rgba_image() {
-                        Some(image) => {
-                            self.document.set_result_image(image);
-                            self.status = format!("{label} done ({job}); Ctrl+Z to undo");
-                        }
-                        None => self.errors.push(format!("{job} returned a malformed image")),
-                    },
-                    JobOutput::Images(images) => {
-                        match images.first().and_then(|first| first.image.to_rgba_image()) {
-                            Some(image) => {
-                                self.document.set_result_image(image);
-                                self.status = format!("{label} done ({job}); Ctrl+Z to undo");
-                            }
-                            None => self.errors.push(format!("{job} returned no image")),
-                        }
+                let image = match output {
+                    JobOutput::Image(data) => {
+                        data.to_rgba_image().ok_or_else(|| format!("{job} returned a malformed image"))
                     }
-                    JobOutput::Loaded(description) => self.status = format!("{label} done: {description}"),
+                    JobOutput::Images(images) => images
+                        .first()
+                        .and_then(|first| first.image.to_rgba_image())
+                        .ok_or_else(|| format!("{job} returned no image")),
+                    JobOutput::Loaded(description) => {
+                        self.status = format!("{label} done: {description}");
+                        return;
+                    }
                     JobOutput::Inversion(inversion) => {
                         self.status = format!(
                             "{label} done ({job}): reconstruction PSNR {:.1} dB ({:.1} dB against the VAE round trip) over {} steps",
                             inversion.psnr, inversion.psnr_vae, inversion.steps
                         );
+                        return;
                     }
+                };
+                match image {
+                    Ok(image) => {
+                        let image = Arc::new(image);
+                        let (parameters, settings) =
+                            state.map(|state| (state.parameters, state.settings)).unwrap_or_default();
+                        self.push_history(Arc::clone(&image), label, parameters, settings);
+                        self.document.set_result_image(image.as_ref().clone());
+                        self.status = format!("{label} done ({job}); Ctrl+Z to undo");
+                    }
+                    Err(message) => self.errors.push(message),
                 }
             }
             EngineEvent::Failed { job, message } => {
@@ -507,6 +847,16 @@ impl StudioApp {
                 let has_image = self.document.image.is_some();
                 if ui.add_enabled(has_image, egui::Button::new("Save As…")).clicked() {
                     commands.push(UiCommand::ShowSaveDialog);
+                }
+                if ui.add_enabled(has_image, egui::Button::new("Export Mask…")).clicked() {
+                    commands.push(UiCommand::ShowExportMaskDialog);
+                }
+                ui.separator();
+                if ui.button("Open Project…").clicked() {
+                    commands.push(UiCommand::ShowOpenProjectDialog);
+                }
+                if ui.add_enabled(has_image, egui::Button::new("Save Project As…")).clicked() {
+                    commands.push(UiCommand::ShowSaveProjectDialog);
                 }
                 ui.separator();
                 if ui.button("Quit").clicked() {
@@ -671,6 +1021,59 @@ impl StudioApp {
                 }
             });
         }
+    }
+
+    fn history_ui(&mut self, ui: &mut egui::Ui, commands: &mut Vec<UiCommand>) {
+        egui::ScrollArea::horizontal().stick_to_right(true).show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.label(RichText::new("History").strong());
+                if self.history.is_empty() {
+                    ui.weak("Results appear here; click one to put it and its settings back.");
+                }
+                for (index, item) in self.history.iter_mut().enumerate() {
+                    let texture = item.thumbnail.get_or_insert_with(|| {
+                        let small = image::imageops::thumbnail(item.image.as_ref(), 56, 56);
+                        let colour = egui::ColorImage::from_rgba_unmultiplied(
+                            [small.width() as usize, small.height() as usize],
+                            small.as_raw(),
+                        );
+                        ui.ctx().load_texture(
+                            format!("history-{}", item.entry.id),
+                            colour,
+                            Default::default(),
+                        )
+                    });
+                    let name = format!("{} #{}", item.entry.label, item.entry.id);
+                    let button =
+                        egui::Button::image(egui::Image::new(&*texture).fit_to_exact_size(Vec2::splat(56.0)));
+                    let response = ui.add(button).on_hover_text(format!("{name}\n{}", item.entry.parameters));
+                    response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, &name));
+                    if response.clicked() {
+                        commands.push(UiCommand::RestoreHistory(index));
+                    }
+                }
+            });
+        });
+    }
+
+    fn restore_offer_ui(&self, ctx: &egui::Context, commands: &mut Vec<UiCommand>) {
+        let Some(folder) = &self.restore_offer else { return };
+        egui::Window::new("Restore the last session?")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, Vec2::ZERO)
+            .show(ctx, |ui| {
+                ui.label("The studio did not close normally last time. Its autosave holds your image, mask, settings and history:");
+                ui.monospace(folder.display().to_string());
+                ui.horizontal(|ui| {
+                    if ui.button("Restore").clicked() {
+                        commands.push(UiCommand::RestoreAutosave(true));
+                    }
+                    if ui.button("Start afresh").on_hover_text("The autosave is overwritten by the next one").clicked() {
+                        commands.push(UiCommand::RestoreAutosave(false));
+                    }
+                });
+            });
     }
 
     fn status_ui(&self, ui: &mut egui::Ui) {
@@ -847,6 +1250,12 @@ fn wheel_zoom_factor(events: &[egui::Event]) -> f32 {
 }
 
 impl eframe::App for StudioApp {
+    fn on_exit(&mut self) {
+        if let Err(message) = self.autosave_on_exit() {
+            tracing::error!("the autosave on exit failed: {message}");
+        }
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         self.drain_events();
         let mut commands = Vec::new();
@@ -898,6 +1307,7 @@ impl eframe::App for StudioApp {
             }
         });
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
+        egui::Panel::bottom("history").show(ui, |ui| self.history_ui(ui, &mut commands));
         egui::Panel::left("tools").default_size(190.0).show(ui, |ui| self.tools_ui(ui, &mut commands));
         egui::Panel::right("inspector")
             .default_size(240.0)
@@ -905,8 +1315,14 @@ impl eframe::App for StudioApp {
         egui::CentralPanel::default()
             .frame(egui::Frame::new().fill(Color32::from_gray(32)))
             .show(ui, |ui| self.canvas_ui(ui));
+        self.restore_offer_ui(ui.ctx(), &mut commands);
         for command in commands {
             self.execute(command);
+        }
+        self.autosave_if_due();
+        if self.autosave.is_some() && self.document.image.is_some() {
+            // autosave runs from the frame loop: look again when the next one could be due
+            ui.ctx().request_repaint_after(self.autosave_every.max(Duration::from_millis(100)));
         }
         if self.pending_io > 0 || !self.jobs.is_empty() {
             // Results arrive through the waker; this keeps the status fresh meanwhile.

@@ -35,6 +35,8 @@ pub fn run_studio(device: DeviceChoice, open: Option<std::path::PathBuf>) -> any
         Box::new(move |cc| {
             let engine = EngineHandle::spawn(device, StudioApp::repaint_waker(&cc.egui_ctx));
             let mut app = StudioApp::new(cc, engine);
+            app.autosave = crate::document::project::autosave_folder();
+            app.check_autosave();
             app.load_default_model();
             if let Some(path) = open {
                 app.open(path);
