@@ -6,7 +6,9 @@
 #   3. the mouse wheel over the canvas zooms (the second screenshot differs from the first);
 #   4. a brush stroke paints the mask (its tint shows where the stroke went, nowhere else);
 #   5. "Inpaint" repaints the painted region with the bundled model on the engine thread, and
-#      the canvas shows the result there.
+#      the canvas shows the result there;
+#   6. the autosave holds the result and the mask; after the studio is killed (a crash) and
+#      started again, it offers to restore them.
 # Usage: scripts/window-test.sh [BINARY]
 set -euo pipefail
 BIN=${1:-target/release/diffusion-studio}
@@ -32,6 +34,8 @@ cleanup() {
 }
 trap cleanup EXIT
 export DISPLAY=":$display_number" XDG_RUNTIME_DIR="$runtime"
+# the studio's autosave goes to a scratch folder, not the person's own
+export DIFFUSION_STUDIO_AUTOSAVE="$runtime/autosave"
 
 "$BIN" assets/samples/shapes.png >"$OUT/studio.log" 2>&1 &
 app_pid=$!
@@ -87,26 +91,47 @@ awk -v c="${painted%% *}" 'BEGIN { exit !(c > 500 && c < 60000) }' || fail "the 
 [ "$fr $fg $fb" = "$fr0 $fg0 $fb0" ] || fail "the canvas changed far from the stroke"
 
 # "Inpaint" repaints the painted region with the bundled model (at 512 × 512 on the CPU). The
-# region around the stroke is watched until it has changed and then holds still for 2 s (the
-# live previews have ended).
+# result is done when the autosave (every 5 s while the document changes) holds it as the first
+# history entry.
 region() { convert "$1" -crop 240x140+$((cx - 120))+$((cy - 70)) +repage "$2"; }
 region "$OUT/studio-mask.png" "$runtime/before.png"
 xdotool mousemove --window "$window" $((width - 203)) 275 click 1 # "Inpaint" (inspector, top right)
 xdotool mousemove --window "$window" "$cx" $((height - 5))
-changed=0
-cp "$runtime/before.png" "$runtime/last.png"
-for _ in $(seq 1 90); do
-  sleep 2
-  import -window "$window" "$OUT/studio-inpainted.png"
-  region "$OUT/studio-inpainted.png" "$runtime/now.png"
-  changed=$(compare -metric AE -fuzz 10% "$runtime/before.png" "$runtime/now.png" null: 2>&1 || true)
-  still=$(compare -metric AE "$runtime/last.png" "$runtime/now.png" null: 2>&1 || true)
-  changed=${changed%% *}
-  cp "$runtime/now.png" "$runtime/last.png"
-  awk -v c="$changed" -v s="${still%% *}" 'BEGIN { exit !(c > 300 && s == 0) }' && break
+for _ in $(seq 1 240); do
+  [ -s "$DIFFUSION_STUDIO_AUTOSAVE/history/0001.png" ] && break
+  kill -0 "$app_pid" 2>/dev/null || fail "the studio died: $(cat "$OUT/studio.log")"
+  sleep 1
 done
+[ -s "$DIFFUSION_STUDIO_AUTOSAVE/history/0001.png" ] || fail "no inpainting result within 240 s: $(tail -5 "$OUT/studio.log")"
+sleep 1
+import -window "$window" "$OUT/studio-inpainted.png"
+region "$OUT/studio-inpainted.png" "$runtime/after.png"
+changed=$(compare -metric AE -fuzz 10% "$runtime/before.png" "$runtime/after.png" null: 2>&1 || true)
 echo "window-test: $changed pixels changed around the stroke after inpainting"
-awk -v c="$changed" 'BEGIN { exit !(c > 300) }' || fail "inpainting did not change the canvas within 180 s: $(tail -5 "$OUT/studio.log")"
+awk -v c="${changed%% *}" 'BEGIN { exit !(c > 300) }' || fail "inpainting did not change the canvas"
+
+# The autosave holds the result and the mask; kill the studio as a crash would and start it
+# again: it offers to restore them, over the canvas.
+for f in project.json image.png mask.png history/0001.png; do
+  [ -s "$DIFFUSION_STUDIO_AUTOSAVE/$f" ] || fail "the autosave has no $f"
+done
+grep -q '"clean_exit": false' "$DIFFUSION_STUDIO_AUTOSAVE/project.json" || fail "the running studio's autosave says it exited"
+kill -9 "$app_pid"
+wait "$app_pid" 2>/dev/null || true
+"$BIN" assets/samples/shapes.png >"$OUT/studio-restart.log" 2>&1 &
+app_pid=$!
+window=""
+for _ in $(seq 1 120); do
+  window=$(xdotool search --name '^diffusion-studio$' 2>/dev/null | head -1 || true)
+  [ -n "$window" ] && break
+  sleep 0.5
+done
+[ -n "$window" ] || fail "no window after the restart"
+sleep 4
+import -window "$window" "$OUT/studio-restore-offer.png"
+offer=$(compare -metric AE -fuzz 10% "$OUT/studio.png" "$OUT/studio-restore-offer.png" null: 2>&1 || true)
+echo "window-test: after a crash and a restart, $offer pixels differ from a fresh start"
+awk -v c="${offer%% *}" 'BEGIN { exit !(c > 5000) }' || fail "no restore offer after the restart"
 
 kill -0 "$app_pid" 2>/dev/null || fail "the studio died: $(cat "$OUT/studio.log")"
 echo "window-test: ok — screenshots in $OUT/"

@@ -801,7 +801,10 @@ impl StudioApp {
                         .and_then(|first| first.image.to_rgba_image())
                         .ok_or_else(|| format!("{job} returned no image")),
                     JobOutput::Loaded(description) => {
-                        self.status = format!("{label} done: {description}");
+                        // the model the studio loads itself is reported by ModelLoaded already
+                        if state.is_some() {
+                            self.status = format!("{label} done: {description}");
+                        }
                         return;
                     }
                     JobOutput::Inversion(inversion) => {
