@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use std::sync::{Arc, Mutex};
 
 use diffusion_studio::engine::{EngineHandle, JobContext, JobError, JobRunner};
-use diffusion_studio::protocol::{DeviceChoice, DeviceReport, ImageData, Job, JobOutput};
+use diffusion_studio::protocol::{DeviceChoice, DeviceReport, ImageData, Job, JobOutput, LabelledImage};
 use diffusion_studio::ui::StudioApp;
 use diffusion_studio::ui::app::Tool;
 use egui_kittest::Harness;
@@ -373,8 +373,26 @@ impl JobRunner for RecordingRunner {
     }
 
     fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
+        if let Job::DiffEdit(params) = job {
+            // records the source prompt and the mask it was given (None: estimate), and answers
+            // with the image unchanged and the left half as the mask
+            let given =
+                params.mask.as_ref().map_or(0, |m| m.rgba.chunks_exact(4).filter(|p| p[0] > 0).count());
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((params.source_prompt.clone(), given, params.strength));
+            }
+            let (w, h) = (params.image.width, params.image.height);
+            let mask: Vec<u8> = (0..w * h)
+                .flat_map(|i| if i % w < w / 2 { [255, 255, 255, 255] } else { [0, 0, 0, 255] })
+                .collect();
+            let mask = ImageData::new(w, h, mask).map_err(JobError::Failed)?;
+            return Ok(JobOutput::Images(vec![
+                LabelledImage { label: "image".into(), image: params.image.clone() },
+                LabelledImage { label: "mask".into(), image: mask },
+            ]));
+        }
         let Job::Inpaint(params) = job else {
-            return Err(JobError::Failed("only inpainting here".into()));
+            return Err(JobError::Failed("only inpainting and DiffEdit here".into()));
         };
         let marked = params.mask.rgba.chunks_exact(4).filter(|p| p[0] > 0).count();
         if let Ok(mut seen) = self.0.lock() {
@@ -515,4 +533,30 @@ fn after_a_crash_the_studio_offers_its_autosave_and_restores_it() {
     third.state_mut().autosave = Some(folder);
     third.state_mut().check_autosave();
     assert!(third.state().restore_offer.is_none());
+}
+
+#[test]
+fn diffedit_puts_its_mask_on_the_canvas_and_runs_again_with_the_corrected_one() {
+    let (mut harness, seen) = recording_studio();
+    opened(&mut harness, sample());
+    harness.state_mut().model_path = Some(PathBuf::from("assets/models/shapes"));
+    harness.get_by_label("DiffEdit").click();
+    harness.run_steps(2);
+    settle(&mut harness, |app| app.jobs.is_empty() && app.history.len() == 1);
+    assert_eq!(marked(harness.state()), 256 * 512, "the estimated mask (left half) is on the canvas");
+    // correct it with the eraser and run again on the corrected mask
+    harness.key_press(egui::Key::E);
+    harness.run();
+    stroke(&mut harness, egui::pos2(450.0, 400.0), egui::pos2(500.0, 400.0), egui::Modifiers::NONE);
+    let corrected = marked(harness.state());
+    assert!(corrected < 256 * 512);
+    harness.get_by_label("use my mask").click();
+    harness.get_by_label("DiffEdit").click();
+    harness.run_steps(2);
+    settle(&mut harness, |app| app.jobs.is_empty() && app.history.len() == 2);
+    let jobs = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(
+        jobs,
+        vec![("a big red circle".to_string(), 0, 0.8), ("a big red circle".to_string(), corrected, 0.8)]
+    );
 }

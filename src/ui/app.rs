@@ -39,6 +39,9 @@ pub enum UiCommand {
     Redo,
     RunForwardNoise,
     RunInpaint,
+    /// DiffEdit: estimate the mask from the source and target prompts (or use the painted one)
+    /// and repaint it with the target prompt.
+    RunDiffEdit,
     Cancel(JobId),
     DismissError(usize),
     SetTool(Tool),
@@ -110,6 +113,10 @@ pub struct InpaintSettings {
     pub seed: u64,
     /// 1 repaints the masked region from pure noise; less keeps more of what is there.
     pub strength: f32,
+    /// DiffEdit: what the image shows now (the prompt above says what it should show).
+    pub source_prompt: String,
+    /// DiffEdit: use the painted mask instead of estimating one.
+    pub diffedit_use_mask: bool,
 }
 
 impl Default for InpaintSettings {
@@ -121,6 +128,8 @@ impl Default for InpaintSettings {
             guidance: 5.0,
             seed: 0,
             strength: 1.0,
+            source_prompt: "a big red circle".into(),
+            diffedit_use_mask: false,
         }
     }
 }
@@ -326,6 +335,7 @@ impl StudioApp {
             }
             UiCommand::RunForwardNoise => self.run_forward_noise(),
             UiCommand::RunInpaint => self.run_inpaint(),
+            UiCommand::RunDiffEdit => self.run_diffedit(),
             UiCommand::Cancel(id) => self.engine.cancel(id),
             UiCommand::SetTool(tool) => self.tool = tool,
             UiCommand::ScaleBrush(factor) => {
@@ -505,55 +515,96 @@ impl StudioApp {
         self.status = format!("Queued {label} ({id})");
     }
 
-    /// Repaints the masked region of the image from the inpaint prompt with the loaded model.
-    fn run_inpaint(&mut self) {
-        let (Some(layer), Some(mask)) = (self.document.image.as_ref(), self.document.mask.as_ref()) else {
+    /// The generation parameters of the inspector's method for the open image, or why there
+    /// are none (said to the person).
+    fn method_base(&mut self) -> Option<(GenerateParams, ImageData)> {
+        let Some(layer) = self.document.image.as_ref() else {
             self.errors.push("Open an image first, then paint the region to repaint.".into());
-            return;
+            return None;
         };
         let Some(model) = self.model_path.clone() else {
-            self.errors.push("No model is loaded: inpainting needs one (Settings: model folder).".into());
-            return;
+            self.errors.push("No model is loaded: this method needs one.".into());
+            return None;
         };
-        if mask.is_empty() {
-            self.errors
-                .push("The mask is empty: paint the region to repaint with the brush (B) first.".into());
-            return;
-        }
         let settings = &self.inpaint;
-        let job = Job::Inpaint(InpaintParams {
-            base: GenerateParams {
-                model,
-                model_options: Default::default(),
-                prompt: settings.prompt.clone(),
-                negative_prompt: settings.negative_prompt.clone(),
-                steps: settings.steps,
-                scheduler: "ddim".into(),
-                guidance_scale: f64::from(settings.guidance),
-                guidance_rescale: 0.0,
-                clip_skip: 0,
-                seed: settings.seed,
-                width: layer.image.width(),
-                height: layer.image.height(),
-                precision: Precision::F32,
-            },
-            image: ImageData::from_rgba_image(&layer.image),
-            mask: ImageData::from_rgba_image(&mask.to_luma_image()),
-            strength: f64::from(settings.strength),
-            // as the CLI's inpaint: the seam feathered a little beyond what was painted
-            mask_options: MaskOptions::default(),
-            composite: true,
-        });
-        let label = job.label();
-        let parameters = match &job {
-            Job::Inpaint(params) => params.base.to_infotext(),
-            _ => String::new(),
+        let base = GenerateParams {
+            model,
+            model_options: Default::default(),
+            prompt: settings.prompt.clone(),
+            negative_prompt: settings.negative_prompt.clone(),
+            steps: settings.steps,
+            scheduler: "ddim".into(),
+            guidance_scale: f64::from(settings.guidance),
+            guidance_rescale: 0.0,
+            clip_skip: 0,
+            seed: settings.seed,
+            width: layer.image.width(),
+            height: layer.image.height(),
+            precision: Precision::F32,
         };
-        let steps = settings.steps;
+        Some((base, ImageData::from_rgba_image(&layer.image)))
+    }
+
+    /// The painted mask as the engine takes it, or None (with a message) when nothing is painted.
+    fn painted_mask(&mut self) -> Option<ImageData> {
+        match self.document.mask.as_ref() {
+            Some(mask) if !mask.is_empty() => Some(ImageData::from_rgba_image(&mask.to_luma_image())),
+            _ => {
+                self.errors
+                    .push("The mask is empty: paint the region to repaint with the brush (B) first.".into());
+                None
+            }
+        }
+    }
+
+    fn submit_method(&mut self, job: Job, parameters: String) {
+        let label = job.label();
+        let steps = self.inpaint.steps;
         let id = self.engine.submit(job);
         let settings = serde_json::to_value(self.settings()).ok();
         self.jobs.insert(id, JobState { label, step: 0, of: steps, parameters, settings });
         self.status = format!("Queued {label} ({id})");
+    }
+
+    /// Repaints the masked region of the image from the inpaint prompt with the loaded model.
+    fn run_inpaint(&mut self) {
+        let Some((base, image)) = self.method_base() else { return };
+        let Some(mask) = self.painted_mask() else { return };
+        let parameters = base.to_infotext();
+        let job = Job::Inpaint(InpaintParams {
+            base,
+            image,
+            mask,
+            strength: f64::from(self.inpaint.strength),
+            // as the CLI's inpaint: the seam feathered a little beyond what was painted
+            mask_options: MaskOptions::default(),
+            composite: true,
+        });
+        self.submit_method(job, parameters);
+    }
+
+    /// DiffEdit: the mask where the source and target prompts disagree (or the painted one),
+    /// repainted with the target prompt; the mask comes back onto the canvas, to correct with
+    /// the brush and run again.
+    fn run_diffedit(&mut self) {
+        let Some((base, image)) = self.method_base() else { return };
+        let mask = if self.inpaint.diffedit_use_mask {
+            let Some(mask) = self.painted_mask() else { return };
+            Some(mask)
+        } else {
+            None
+        };
+        let parameters =
+            format!("{}\nDiffEdit source prompt: {}", base.to_infotext(), self.inpaint.source_prompt);
+        let job = Job::DiffEdit(crate::protocol::DiffEditParams {
+            base,
+            source_prompt: self.inpaint.source_prompt.clone(),
+            image,
+            strength: 0.8,
+            mask_samples: 10,
+            mask,
+        });
+        self.submit_method(job, parameters);
     }
 
     /// The settings a project keeps and history entries restore.
@@ -796,10 +847,20 @@ impl StudioApp {
                     JobOutput::Image(data) => {
                         data.to_rgba_image().ok_or_else(|| format!("{job} returned a malformed image"))
                     }
-                    JobOutput::Images(images) => images
-                        .first()
-                        .and_then(|first| first.image.to_rgba_image())
-                        .ok_or_else(|| format!("{job} returned no image")),
+                    JobOutput::Images(images) => {
+                        // a method that returns its mask (DiffEdit) puts it on the canvas
+                        if let Some(mask) =
+                            images.iter().find(|i| i.label == "mask").and_then(|i| i.image.to_rgba_image())
+                        {
+                            self.document.apply_mask_op(MaskOp::Set(
+                                crate::document::mask::Mask::from_luma_image(&mask),
+                            ));
+                        }
+                        images
+                            .first()
+                            .and_then(|first| first.image.to_rgba_image())
+                            .ok_or_else(|| format!("{job} returned no image"))
+                    }
                     JobOutput::Loaded(description) => {
                         // the model the studio loads itself is reported by ModelLoaded already
                         if state.is_some() {
@@ -991,6 +1052,17 @@ impl StudioApp {
         let can_inpaint = self.document.image.is_some() && self.model_path.is_some();
         if ui.add_enabled(can_inpaint, egui::Button::new("Inpaint")).on_hover_text("Ctrl+Enter").clicked() {
             commands.push(UiCommand::RunInpaint);
+        }
+        ui.separator();
+        ui.label(RichText::new("DiffEdit: find the region and repaint it").strong()).on_hover_text(
+            "Finds where the image differs between what it shows (the source prompt) and the prompt above, and repaints only there (Couairon et al. 2022). The mask it found comes onto the canvas: correct it with the brush and run again with \"use my mask\".",
+        );
+        let label = ui.label("source prompt (what the image shows)");
+        ui.add(egui::TextEdit::singleline(&mut self.inpaint.source_prompt)).labelled_by(label.id);
+        ui.checkbox(&mut self.inpaint.diffedit_use_mask, "use my mask")
+            .on_hover_text("Repaint the painted mask instead of estimating one");
+        if ui.add_enabled(can_inpaint, egui::Button::new("DiffEdit")).clicked() {
+            commands.push(UiCommand::RunDiffEdit);
         }
         ui.separator();
         ui.label(RichText::new("Noise preview").strong())
@@ -1312,9 +1384,9 @@ impl eframe::App for StudioApp {
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
         egui::Panel::bottom("history").show(ui, |ui| self.history_ui(ui, &mut commands));
         egui::Panel::left("tools").default_size(190.0).show(ui, |ui| self.tools_ui(ui, &mut commands));
-        egui::Panel::right("inspector")
-            .default_size(240.0)
-            .show(ui, |ui| self.inspector_ui(ui, &mut commands));
+        egui::Panel::right("inspector").default_size(240.0).show(ui, |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| self.inspector_ui(ui, &mut commands));
+        });
         egui::CentralPanel::default()
             .frame(egui::Frame::new().fill(Color32::from_gray(32)))
             .show(ui, |ui| self.canvas_ui(ui));
