@@ -431,6 +431,20 @@ fn inpaint_sends_the_painted_mask_and_prompt_and_keeps_the_mask_for_the_next_try
     assert_eq!(jobs, vec![("a big blue square".to_string(), painted, 1.0)]);
     assert_eq!(centre_pixel(harness.state()), [20, 40, 220, 255], "the result is on the canvas");
     assert_eq!(marked(harness.state()), painted, "the mask stays for another try");
+
+    // holding \ shows the image before the result; the status bar reads the pixel under the
+    // pointer
+    harness.hover_at(egui::pos2(600.0, 400.0));
+    harness.key_down(egui::Key::Backslash);
+    harness.run();
+    assert!(harness.state().comparing);
+    harness.get_by_label("Showing the image before the last result");
+    harness.key_up(egui::Key::Backslash);
+    harness.run();
+    assert!(!harness.state().comparing);
+    let ((x, y), rgba, mask) = harness.state().inspected.expect("a pixel under the pointer");
+    assert_eq!(rgba, [20, 40, 220, 255]);
+    harness.get_by_label(&format!("{x},{y}: 20 40 220 255, mask {mask}"));
     undo(&mut harness);
     assert_eq!(centre_pixel(harness.state()), [214, 40, 40, 255], "undo brings the image back");
     assert_eq!(marked(harness.state()), painted);

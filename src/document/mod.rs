@@ -200,6 +200,14 @@ impl Document {
         }
     }
 
+    /// The image the last image change replaced (what a before/after compare shows), if any.
+    pub fn before_image(&self) -> Option<&ImageLayer> {
+        self.undo_stack.iter().rev().find_map(|change| match change {
+            Change::Image { image, .. } => Some(image.as_ref()),
+            Change::Mask(_) => None,
+        })?
+    }
+
     /// A fresh revision number for images shown but not kept (previews).
     pub fn take_revision(&mut self) -> u64 {
         self.next_revision += 1;
@@ -451,6 +459,11 @@ mod tests {
         document.set_result_image(image::RgbaImage::from_pixel(96, 80, image::Rgba([1, 2, 3, 255])));
         assert_eq!(marked(&document), grown);
 
+        assert_eq!(
+            document.before_image().map(|l| l.image.get_pixel(0, 0)[0]),
+            Some(9),
+            "the compare shows the image before the result, past the mask steps"
+        );
         assert!(document.undo(), "the result");
         assert_eq!(document.image.as_ref().map(|l| l.image.get_pixel(0, 0)[0]), Some(9));
         assert_eq!(marked(&document), grown);

@@ -218,6 +218,10 @@ pub struct StudioApp {
     pub model_path: Option<PathBuf>,
     /// The brush cursor over the canvas (screen points), when it is there.
     cursor: Option<egui::Pos2>,
+    /// Whether the image before the last result is shown instead (held `\\` or the button).
+    pub comparing: bool,
+    /// The image pixel under the pointer: position, RGBA, mask value (the status bar shows it).
+    pub inspected: Option<((u32, u32), [u8; 4], u8)>,
     started: Instant,
     /// Results, oldest first.
     pub history: Vec<HistoryItem>,
@@ -273,6 +277,8 @@ impl StudioApp {
             show_mask: true,
             model_path: None,
             cursor: None,
+            comparing: false,
+            inspected: None,
             started: Instant::now(),
             history: Vec::new(),
             next_history_id: 1,
@@ -980,6 +986,12 @@ impl StudioApp {
                 commands.push(UiCommand::SetTool(tool));
             }
         }
+        let compare = ui
+            .add_enabled(self.document.before_image().is_some(), egui::Button::new("Compare (hold \\)"))
+            .on_hover_text("Hold to see the image before the last result");
+        if compare.is_pointer_button_down_on() {
+            self.comparing = true;
+        }
         ui.separator();
         ui.label(RichText::new("Brush").strong());
         ui.add(
@@ -1166,6 +1178,14 @@ impl StudioApp {
             }
             ui.label(format!("Zoom {:.0}%", self.view.zoom * 100.0));
             ui.separator();
+            if let Some(((x, y), [r, g, b, a], mask)) = self.inspected {
+                ui.monospace(format!("{x},{y}: {r} {g} {b} {a}, mask {mask}"));
+                ui.separator();
+            }
+            if self.comparing {
+                ui.label(RichText::new("Showing the image before the last result").strong());
+                ui.separator();
+            }
             ui.label(&self.status);
         });
     }
@@ -1259,10 +1279,28 @@ impl StudioApp {
         self.cursor = if painting_tool { response.hover_pos() } else { None };
         // 2. draw: the preview of a running job, else the document image
         let image_rect = self.view.image_rect(image_size, canvas);
-        let shown = self
-            .preview
-            .clone()
-            .unwrap_or_else(|| CanvasImage { revision: layer.revision, image: Arc::clone(&layer.image) });
+        let before = self.comparing.then(|| self.document.before_image()).flatten();
+        let shown = match (before, &self.preview) {
+            (Some(before), _) => CanvasImage { revision: before.revision, image: Arc::clone(&before.image) },
+            (None, Some(preview)) => preview.clone(),
+            (None, None) => CanvasImage { revision: layer.revision, image: Arc::clone(&layer.image) },
+        };
+        // the pixel under the pointer, for the status bar
+        self.inspected = response.hover_pos().and_then(|pos| {
+            let p = self.view.image_pos_from_screen(pos, image_size, canvas);
+            let (x, y) = (p.x.floor(), p.y.floor());
+            if x < 0.0 || y < 0.0 || x >= image_size.x || y >= image_size.y {
+                return None;
+            }
+            let (x, y) = (x as u32, y as u32);
+            let mask = self
+                .document
+                .mask
+                .as_ref()
+                .filter(|m| x < m.width() && y < m.height())
+                .map_or(0, |m| m.get(x, y));
+            Some(((x, y), layer.image.get_pixel(x, y).0, mask))
+        });
         let mask_upload = self.document.take_mask_dirty().and_then(|rect| {
             let mask = self.document.mask.as_ref()?;
             let patch = mask.copy_rect(rect);
@@ -1336,6 +1374,7 @@ impl eframe::App for StudioApp {
         let mut commands = Vec::new();
         // Keyboard shortcuts (letters only while no text field has the focus) and dropped files.
         let typing = ui.ctx().egui_wants_keyboard_input();
+        self.comparing = !typing && ui.input(|i| i.key_down(egui::Key::Backslash));
         ui.input(|input| {
             if input.modifiers.command && input.key_pressed(egui::Key::O) {
                 commands.push(UiCommand::ShowOpenDialog);
