@@ -1,5 +1,6 @@
 // The canvas: draws the document image into its on-screen rectangle (pan and zoom), over a
-// checkerboard where the image is transparent; over it the inpainting mask as a tint with a
+// checkerboard where the image is transparent; over it a word's attention map as a heat map
+// (when one is shown), the inpainting mask as a tint with a
 // marching black-and-white edge where it crosses one half, and the brush cursor as a ring.
 // The viewport is the canvas widget's rectangle; @builtin(position) is in framebuffer pixels.
 
@@ -12,7 +13,7 @@ struct View {
     overlay: vec4<f32>,
     // The brush cursor: centre xy and radius z in framebuffer pixels; w = 1 when shown.
     cursor: vec4<f32>,
-    // x: seconds, the marching edge's phase.
+    // x: seconds, the marching edge's phase; y: the attention heat map's opacity (0: none).
     time: vec4<f32>,
 };
 
@@ -21,6 +22,15 @@ struct View {
 @group(0) @binding(2) var linear_sampler: sampler;
 @group(0) @binding(3) var nearest_sampler: sampler;
 @group(0) @binding(4) var mask_texture: texture_2d<f32>;
+@group(0) @binding(5) var heat_texture: texture_2d<f32>;
+
+// A blue → cyan → yellow → red colormap of t in [0, 1] (for attention maps).
+fn heat_colour(t: f32) -> vec3<f32> {
+    let r = clamp(1.5 - abs(4.0 * t - 3.0), 0.0, 1.0);
+    let g = clamp(1.5 - abs(4.0 * t - 2.0), 0.0, 1.0);
+    let b = clamp(1.5 - abs(4.0 * t - 1.0), 0.0, 1.0);
+    return vec3<f32>(r, g, b);
+}
 
 struct VertexOut {
     @builtin(position) position: vec4<f32>,
@@ -47,6 +57,10 @@ fn fs_main(in: VertexOut) -> @location(0) vec4<f32> {
     let cell = floor(in.position.xy / max(view.params.y, 1.0));
     let checker = select(0.55, 0.75, (i32(cell.x + cell.y) & 1) == 0);
     var rgb = mix(vec3<f32>(checker), color.rgb, color.a);
+
+    // A word's attention map, as a heat map over the image.
+    let heat = textureSample(heat_texture, linear_sampler, in.uv).r;
+    rgb = mix(rgb, heat_colour(heat), view.time.y);
 
     // The mask: a tint in proportion to its value, and the 0.5 contour as marching ants (the
     // contour found in screen space from the value's rate of change, so it stays one to two

@@ -118,7 +118,7 @@ fn add_noise_runs_on_the_engine_and_undo_restores_the_image() {
     let mut harness = studio();
     opened(&mut harness, sample());
     let original = centre_pixel(harness.state());
-    harness.get_by_label("Add noise").click();
+    press(&mut harness, "Add noise");
     harness.run_steps(2);
     settle(&mut harness, |app| app.jobs.is_empty() && app.document.can_undo());
     let noised = centre_pixel(harness.state());
@@ -150,7 +150,7 @@ fn a_failed_job_shows_its_message_and_leaves_the_document_intact() {
         StudioApp::new(cc, EngineHandle::spawn_with(|| (FailingRunner, None), waker))
     });
     opened(&mut harness, sample());
-    harness.get_by_label("Add noise").click();
+    press(&mut harness, "Add noise");
     harness.run_steps(2);
     settle(&mut harness, |app| !app.errors.is_empty());
     harness.get_by_label_contains("out of memory: try a smaller image");
@@ -233,6 +233,13 @@ fn save_as_writes_the_image_and_keeps_its_pixels() {
 /// Mask pixels marked for repainting at all.
 fn marked(app: &StudioApp) -> usize {
     app.document.mask.as_ref().map_or(0, |m| m.pixels().iter().filter(|&&v| v > 0).count())
+}
+
+/// Scrolls a button into view, as a person would, and clicks it.
+fn press(harness: &mut Harness<'static, StudioApp>, label: &str) {
+    harness.get_by_label(label).scroll_to_me();
+    harness.run();
+    harness.get_by_label(label).click();
 }
 
 /// Ctrl+Z.
@@ -391,8 +398,35 @@ impl JobRunner for RecordingRunner {
                 LabelledImage { label: "mask".into(), image: mask },
             ]));
         }
+        if let Job::PromptToPrompt(params) = job {
+            // records the target prompt and its re-weights, and the local-blend words; answers
+            // with a flat image and an attention map per target word (the left half)
+            let reweight: Vec<String> = params.reweight.iter().map(|(w, f)| format!("{w}={f:.2}")).collect();
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((
+                    format!("{} | {}", params.target_prompt, reweight.join(",")),
+                    params.local_blend.len(),
+                    params.cross_window.1,
+                ));
+            }
+            let (w, h) = (params.base.width, params.base.height);
+            let flat =
+                |rgba: [u8; 4]| ImageData::new(w, h, rgba.repeat((w * h) as usize)).map_err(JobError::Failed);
+            let half: Vec<u8> = (0..w * h)
+                .flat_map(|i| if i % w < w / 2 { [255, 255, 255, 255] } else { [0, 0, 0, 255] })
+                .collect();
+            let mut images = vec![
+                LabelledImage { label: "target".into(), image: flat([30, 200, 30, 255])? },
+                LabelledImage { label: "source".into(), image: flat([200, 30, 30, 255])? },
+            ];
+            for word in params.target_prompt.split_whitespace() {
+                let map = ImageData::new(w, h, half.clone()).map_err(JobError::Failed)?;
+                images.push(LabelledImage { label: format!("attention: {word}"), image: map });
+            }
+            return Ok(JobOutput::Images(images));
+        }
         let Job::Inpaint(params) = job else {
-            return Err(JobError::Failed("only inpainting and DiffEdit here".into()));
+            return Err(JobError::Failed("only inpainting, DiffEdit and prompt-to-prompt here".into()));
         };
         let marked = params.mask.rgba.chunks_exact(4).filter(|p| p[0] > 0).count();
         if let Ok(mut seen) = self.0.lock() {
@@ -554,7 +588,7 @@ fn diffedit_puts_its_mask_on_the_canvas_and_runs_again_with_the_corrected_one() 
     let (mut harness, seen) = recording_studio();
     opened(&mut harness, sample());
     harness.state_mut().model_path = Some(PathBuf::from("assets/models/shapes"));
-    harness.get_by_label("DiffEdit").click();
+    press(&mut harness, "DiffEdit");
     harness.run_steps(2);
     settle(&mut harness, |app| app.jobs.is_empty() && app.history.len() == 1);
     assert_eq!(marked(harness.state()), 256 * 512, "the estimated mask (left half) is on the canvas");
@@ -565,7 +599,7 @@ fn diffedit_puts_its_mask_on_the_canvas_and_runs_again_with_the_corrected_one() 
     let corrected = marked(harness.state());
     assert!(corrected < 256 * 512);
     harness.get_by_label("use my mask").click();
-    harness.get_by_label("DiffEdit").click();
+    press(&mut harness, "DiffEdit");
     harness.run_steps(2);
     settle(&mut harness, |app| app.jobs.is_empty() && app.history.len() == 2);
     let jobs = seen.lock().map(|s| s.clone()).unwrap_or_default();
@@ -573,4 +607,52 @@ fn diffedit_puts_its_mask_on_the_canvas_and_runs_again_with_the_corrected_one() 
         jobs,
         vec![("a big red circle".to_string(), 0, 0.8), ("a big red circle".to_string(), corrected, 0.8)]
     );
+}
+
+#[test]
+fn the_word_editor_sends_the_word_edits_and_shows_each_words_attention() {
+    let (mut harness, seen) = recording_studio();
+    opened(&mut harness, sample());
+    harness.state_mut().model_path = Some(PathBuf::from("assets/models/shapes"));
+    harness.state_mut().words.source_prompt = "a big red circle".into();
+    harness.state_mut().words.target_prompt = String::new();
+    harness.run();
+    // typing the target prompt shows the word-level difference: "red →" then "green"
+    let target = harness.get_by_role_and_label(egui::accesskit::Role::TextInput, "target prompt (the edit)");
+    target.click();
+    harness.run();
+    harness
+        .get_by_role_and_label(egui::accesskit::Role::TextInput, "target prompt (the edit)")
+        .type_text("a big green circle");
+    harness.run();
+    harness.get_by_label("red ->");
+    // a weight on the chip "green" is written into the prompt as syntax
+    harness.get_by_label("green").click();
+    harness.run();
+    let slider = harness.get_by_role_and_label(egui::accesskit::Role::Slider, "re-weight");
+    slider.focus();
+    harness.run();
+    for _ in 0..10 {
+        harness.key_press(egui::Key::ArrowRight);
+        harness.run();
+    }
+    assert_eq!(harness.state().words.target_prompt, "a big (green:1.5) circle");
+    harness.get_by_label("local blend").click();
+    harness.run();
+    press(&mut harness, "Apply edit");
+    harness.run_steps(2);
+    settle(&mut harness, |app| app.jobs.is_empty() && app.history.len() == 1);
+    let jobs = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(jobs, vec![("a big green circle | green=1.50".to_string(), 1, 0.8)]);
+    assert_eq!(centre_pixel(harness.state()), [30, 200, 30, 255], "the edited image is on the canvas");
+    assert_eq!(harness.state().words.maps.len(), 4, "a map per target word");
+
+    // hovering a word shows its map; "Use as mask" makes it the mask
+    let chip = harness.get_by_label("green").rect().center();
+    harness.hover_at(chip);
+    harness.run();
+    assert_eq!(harness.state().words.shown_map, Some(2));
+    press(&mut harness, "Use as mask");
+    harness.run();
+    assert_eq!(marked(harness.state()), 256 * 512);
 }

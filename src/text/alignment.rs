@@ -34,16 +34,24 @@ pub fn find_word(words: &[WordTokens], word: &str) -> Vec<usize> {
     words.iter().enumerate().filter(|(_, w)| clean(&w.word) == wanted).map(|(i, _)| i).collect()
 }
 
-enum Op {
+/// One step of the word-level difference of two prompts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WordOp {
+    /// Source word i is target word j.
     Equal(usize, usize),
+    /// These source words became these target words (a swap).
     Replace(std::ops::Range<usize>, std::ops::Range<usize>),
-    Insert,
+    /// These target words are new.
+    Insert(std::ops::Range<usize>),
+    /// These source words are gone.
+    Delete(std::ops::Range<usize>),
 }
 
-/// The word-level diff of `source` → `target`.
-fn diff(source: &[WordTokens], target: &[WordTokens]) -> Vec<Op> {
+/// The word-level diff of `source` → `target` (words compared ignoring case), by longest
+/// common subsequence; a deleted run next to an inserted one is a replacement.
+pub fn diff_words<S: AsRef<str>, T: AsRef<str>>(source: &[S], target: &[T]) -> Vec<WordOp> {
     let (n, m) = (source.len(), target.len());
-    let same = |i: usize, j: usize| source[i].word.to_lowercase() == target[j].word.to_lowercase();
+    let same = |i: usize, j: usize| source[i].as_ref().to_lowercase() == target[j].as_ref().to_lowercase();
     // lcs[i][j]: LCS length of source[i..] and target[j..]
     let mut lcs = vec![vec![0usize; m + 1]; n + 1];
     for i in (0..n).rev() {
@@ -53,18 +61,20 @@ fn diff(source: &[WordTokens], target: &[WordTokens]) -> Vec<Op> {
     }
     let (mut i, mut j, mut ops) = (0, 0, Vec::new());
     let (mut deleted, mut inserted) = (i..i, j..j);
-    let flush =
-        |ops: &mut Vec<Op>, deleted: &mut std::ops::Range<usize>, inserted: &mut std::ops::Range<usize>| {
-            match (deleted.start == deleted.end, inserted.start == inserted.end) {
-                (false, false) => ops.push(Op::Replace(deleted.clone(), inserted.clone())),
-                (true, false) => ops.push(Op::Insert),
-                _ => {}
-            }
-        };
+    let flush = |ops: &mut Vec<WordOp>,
+                 deleted: &std::ops::Range<usize>,
+                 inserted: &std::ops::Range<usize>| {
+        match (deleted.is_empty(), inserted.is_empty()) {
+            (false, false) => ops.push(WordOp::Replace(deleted.clone(), inserted.clone())),
+            (true, false) => ops.push(WordOp::Insert(inserted.clone())),
+            (false, true) => ops.push(WordOp::Delete(deleted.clone())),
+            (true, true) => {}
+        }
+    };
     while i < n || j < m {
         if i < n && j < m && same(i, j) {
-            flush(&mut ops, &mut deleted, &mut inserted);
-            ops.push(Op::Equal(i, j));
+            flush(&mut ops, &deleted, &inserted);
+            ops.push(WordOp::Equal(i, j));
             i += 1;
             j += 1;
             deleted = i..i;
@@ -77,7 +87,7 @@ fn diff(source: &[WordTokens], target: &[WordTokens]) -> Vec<Op> {
             i += 1;
         }
     }
-    flush(&mut ops, &mut deleted, &mut inserted);
+    flush(&mut ops, &deleted, &inserted);
     ops
 }
 
@@ -99,16 +109,18 @@ pub fn token_mapper(source: &[WordTokens], target: &[WordTokens], length: usize)
             }
         }
     };
-    for op in diff(source, target) {
+    let source_words: Vec<&str> = source.iter().map(|w| w.word.as_str()).collect();
+    let target_words: Vec<&str> = target.iter().map(|w| w.word.as_str()).collect();
+    for op in diff_words(&source_words, &target_words) {
         match op {
-            Op::Equal(i, j) => spread(tokens(source, i..i + 1), tokens(target, j..j + 1)),
-            Op::Replace(s, t) if s.len() == t.len() => {
+            WordOp::Equal(i, j) => spread(tokens(source, i..i + 1), tokens(target, j..j + 1)),
+            WordOp::Replace(s, t) if s.len() == t.len() => {
                 for (i, j) in s.zip(t) {
                     spread(tokens(source, i..i + 1), tokens(target, j..j + 1));
                 }
             }
-            Op::Replace(s, t) => spread(tokens(source, s), tokens(target, t)),
-            Op::Insert => {}
+            WordOp::Replace(s, t) => spread(tokens(source, s), tokens(target, t)),
+            WordOp::Insert(_) | WordOp::Delete(_) => {}
         }
     }
     let end = |words: &[WordTokens]| 1 + words.iter().map(|w| w.tokens.len()).sum::<usize>();

@@ -4,6 +4,7 @@
 pub mod alignment;
 pub mod prompt;
 pub mod tokenizer;
+pub mod word_edit;
 pub mod word_vocab;
 
 pub use prompt::{PromptPiece, parse_prompt_weights};

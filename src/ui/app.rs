@@ -18,7 +18,9 @@ use crate::protocol::{
     DeviceReport, EngineEvent, GenerateParams, ImageData, InpaintParams, Job, JobId, JobOutput, MaskOptions,
     Precision,
 };
+use crate::text::ClipTokenizer;
 use crate::ui::canvas::{CanvasCallback, CanvasImage, CanvasRenderer, CanvasView, MaskUpload, Overlay};
+use crate::ui::word_editor::WordEditor;
 
 /// How long one frame may spend draining engine events and file results.
 const EVENT_BUDGET: Duration = Duration::from_millis(4);
@@ -42,6 +44,12 @@ pub enum UiCommand {
     /// DiffEdit: estimate the mask from the source and target prompts (or use the painted one)
     /// and repaint it with the target prompt.
     RunDiffEdit,
+    /// Prompt-to-prompt with the word editor's prompts and settings.
+    RunPromptToPrompt,
+    /// Invert the open image under the word editor's source prompt (DDIM or null-text).
+    RunInvert,
+    /// The word editor's attention map N becomes the mask.
+    AttentionToMask(usize),
     Cancel(JobId),
     DismissError(usize),
     SetTool(Tool),
@@ -65,6 +73,7 @@ pub enum UiCommand {
 #[serde(default)]
 pub struct StudioSettings {
     pub inpaint: InpaintSettings,
+    pub words: WordEditor,
     pub brush: Brush,
     pub mask_step: u32,
     pub feather_sigma: f32,
@@ -75,6 +84,7 @@ impl Default for StudioSettings {
     fn default() -> Self {
         Self {
             inpaint: InpaintSettings::default(),
+            words: WordEditor::default(),
             brush: Brush::default(),
             mask_step: 8,
             feather_sigma: 4.0,
@@ -154,12 +164,14 @@ enum IoResult {
     },
     ProjectLoaded {
         folder: PathBuf,
-        result: Result<LoadedProject, String>,
+        result: Result<Box<LoadedProject>, String>,
     },
     MaskExported {
         path: PathBuf,
         result: Result<(), String>,
     },
+    /// The model's tokenizer, for the word chips' token counts.
+    Tokenizer(Result<Box<ClipTokenizer>, String>),
 }
 
 /// One job as the UI tracks it.
@@ -206,6 +218,11 @@ pub struct StudioApp {
     preview: Option<CanvasImage>,
     pub noise: NoiseSettings,
     pub inpaint: InpaintSettings,
+    /// The prompt-to-prompt word editor.
+    pub words: WordEditor,
+    tokenizer: Option<Arc<ClipTokenizer>>,
+    /// Changes whenever the word editor's maps do (the canvas's heat-map id).
+    maps_revision: u64,
     pub tool: Tool,
     /// The brush's radius, hardness and opacity (the eraser uses them too).
     pub brush: Brush,
@@ -270,6 +287,9 @@ impl StudioApp {
             preview: None,
             noise: NoiseSettings::default(),
             inpaint: InpaintSettings::default(),
+            words: WordEditor::default(),
+            tokenizer: None,
+            maps_revision: 0,
             tool: Tool::Brush,
             brush: Brush::default(),
             mask_step: 8,
@@ -306,10 +326,20 @@ impl StudioApp {
         }
         self.model = Some(format!("loading {}…", path.display()));
         self.model_path = Some(path.clone());
+        self.load_tokenizer(path.join("tokenizer"));
         self.engine.load_model(crate::protocol::ModelRef {
             path,
             options: Default::default(),
             precision: crate::protocol::Precision::F32,
+        });
+    }
+
+    /// Loads the model's tokenizer in the background (the word chips' token counts).
+    pub fn load_tokenizer(&mut self, folder: PathBuf) {
+        self.spawn_io(move || {
+            IoResult::Tokenizer(
+                ClipTokenizer::from_folder(&folder).map(Box::new).map_err(|error| error.to_string()),
+            )
         });
     }
 
@@ -342,6 +372,16 @@ impl StudioApp {
             UiCommand::RunForwardNoise => self.run_forward_noise(),
             UiCommand::RunInpaint => self.run_inpaint(),
             UiCommand::RunDiffEdit => self.run_diffedit(),
+            UiCommand::RunPromptToPrompt => self.run_prompt_to_prompt(),
+            UiCommand::RunInvert => self.run_invert(),
+            UiCommand::AttentionToMask(index) => {
+                if let Some((word, map)) = self.words.maps.get(index).cloned() {
+                    let mask = crate::document::mask::Mask::from_luma_image(&map);
+                    if self.document.apply_mask_op(MaskOp::Set(mask)) {
+                        self.status = format!("The attention of \"{word}\" is the mask now; Ctrl+Z to undo");
+                    }
+                }
+            }
             UiCommand::Cancel(id) => self.engine.cancel(id),
             UiCommand::SetTool(tool) => self.tool = tool,
             UiCommand::ScaleBrush(factor) => {
@@ -613,10 +653,77 @@ impl StudioApp {
         self.submit_method(job, parameters);
     }
 
+    /// Prompt-to-prompt: the word editor's target prompt with the source's attention, on the
+    /// source prompt's generated image or on the open image (inverted first).
+    fn run_prompt_to_prompt(&mut self) {
+        let Some(model) = self.model_path.clone() else {
+            self.errors.push("No model is loaded: the word editor needs one.".into());
+            return;
+        };
+        let (width, height) = self.document.image.as_ref().map_or((128, 128), |l| l.image.dimensions());
+        let words = &self.words;
+        let source = if words.real_image {
+            match (&words.inversion, self.document.image.as_ref()) {
+                (Some(inversion), _) => {
+                    crate::protocol::EditSource::Inversion(Box::new(inversion.as_ref().clone()))
+                }
+                (None, Some(layer)) => crate::protocol::EditSource::Image {
+                    image: ImageData::from_rgba_image(&layer.image),
+                    null_text: words.null_text.then_some(crate::protocol::DEFAULT_NULL_TEXT_STEPS),
+                },
+                (None, None) => {
+                    self.errors.push("Open an image to edit, or untick \"edit the open image\".".into());
+                    return;
+                }
+            }
+        } else {
+            crate::protocol::EditSource::Generated
+        };
+        let (target_prompt, reweight) = words.target_and_reweights();
+        let base = GenerateParams {
+            model,
+            model_options: Default::default(),
+            prompt: words.source_prompt.clone(),
+            negative_prompt: self.inpaint.negative_prompt.clone(),
+            steps: self.inpaint.steps,
+            scheduler: "ddim".into(),
+            guidance_scale: f64::from(self.inpaint.guidance),
+            guidance_rescale: 0.0,
+            clip_skip: 0,
+            seed: self.inpaint.seed,
+            width,
+            height,
+            precision: Precision::F32,
+        };
+        let parameters = format!("{}\nTarget prompt: {}", base.to_infotext(), words.target_prompt);
+        let job = Job::PromptToPrompt(crate::protocol::PromptToPromptParams {
+            base,
+            target_prompt,
+            cross_window: words.cross_window,
+            self_window: words.self_window,
+            reweight,
+            attention_maps: true,
+            local_blend: words.local_blend.iter().cloned().collect(),
+            source,
+        });
+        self.submit_method(job, parameters);
+    }
+
+    /// Inverts the open image under the word editor's source prompt; edits then start from it.
+    fn run_invert(&mut self) {
+        let Some((mut base, image)) = self.method_base() else { return };
+        base.prompt = self.words.source_prompt.clone();
+        let parameters = format!("inversion of the open image under: {}", base.prompt);
+        let null_text = self.words.null_text.then_some(crate::protocol::DEFAULT_NULL_TEXT_STEPS);
+        self.words.inversion = None;
+        self.submit_method(Job::Invert(crate::protocol::InvertParams { base, image, null_text }), parameters);
+    }
+
     /// The settings a project keeps and history entries restore.
     pub fn settings(&self) -> StudioSettings {
         StudioSettings {
             inpaint: self.inpaint.clone(),
+            words: self.words.clone(),
             brush: self.brush,
             mask_step: self.mask_step,
             feather_sigma: self.feather_sigma,
@@ -626,6 +733,9 @@ impl StudioApp {
 
     pub fn apply_settings(&mut self, settings: StudioSettings) {
         self.inpaint = settings.inpaint;
+        // the maps and inversion belong to the open image, not to the settings
+        let (maps, inversion) = (std::mem::take(&mut self.words.maps), self.words.inversion.take());
+        self.words = WordEditor { maps, inversion, ..settings.words };
         self.brush = settings.brush.clamped();
         self.mask_step = settings.mask_step.clamp(1, 256);
         self.feather_sigma =
@@ -735,7 +845,7 @@ impl StudioApp {
     fn load_project(&mut self, folder: PathBuf) {
         self.status = format!("Opening the project {}…", folder.display());
         self.spawn_io(move || {
-            let result = project::load_project(&folder).map_err(|error| error.to_string());
+            let result = project::load_project(&folder).map(Box::new).map_err(|error| error.to_string());
             IoResult::ProjectLoaded { folder, result }
         });
     }
@@ -816,12 +926,15 @@ impl StudioApp {
                     }
                 }
             }
-            IoResult::ProjectLoaded { folder, result: Ok(loaded) } => self.apply_project(&folder, loaded),
+            IoResult::ProjectLoaded { folder, result: Ok(loaded) } => self.apply_project(&folder, *loaded),
             IoResult::ProjectLoaded { result: Err(message), .. } => self.errors.push(message),
             IoResult::MaskExported { path, result: Ok(()) } => {
                 self.status = format!("Exported the mask to {}", path.display());
             }
             IoResult::MaskExported { result: Err(message), .. } => self.errors.push(message),
+            IoResult::Tokenizer(Ok(tokenizer)) => self.tokenizer = Some(Arc::from(tokenizer)),
+            // without it the chips show no token counts; nothing else depends on it
+            IoResult::Tokenizer(Err(message)) => tracing::warn!("no tokenizer for the word chips: {message}"),
         }
     }
 
@@ -854,6 +967,19 @@ impl StudioApp {
                         data.to_rgba_image().ok_or_else(|| format!("{job} returned a malformed image"))
                     }
                     JobOutput::Images(images) => {
+                        // prompt-to-prompt's attention maps go to the word editor
+                        let maps: Vec<(String, Arc<image::RgbaImage>)> = images
+                            .iter()
+                            .filter_map(|i| {
+                                let word = i.label.strip_prefix("attention: ")?;
+                                Some((word.to_string(), Arc::new(i.image.to_rgba_image()?)))
+                            })
+                            .collect();
+                        if !maps.is_empty() {
+                            self.words.maps = maps;
+                            self.words.shown_map = None;
+                            self.maps_revision += 1;
+                        }
                         // a method that returns its mask (DiffEdit) puts it on the canvas
                         if let Some(mask) =
                             images.iter().find(|i| i.label == "mask").and_then(|i| i.image.to_rgba_image())
@@ -879,6 +1005,7 @@ impl StudioApp {
                             "{label} done ({job}): reconstruction PSNR {:.1} dB ({:.1} dB against the VAE round trip) over {} steps",
                             inversion.psnr, inversion.psnr_vae, inversion.steps
                         );
+                        self.words.inversion = Some(Arc::new(*inversion));
                         return;
                     }
                 };
@@ -1076,6 +1203,12 @@ impl StudioApp {
         if ui.add_enabled(can_inpaint, egui::Button::new("DiffEdit")).clicked() {
             commands.push(UiCommand::RunDiffEdit);
         }
+        ui.separator();
+        ui.label(RichText::new("Word editor (prompt-to-prompt)").strong()).on_hover_text(
+            "Edit the prompt word by word; the image changes only where the changed words act (Hertz et al. 2022). Hover a word after an edit to see its attention over the image.",
+        );
+        let tokenizer = self.tokenizer.clone();
+        self.words.ui(ui, tokenizer.as_deref(), self.model_path.is_some(), commands);
         ui.separator();
         ui.label(RichText::new("Noise preview").strong())
             .on_hover_text("Runs the image forward through the diffusion noising process: what img2img starts from at this strength.");
@@ -1311,6 +1444,9 @@ impl StudioApp {
                 colour: [1.0, 0.2, 0.3, if self.show_mask { 0.45 } else { 0.0 }],
                 cursor: self.cursor.map(|centre| (centre, self.brush.radius * self.view.zoom)),
                 time: self.started.elapsed().as_secs_f32(),
+                heat: self.words.shown_map.and_then(|i| self.words.maps.get(i)).map(|(_, map)| {
+                    (self.maps_revision * 1000 + self.words.shown_map.unwrap_or(0) as u64, Arc::clone(map))
+                }),
             };
             let callback = CanvasCallback::with_overlay(
                 shown,

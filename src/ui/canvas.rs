@@ -93,7 +93,7 @@ struct ViewUniform {
     overlay: [f32; 4],
     /// The brush cursor: centre (framebuffer pixels), radius (framebuffer pixels), shown (1).
     cursor: [f32; 4],
-    /// x: seconds (the marching edge's phase).
+    /// x: seconds (the marching edge's phase); y: the heat map's opacity (0: none).
     time: [f32; 4],
 }
 
@@ -106,7 +106,7 @@ pub struct MaskUpload {
 }
 
 /// How the mask and brush are drawn this frame.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Overlay {
     /// rgb and opacity of the masked region's tint; opacity 0 hides the mask.
     pub colour: [f32; 4],
@@ -114,11 +114,13 @@ pub struct Overlay {
     pub cursor: Option<(Pos2, f32)>,
     /// Seconds, for the marching edge.
     pub time: f32,
+    /// A word's attention map drawn over the image as a heat map (its id changes with it).
+    pub heat: Option<(u64, Arc<image::RgbaImage>)>,
 }
 
 impl Default for Overlay {
     fn default() -> Self {
-        Self { colour: [1.0, 0.2, 0.3, 0.45], cursor: None, time: 0.0 }
+        Self { colour: [1.0, 0.2, 0.3, 0.45], cursor: None, time: 0.0, heat: None }
     }
 }
 
@@ -142,6 +144,8 @@ pub struct CanvasRenderer {
     image: Option<(u64, wgpu::TextureView)>,
     /// The mask texture: the mask size it shows, its downscale factor, texture and view.
     mask: Option<MaskTexture>,
+    /// The heat-map texture and the id of the map it holds (a 1 × 1 blank one at first).
+    heat: Option<(u64, wgpu::TextureView)>,
     /// The bind group over the current image and mask views (rebuilt when either changes).
     bind_group: Option<wgpu::BindGroup>,
 }
@@ -183,6 +187,7 @@ impl CanvasRenderer {
                 sampler_entry(2),
                 sampler_entry(3),
                 texture_entry(4),
+                texture_entry(5),
             ],
         });
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -248,6 +253,7 @@ impl CanvasRenderer {
             texture_format,
             image: None,
             mask: None,
+            heat: None,
             bind_group: None,
         }
     }
@@ -264,16 +270,7 @@ impl CanvasRenderer {
                 height: height.div_ceil(step).max(1),
                 depth_or_array_layers: 1,
             };
-            let texture = device.create_texture(&wgpu::TextureDescriptor {
-                label: Some("canvas mask"),
-                size,
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format: wgpu::TextureFormat::R8Unorm,
-                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-                view_formats: &[],
-            });
+            let texture = r8_texture(device, "canvas mask", size);
             let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
             self.mask = Some(MaskTexture { size: upload.size, step, texture, view });
             self.bind_group = None;
@@ -322,7 +319,39 @@ impl CanvasRenderer {
         );
     }
 
+    /// Uploads a heat map (its red channel) unless the texture already holds map `id`.
+    fn upload_heat(&mut self, device: &wgpu::Device, queue: &wgpu::Queue, id: u64, map: &image::RgbaImage) {
+        if self.heat.as_ref().is_some_and(|(held, _)| *held == id) {
+            return;
+        }
+        let limit = device.limits().max_texture_dimension_2d.max(1);
+        let scaled;
+        let map = if map.width() > limit || map.height() > limit {
+            let scale = limit as f32 / map.width().max(map.height()) as f32;
+            let (w, h) =
+                (((map.width() as f32 * scale) as u32).max(1), ((map.height() as f32 * scale) as u32).max(1));
+            scaled = image::imageops::resize(map, w, h, image::imageops::FilterType::Triangle);
+            &scaled
+        } else {
+            map
+        };
+        let (width, height) = (map.width().max(1), map.height().max(1));
+        let red: Vec<u8> = if map.width() == 0 || map.height() == 0 {
+            vec![0]
+        } else {
+            map.pixels().map(|p| p[0]).collect()
+        };
+        let size = wgpu::Extent3d { width, height, depth_or_array_layers: 1 };
+        let texture = r8_texture(device, "canvas heat map", size);
+        write_whole(queue, &texture, &red, width, size);
+        self.heat = Some((id, texture.create_view(&wgpu::TextureViewDescriptor::default())));
+        self.bind_group = None;
+    }
+
     fn ensure_bind_group(&mut self, device: &wgpu::Device, queue: &wgpu::Queue) {
+        if self.heat.is_none() {
+            self.upload_heat(device, queue, u64::MAX, &image::RgbaImage::new(1, 1));
+        }
         if self.bind_group.is_some() {
             return;
         }
@@ -332,7 +361,11 @@ impl CanvasRenderer {
                 MaskUpload { size: (1, 1), rect: PixelRect { x0: 0, y0: 0, x1: 1, y1: 1 }, pixels: vec![0] };
             self.upload_mask(device, queue, &upload);
         }
-        let (Some((_, image)), Some(mask)) = (self.image.as_ref(), self.mask.as_ref()) else { return };
+        let (Some((_, image)), Some(mask), Some((_, heat))) =
+            (self.image.as_ref(), self.mask.as_ref(), self.heat.as_ref())
+        else {
+            return;
+        };
         self.bind_group = Some(device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("canvas"),
             layout: &self.bind_group_layout,
@@ -348,6 +381,7 @@ impl CanvasRenderer {
                     resource: wgpu::BindingResource::Sampler(&self.nearest_sampler),
                 },
                 wgpu::BindGroupEntry { binding: 4, resource: wgpu::BindingResource::TextureView(&mask.view) },
+                wgpu::BindGroupEntry { binding: 5, resource: wgpu::BindingResource::TextureView(heat) },
             ],
         }));
     }
@@ -382,26 +416,51 @@ impl CanvasRenderer {
             view_formats: &[],
         });
         if image.width() > 0 && image.height() > 0 {
-            queue.write_texture(
-                wgpu::TexelCopyTextureInfo {
-                    texture: &texture,
-                    mip_level: 0,
-                    origin: wgpu::Origin3d::ZERO,
-                    aspect: wgpu::TextureAspect::All,
-                },
-                image.as_raw(),
-                wgpu::TexelCopyBufferLayout {
-                    offset: 0,
-                    bytes_per_row: Some(4 * image.width()),
-                    rows_per_image: Some(image.height()),
-                },
-                size,
-            );
+            write_whole(queue, &texture, image.as_raw(), 4 * image.width(), size);
         }
         let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
         self.image = Some((canvas_image.revision, view));
         self.bind_group = None;
     }
+}
+
+/// Writes `bytes` (rows of `bytes_per_row`) over the whole of `texture`.
+fn write_whole(
+    queue: &wgpu::Queue,
+    texture: &wgpu::Texture,
+    bytes: &[u8],
+    bytes_per_row: u32,
+    size: wgpu::Extent3d,
+) {
+    queue.write_texture(
+        wgpu::TexelCopyTextureInfo {
+            texture,
+            mip_level: 0,
+            origin: wgpu::Origin3d::ZERO,
+            aspect: wgpu::TextureAspect::All,
+        },
+        bytes,
+        wgpu::TexelCopyBufferLayout {
+            offset: 0,
+            bytes_per_row: Some(bytes_per_row),
+            rows_per_image: Some(size.height),
+        },
+        size,
+    );
+}
+
+/// A one-channel 8-bit texture the shader samples and the queue writes (mask, heat map).
+fn r8_texture(device: &wgpu::Device, label: &str, size: wgpu::Extent3d) -> wgpu::Texture {
+    device.create_texture(&wgpu::TextureDescriptor {
+        label: Some(label),
+        size,
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::R8Unorm,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    })
 }
 
 /// A filterable 2D float texture read by the fragment shader.
@@ -500,6 +559,9 @@ impl egui_wgpu::CallbackTrait for CanvasCallback {
         if let Some(upload) = &self.mask {
             renderer.upload_mask(device, queue, upload);
         }
+        if let Some((id, map)) = &self.overlay.heat {
+            renderer.upload_heat(device, queue, *id, map);
+        }
         renderer.ensure_bind_group(device, queue);
         let (cursor, radius, shown) = match self.cursor_px {
             Some((centre, radius)) => (centre, radius, 1.0),
@@ -510,7 +572,7 @@ impl egui_wgpu::CallbackTrait for CanvasCallback {
             params: [if self.nearest { 1.0 } else { 0.0 }, self.checker_px, 0.0, 0.0],
             overlay: self.overlay.colour,
             cursor: [cursor[0], cursor[1], radius, shown],
-            time: [self.overlay.time, 0.0, 0.0, 0.0],
+            time: [self.overlay.time, if self.overlay.heat.is_some() { 0.65 } else { 0.0 }, 0.0, 0.0],
         };
         queue.write_buffer(&renderer.uniform_buffer, 0, bytemuck::bytes_of(&uniform));
         Vec::new()
