@@ -24,12 +24,11 @@ struct View {
 @group(0) @binding(4) var mask_texture: texture_2d<f32>;
 @group(0) @binding(5) var heat_texture: texture_2d<f32>;
 
-// A blue → cyan → yellow → red colormap of t in [0, 1] (for attention maps).
-fn heat_colour(t: f32) -> vec3<f32> {
-    let r = clamp(1.5 - abs(4.0 * t - 3.0), 0.0, 1.0);
-    let g = clamp(1.5 - abs(4.0 * t - 2.0), 0.0, 1.0);
-    let b = clamp(1.5 - abs(4.0 * t - 1.0), 0.0, 1.0);
-    return vec3<f32>(r, g, b);
+// An attention value in [0, 1] over the image: dark where the word does not attend, the image
+// warmed towards orange where it does (readable over any picture, unlike a rainbow).
+fn heat_over(rgb: vec3<f32>, t: f32) -> vec3<f32> {
+    let attended = mix(rgb, vec3<f32>(1.0, 0.55, 0.1), 0.35 * t);
+    return mix(rgb * 0.15, attended, smoothstep(0.0, 1.0, t));
 }
 
 struct VertexOut {
@@ -60,7 +59,7 @@ fn fs_main(in: VertexOut) -> @location(0) vec4<f32> {
 
     // A word's attention map, as a heat map over the image.
     let heat = textureSample(heat_texture, linear_sampler, in.uv).r;
-    rgb = mix(rgb, heat_colour(heat), view.time.y);
+    rgb = mix(rgb, heat_over(rgb, heat), view.time.y);
 
     // The mask: a tint in proportion to its value, and the 0.5 contour as marching ants (the
     // contour found in screen space from the value's rate of change, so it stays one to two

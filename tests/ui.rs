@@ -190,6 +190,15 @@ fn the_canvas_shader_draws_the_image() {
     harness.run();
     let hidden = harness.render().expect("render");
     assert_eq!(hidden.get_pixel((600.0 * ppp) as u32, (400.0 * ppp) as u32).0, red);
+
+    // A word's attention map shown over the image darkens where the word does not attend.
+    let nowhere = Arc::new(image::RgbaImage::from_pixel(512, 512, image::Rgba([0, 0, 0, 255])));
+    harness.state_mut().words.maps = vec![("red".into(), nowhere)];
+    harness.state_mut().words.shown_map = Some(0);
+    harness.run();
+    let heat = harness.render().expect("render");
+    let dark = heat.get_pixel((600.0 * ppp) as u32, (400.0 * ppp) as u32).0;
+    assert!(dark[0] < red[0] / 3, "{red:?} → {dark:?}");
 }
 
 /// A file as the window system hands it over on drop.
@@ -651,8 +660,42 @@ fn the_word_editor_sends_the_word_edits_and_shows_each_words_attention() {
     let chip = harness.get_by_label("green").rect().center();
     harness.hover_at(chip);
     harness.run();
-    assert_eq!(harness.state().words.shown_map, Some(2));
+    assert_eq!(harness.state().words.visible_map().map(|(i, _)| i), Some(2));
     press(&mut harness, "Use as mask");
     harness.run();
     assert_eq!(marked(harness.state()), 256 * 512);
+}
+
+/// The word editor's request, as the real engine runs it on the bundled model: the target's
+/// word swap with a re-weight and local blend is accepted, the result lands on the canvas, and
+/// every target word has an attention map.
+#[test]
+fn a_word_edit_runs_on_the_bundled_model() {
+    let mut harness = studio();
+    harness.state_mut().load_default_model();
+    let small = std::env::temp_dir().join(format!("ds-ui-{}-small.png", std::process::id()));
+    image::RgbaImage::from_pixel(128, 128, image::Rgba([40, 60, 200, 255])).save(&small).expect("write");
+    opened(&mut harness, small);
+    {
+        let words = &mut harness.state_mut().words;
+        words.source_prompt = "a big red circle on a blue background".into();
+        words.target_prompt = "a big (green:1.5) circle on a blue background".into();
+        words.local_blend.insert("green".into());
+    }
+    harness.state_mut().inpaint.steps = 10;
+    press(&mut harness, "Apply edit");
+    harness.run_steps(2);
+    let start = Instant::now();
+    while !(harness.state().jobs.is_empty() && harness.state().history.len() == 1) {
+        assert!(harness.state().errors.is_empty(), "{:?}", harness.state().errors);
+        assert!(start.elapsed() < Duration::from_secs(120), "timed out; status: {}", harness.state().status);
+        harness.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let app = harness.state();
+    assert!(app.errors.is_empty(), "{:?}", app.errors);
+    let words: Vec<&str> = app.words.maps.iter().map(|(w, _)| w.as_str()).collect();
+    assert_eq!(words, ["a", "big", "green", "circle", "on", "a", "blue", "background"]);
+    assert_ne!(centre_pixel(app), [40, 60, 200, 255], "the generated edit replaced the image");
+    assert!(app.history[0].entry.parameters.contains("Target prompt: a big (green:1.5) circle"));
 }

@@ -1444,9 +1444,10 @@ impl StudioApp {
                 colour: [1.0, 0.2, 0.3, if self.show_mask { 0.45 } else { 0.0 }],
                 cursor: self.cursor.map(|centre| (centre, self.brush.radius * self.view.zoom)),
                 time: self.started.elapsed().as_secs_f32(),
-                heat: self.words.shown_map.and_then(|i| self.words.maps.get(i)).map(|(_, map)| {
-                    (self.maps_revision * 1000 + self.words.shown_map.unwrap_or(0) as u64, Arc::clone(map))
-                }),
+                heat: self
+                    .words
+                    .visible_map()
+                    .map(|(index, map)| (self.maps_revision * 1000 + index as u64, Arc::clone(map))),
             };
             let callback = CanvasCallback::with_overlay(
                 shown,

@@ -572,7 +572,7 @@ impl egui_wgpu::CallbackTrait for CanvasCallback {
             params: [if self.nearest { 1.0 } else { 0.0 }, self.checker_px, 0.0, 0.0],
             overlay: self.overlay.colour,
             cursor: [cursor[0], cursor[1], radius, shown],
-            time: [self.overlay.time, if self.overlay.heat.is_some() { 0.65 } else { 0.0 }, 0.0, 0.0],
+            time: [self.overlay.time, if self.overlay.heat.is_some() { 1.0 } else { 0.0 }, 0.0, 0.0],
         };
         queue.write_buffer(&renderer.uniform_buffer, 0, bytemuck::bytes_of(&uniform));
         Vec::new()

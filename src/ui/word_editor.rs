@@ -34,9 +34,12 @@ pub struct WordEditor {
     /// The target word whose controls are shown.
     #[serde(skip)]
     pub selected: Option<usize>,
-    /// The attention map shown over the canvas (an index into `maps`).
+    /// The attention map pinned over the canvas by "Show attention" (an index into `maps`).
     #[serde(skip)]
     pub shown_map: Option<usize>,
+    /// The map of the word chip under the pointer (shown while it is there).
+    #[serde(skip)]
+    pub hovered_map: Option<usize>,
     /// Each target word's attention map from the last edit (word, grey image).
     #[serde(skip)]
     pub maps: Vec<(String, Arc<image::RgbaImage>)>,
@@ -57,6 +60,7 @@ impl Default for WordEditor {
             null_text: false,
             selected: None,
             shown_map: None,
+            hovered_map: None,
             maps: Vec::new(),
             inversion: None,
         }
@@ -97,6 +101,12 @@ impl WordEditor {
             .map(|w| (w.word.clone(), w.weight))
             .collect();
         (word_edit::plain_prompt(&words), reweight)
+    }
+
+    /// The map drawn over the canvas: the hovered word's, else the pinned one.
+    pub fn visible_map(&self) -> Option<(usize, &Arc<image::RgbaImage>)> {
+        let index = self.hovered_map.or(self.shown_map)?;
+        self.maps.get(index).map(|(_, map)| (index, map))
     }
 
     /// The map of the word with this label, if the last edit made one.
@@ -231,9 +241,7 @@ impl WordEditor {
                 });
             }
         }
-        if hovered_map.is_some() {
-            self.shown_map = hovered_map;
-        }
+        self.hovered_map = hovered_map;
         ui.add(egui::Slider::new(&mut self.cross_window.0, 0.0..=1.0).text("cross-attention from"))
             .on_hover_text("Target words take the source's cross-attention from this fraction of the steps");
         ui.add(egui::Slider::new(&mut self.cross_window.1, 0.0..=1.0).text("to"))
