@@ -95,7 +95,7 @@ awk -v c="${painted%% *}" 'BEGIN { exit !(c > 500 && c < 60000) }' || fail "the 
 # history entry.
 region() { convert "$1" -crop 240x140+$((cx - 120))+$((cy - 70)) +repage "$2"; }
 region "$OUT/studio-mask.png" "$runtime/before.png"
-xdotool mousemove --window "$window" $((width - 203)) 275 click 1 # "Inpaint" (inspector, top right)
+xdotool mousemove --window "$window" $((width - 180)) 73 click 1 # the run button, "Inpaint" (inspector, top)
 xdotool mousemove --window "$window" "$cx" $((height - 5))
 for _ in $(seq 1 240); do
   [ -s "$DIFFUSION_STUDIO_AUTOSAVE/history/0001.png" ] && break

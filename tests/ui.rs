@@ -12,6 +12,7 @@ use diffusion_studio::engine::{EngineHandle, JobContext, JobError, JobRunner};
 use diffusion_studio::protocol::{DeviceChoice, DeviceReport, ImageData, Job, JobOutput, LabelledImage};
 use diffusion_studio::ui::StudioApp;
 use diffusion_studio::ui::app::Tool;
+use diffusion_studio::ui::inspector::Method;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 
@@ -374,7 +375,7 @@ fn typing_in_the_prompt_does_not_switch_tools() {
     harness.get_by_role_and_label(egui::accesskit::Role::MultilineTextInput, "prompt").type_text(" here");
     harness.run();
     assert_eq!(harness.state().tool, Tool::Brush, "the e of \"here\" went into the prompt");
-    assert!(harness.state().inpaint.prompt.ends_with(" here"), "{}", harness.state().inpaint.prompt);
+    assert!(harness.state().params.prompt.ends_with(" here"), "{}", harness.state().params.prompt);
 }
 
 /// The inpaint jobs a [`RecordingRunner`] got: prompt, mask pixels marked, strength.
@@ -466,7 +467,7 @@ fn inpaint_sends_the_painted_mask_and_prompt_and_keeps_the_mask_for_the_next_try
 
     stroke(&mut harness, egui::pos2(560.0, 400.0), egui::pos2(640.0, 400.0), egui::Modifiers::NONE);
     let painted = marked(harness.state());
-    harness.state_mut().inpaint.prompt = "a big blue square".into();
+    harness.state_mut().params.prompt = "a big blue square".into();
     harness.get_by_label("Inpaint").click();
     harness.run_steps(2);
     settle(&mut harness, |app| app.jobs.is_empty() && app.document.can_undo() && app.status.contains("done"));
@@ -511,7 +512,7 @@ fn recording_studio() -> (Harness<'static, StudioApp>, Recorded) {
 
 fn inpaint_with(harness: &mut Harness<'static, StudioApp>, prompt: &str) {
     let before = harness.state().history.len();
-    harness.state_mut().inpaint.prompt = prompt.into();
+    harness.state_mut().params.prompt = prompt.into();
     harness.get_by_label("Inpaint").click();
     harness.run_steps(2);
     settle(harness, |app| app.jobs.is_empty() && app.history.len() == before + 1);
@@ -524,7 +525,7 @@ fn results_go_into_the_history_and_clicking_one_puts_its_image_and_settings_back
     harness.state_mut().model_path = Some(PathBuf::from("assets/models/shapes"));
     stroke(&mut harness, egui::pos2(560.0, 400.0), egui::pos2(640.0, 400.0), egui::Modifiers::NONE);
     inpaint_with(&mut harness, "a big blue square"); // 17 letters: green 40
-    harness.state_mut().inpaint.steps = 33;
+    harness.state_mut().params.steps = 33;
     inpaint_with(&mut harness, "a small blue square"); // 19: green 42
     assert_eq!(centre_pixel(harness.state()), [20, 42, 220, 255]);
     let history = &harness.state().history;
@@ -539,7 +540,7 @@ fn results_go_into_the_history_and_clicking_one_puts_its_image_and_settings_back
     harness.run();
     let app = harness.state();
     assert_eq!(centre_pixel(app), [20, 40, 220, 255], "the first result is back");
-    assert_eq!((app.inpaint.prompt.as_str(), app.inpaint.steps), ("a big blue square", 20));
+    assert_eq!((app.params.prompt.as_str(), app.params.steps), ("a big blue square", 20));
     undo(&mut harness);
     assert_eq!(centre_pixel(harness.state()), [20, 42, 220, 255], "restoring is one undo step");
 }
@@ -555,7 +556,7 @@ fn after_a_crash_the_studio_offers_its_autosave_and_restores_it() {
     first.state_mut().model_path = Some(PathBuf::from("assets/models/shapes"));
     stroke(&mut first, egui::pos2(560.0, 400.0), egui::pos2(640.0, 400.0), egui::Modifiers::NONE);
     inpaint_with(&mut first, "a big blue square");
-    first.state_mut().inpaint.prompt = "typed just before the crash".into();
+    first.state_mut().params.prompt = "typed just before the crash".into();
     let painted = marked(first.state());
     let project = folder.join("project.json");
     let saved_prompt = |project: &Path| {
@@ -580,7 +581,7 @@ fn after_a_crash_the_studio_offers_its_autosave_and_restores_it() {
     let app = second.state();
     assert_eq!(centre_pixel(app), [20, 40, 220, 255], "the result that was on the canvas");
     assert_eq!(marked(app), painted, "the mask");
-    assert_eq!(app.inpaint.prompt, "typed just before the crash");
+    assert_eq!(app.params.prompt, "typed just before the crash");
     assert_eq!(app.history.len(), 1);
     assert!(app.restore_offer.is_none());
 
@@ -597,6 +598,8 @@ fn diffedit_puts_its_mask_on_the_canvas_and_runs_again_with_the_corrected_one() 
     let (mut harness, seen) = recording_studio();
     opened(&mut harness, sample());
     harness.state_mut().model_path = Some(PathBuf::from("assets/models/shapes"));
+    harness.state_mut().params.method = Method::DiffEdit;
+    harness.run();
     press(&mut harness, "DiffEdit");
     harness.run_steps(2);
     settle(&mut harness, |app| app.jobs.is_empty() && app.history.len() == 1);
@@ -625,6 +628,7 @@ fn the_word_editor_sends_the_word_edits_and_shows_each_words_attention() {
     harness.state_mut().model_path = Some(PathBuf::from("assets/models/shapes"));
     harness.state_mut().words.source_prompt = "a big red circle".into();
     harness.state_mut().words.target_prompt = String::new();
+    harness.state_mut().params.method = Method::PromptToPrompt;
     harness.run();
     // typing the target prompt shows the word-level difference: "red →" then "green"
     let target = harness.get_by_role_and_label(egui::accesskit::Role::TextInput, "target prompt (the edit)");
@@ -682,7 +686,9 @@ fn a_word_edit_runs_on_the_bundled_model() {
         words.target_prompt = "a big (green:1.5) circle on a blue background".into();
         words.local_blend.insert("green".into());
     }
-    harness.state_mut().inpaint.steps = 10;
+    harness.state_mut().params.method = Method::PromptToPrompt;
+    harness.run();
+    harness.state_mut().params.steps = 10;
     press(&mut harness, "Apply edit");
     harness.run_steps(2);
     let start = Instant::now();
@@ -698,4 +704,54 @@ fn a_word_edit_runs_on_the_bundled_model() {
     assert_eq!(words, ["a", "big", "green", "circle", "on", "a", "blue", "background"]);
     assert_ne!(centre_pixel(app), [40, 60, 200, 255], "the generated edit replaced the image");
     assert!(app.history[0].entry.parameters.contains("Target prompt: a big (green:1.5) circle"));
+}
+
+/// Choosing a method from the inspector's list and running it on the bundled model through the
+/// real engine: text to image with no image open, then image to image on its result, with the
+/// seed stepping on after each run.
+#[test]
+fn methods_from_the_list_run_on_the_bundled_model() {
+    let mut harness = studio();
+    harness.state_mut().load_default_model();
+    harness.state_mut().params.steps = 8;
+    harness.state_mut().params.prompt = "a big yellow star on a green background".into();
+    harness.run();
+    harness.get_by_label("method").click();
+    harness.run();
+    harness.get_by_label("Text to image").click();
+    harness.run();
+    harness.get_by_label("+1").click();
+    harness.run();
+    assert_eq!(harness.state().params.method, Method::TextToImage);
+    let run = |harness: &mut Harness<'static, StudioApp>, action: &str, results: usize| {
+        press(harness, action);
+        harness.run_steps(2);
+        let start = Instant::now();
+        while !(harness.state().jobs.is_empty() && harness.state().history.len() == results) {
+            assert!(harness.state().errors.is_empty(), "{:?}", harness.state().errors);
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "timed out; status: {}",
+                harness.state().status
+            );
+            harness.step();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    run(&mut harness, "Generate", 1);
+    let generated =
+        harness.state().document.image.as_ref().map(|l| l.image.as_ref().clone()).expect("an image");
+    assert_eq!(generated.dimensions(), (128, 128));
+    assert_eq!(harness.state().params.seed, 1, "the seed stepped on");
+
+    harness.state_mut().params.method = Method::ImageToImage;
+    harness.state_mut().params.strength = 0.5;
+    harness.run();
+    run(&mut harness, "Transform", 2);
+    let transformed =
+        harness.state().document.image.as_ref().map(|l| l.image.as_ref().clone()).expect("an image");
+    assert_ne!(transformed, generated);
+    assert!(harness.state().history[1].entry.parameters.contains("Denoising strength: 0.5"));
+    undo(&mut harness);
+    assert_eq!(harness.state().document.image.as_ref().map(|l| l.image.as_ref().clone()), Some(generated));
 }

@@ -20,6 +20,7 @@ use crate::protocol::{
 };
 use crate::text::ClipTokenizer;
 use crate::ui::canvas::{CanvasCallback, CanvasImage, CanvasRenderer, CanvasView, MaskUpload, Overlay};
+use crate::ui::inspector::{Method, MethodSettings};
 use crate::ui::word_editor::WordEditor;
 
 /// How long one frame may spend draining engine events and file results.
@@ -40,12 +41,8 @@ pub enum UiCommand {
     Undo,
     Redo,
     RunForwardNoise,
-    RunInpaint,
-    /// DiffEdit: estimate the mask from the source and target prompts (or use the painted one)
-    /// and repaint it with the target prompt.
-    RunDiffEdit,
-    /// Prompt-to-prompt with the word editor's prompts and settings.
-    RunPromptToPrompt,
+    /// Run the inspector's method (its button, Ctrl+Enter).
+    RunMethod,
     /// Invert the open image under the word editor's source prompt (DDIM or null-text).
     RunInvert,
     /// The word editor's attention map N becomes the mask.
@@ -72,7 +69,7 @@ pub enum UiCommand {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct StudioSettings {
-    pub inpaint: InpaintSettings,
+    pub params: MethodSettings,
     pub words: WordEditor,
     pub brush: Brush,
     pub mask_step: u32,
@@ -83,7 +80,7 @@ pub struct StudioSettings {
 impl Default for StudioSettings {
     fn default() -> Self {
         Self {
-            inpaint: InpaintSettings::default(),
+            params: MethodSettings::default(),
             words: WordEditor::default(),
             brush: Brush::default(),
             mask_step: 8,
@@ -110,38 +107,6 @@ pub enum Tool {
     Pan,
     Brush,
     Eraser,
-}
-
-/// Settings of the inpaint method (blended latent diffusion in the painted mask).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct InpaintSettings {
-    pub prompt: String,
-    pub negative_prompt: String,
-    pub steps: usize,
-    pub guidance: f32,
-    pub seed: u64,
-    /// 1 repaints the masked region from pure noise; less keeps more of what is there.
-    pub strength: f32,
-    /// DiffEdit: what the image shows now (the prompt above says what it should show).
-    pub source_prompt: String,
-    /// DiffEdit: use the painted mask instead of estimating one.
-    pub diffedit_use_mask: bool,
-}
-
-impl Default for InpaintSettings {
-    fn default() -> Self {
-        Self {
-            prompt: "a big red star".into(),
-            negative_prompt: String::new(),
-            steps: 20,
-            guidance: 5.0,
-            seed: 0,
-            strength: 1.0,
-            source_prompt: "a big red circle".into(),
-            diffedit_use_mask: false,
-        }
-    }
 }
 
 /// What background file work reports back.
@@ -217,7 +182,8 @@ pub struct StudioApp {
     /// A running job's latest preview, drawn over the document image.
     preview: Option<CanvasImage>,
     pub noise: NoiseSettings,
-    pub inpaint: InpaintSettings,
+    /// The inspector's method and its settings.
+    pub params: MethodSettings,
     /// The prompt-to-prompt word editor.
     pub words: WordEditor,
     tokenizer: Option<Arc<ClipTokenizer>>,
@@ -286,7 +252,7 @@ impl StudioApp {
             jobs: BTreeMap::new(),
             preview: None,
             noise: NoiseSettings::default(),
-            inpaint: InpaintSettings::default(),
+            params: MethodSettings::default(),
             words: WordEditor::default(),
             tokenizer: None,
             maps_revision: 0,
@@ -370,9 +336,7 @@ impl StudioApp {
                 }
             }
             UiCommand::RunForwardNoise => self.run_forward_noise(),
-            UiCommand::RunInpaint => self.run_inpaint(),
-            UiCommand::RunDiffEdit => self.run_diffedit(),
-            UiCommand::RunPromptToPrompt => self.run_prompt_to_prompt(),
+            UiCommand::RunMethod => self.run_method(),
             UiCommand::RunInvert => self.run_invert(),
             UiCommand::AttentionToMask(index) => {
                 if let Some((word, map)) = self.words.maps.get(index).cloned() {
@@ -561,33 +525,43 @@ impl StudioApp {
         self.status = format!("Queued {label} ({id})");
     }
 
-    /// The generation parameters of the inspector's method for the open image, or why there
-    /// are none (said to the person).
-    fn method_base(&mut self) -> Option<(GenerateParams, ImageData)> {
-        let Some(layer) = self.document.image.as_ref() else {
-            self.errors.push("Open an image first, then paint the region to repaint.".into());
-            return None;
-        };
-        let Some(model) = self.model_path.clone() else {
-            self.errors.push("No model is loaded: this method needs one.".into());
-            return None;
-        };
-        let settings = &self.inpaint;
-        let base = GenerateParams {
+    /// The generation parameters of the inspector's method for a `width` × `height` output.
+    fn generate_params(&mut self, model: PathBuf, width: u32, height: u32) -> GenerateParams {
+        let seed = self.params.seed_for_run();
+        let settings = &self.params;
+        GenerateParams {
             model,
             model_options: Default::default(),
             prompt: settings.prompt.clone(),
             negative_prompt: settings.negative_prompt.clone(),
             steps: settings.steps,
-            scheduler: "ddim".into(),
+            scheduler: settings.scheduler.clone(),
             guidance_scale: f64::from(settings.guidance),
             guidance_rescale: 0.0,
             clip_skip: 0,
-            seed: settings.seed,
-            width: layer.image.width(),
-            height: layer.image.height(),
+            seed,
+            width,
+            height,
             precision: Precision::F32,
+        }
+    }
+
+    fn model_or_say(&mut self) -> Option<PathBuf> {
+        if self.model_path.is_none() {
+            self.errors.push("No model is loaded: this method needs one.".into());
+        }
+        self.model_path.clone()
+    }
+
+    /// The generation parameters for the open image, and the image, or why there are none
+    /// (said to the person).
+    fn method_base(&mut self) -> Option<(GenerateParams, ImageData)> {
+        let Some(layer) = self.document.image.clone() else {
+            self.errors.push("Open an image first: this method works on it.".into());
+            return None;
         };
+        let model = self.model_or_say()?;
+        let base = self.generate_params(model, layer.image.width(), layer.image.height());
         Some((base, ImageData::from_rgba_image(&layer.image)))
     }
 
@@ -605,11 +579,75 @@ impl StudioApp {
 
     fn submit_method(&mut self, job: Job, parameters: String) {
         let label = job.label();
-        let steps = self.inpaint.steps;
+        let steps = self.params.steps;
         let id = self.engine.submit(job);
         let settings = serde_json::to_value(self.settings()).ok();
         self.jobs.insert(id, JobState { label, step: 0, of: steps, parameters, settings });
         self.status = format!("Queued {label} ({id})");
+        self.params.after_run();
+    }
+
+    /// Runs the inspector's method.
+    fn run_method(&mut self) {
+        match self.params.method {
+            Method::TextToImage => {
+                let Some(model) = self.model_or_say() else { return };
+                let (width, height) = (self.params.width / 8 * 8, self.params.height / 8 * 8);
+                let base = self.generate_params(model, width.max(8), height.max(8));
+                let parameters = base.to_infotext();
+                self.submit_method(Job::Generate(base), parameters);
+            }
+            Method::ImageToImage => {
+                let Some((base, image)) = self.method_base() else { return };
+                let parameters =
+                    format!("{}, Denoising strength: {}", base.to_infotext(), self.params.strength);
+                let strength = f64::from(self.params.strength);
+                self.submit_method(
+                    Job::Img2Img(crate::protocol::Img2ImgParams { base, image, strength }),
+                    parameters,
+                );
+            }
+            Method::Inpaint => self.run_inpaint(),
+            Method::DiffEdit => self.run_diffedit(),
+            Method::PromptToPrompt => self.run_prompt_to_prompt(),
+            Method::PaintWithWords => {
+                let Some((base, _)) = self.method_base() else { return };
+                let Some(mask) = self.painted_mask() else { return };
+                let word = self.params.region_word.trim().to_string();
+                let parameters =
+                    format!("{}\nPaint with words: \"{word}\" in the painted region", base.to_infotext());
+                let job = Job::PaintWithWords(crate::protocol::PaintWithWordsParams {
+                    base,
+                    regions: vec![(word, mask)],
+                    strength: f64::from(self.params.region_strength),
+                    attention_maps: false,
+                });
+                self.submit_method(job, parameters);
+            }
+            Method::InstructPix2Pix => {
+                let Some((base, image)) = self.method_base() else { return };
+                let parameters =
+                    format!("{}, Image CFG scale: {}", base.to_infotext(), self.params.image_guidance);
+                let image_guidance_scale = f64::from(self.params.image_guidance);
+                let job = Job::InstructPix2Pix(crate::protocol::InstructPix2PixParams {
+                    base,
+                    image,
+                    image_guidance_scale,
+                });
+                self.submit_method(job, parameters);
+            }
+            Method::MagicMix => {
+                let Some((base, image)) = self.method_base() else { return };
+                let p = &self.params;
+                let (kmin, kmax, mix_factor) =
+                    (f64::from(p.kmin), f64::from(p.kmax), f64::from(p.mix_factor));
+                let parameters =
+                    format!("{}, MagicMix kmin {kmin}, kmax {kmax}, mix {mix_factor}", base.to_infotext());
+                let job =
+                    Job::MagicMix(crate::protocol::MagicMixParams { base, image, kmin, kmax, mix_factor });
+                self.submit_method(job, parameters);
+            }
+        }
     }
 
     /// Repaints the masked region of the image from the inpaint prompt with the loaded model.
@@ -621,7 +659,7 @@ impl StudioApp {
             base,
             image,
             mask,
-            strength: f64::from(self.inpaint.strength),
+            strength: f64::from(self.params.strength),
             // as the CLI's inpaint: the seam feathered a little beyond what was painted
             mask_options: MaskOptions::default(),
             composite: true,
@@ -634,17 +672,17 @@ impl StudioApp {
     /// the brush and run again.
     fn run_diffedit(&mut self) {
         let Some((base, image)) = self.method_base() else { return };
-        let mask = if self.inpaint.diffedit_use_mask {
+        let mask = if self.params.diffedit_use_mask {
             let Some(mask) = self.painted_mask() else { return };
             Some(mask)
         } else {
             None
         };
         let parameters =
-            format!("{}\nDiffEdit source prompt: {}", base.to_infotext(), self.inpaint.source_prompt);
+            format!("{}\nDiffEdit source prompt: {}", base.to_infotext(), self.params.source_prompt);
         let job = Job::DiffEdit(crate::protocol::DiffEditParams {
             base,
-            source_prompt: self.inpaint.source_prompt.clone(),
+            source_prompt: self.params.source_prompt.clone(),
             image,
             strength: 0.8,
             mask_samples: 10,
@@ -680,21 +718,12 @@ impl StudioApp {
             crate::protocol::EditSource::Generated
         };
         let (target_prompt, reweight) = words.target_and_reweights();
-        let base = GenerateParams {
-            model,
-            model_options: Default::default(),
-            prompt: words.source_prompt.clone(),
-            negative_prompt: self.inpaint.negative_prompt.clone(),
-            steps: self.inpaint.steps,
-            scheduler: "ddim".into(),
-            guidance_scale: f64::from(self.inpaint.guidance),
-            guidance_rescale: 0.0,
-            clip_skip: 0,
-            seed: self.inpaint.seed,
-            width,
-            height,
-            precision: Precision::F32,
-        };
+        let source_prompt = words.source_prompt.clone();
+        let mut base = self.generate_params(model, width, height);
+        base.prompt = source_prompt;
+        // prompt-to-prompt replays the source's DDIM steps
+        base.scheduler = "ddim".into();
+        let words = &self.words;
         let parameters = format!("{}\nTarget prompt: {}", base.to_infotext(), words.target_prompt);
         let job = Job::PromptToPrompt(crate::protocol::PromptToPromptParams {
             base,
@@ -722,7 +751,7 @@ impl StudioApp {
     /// The settings a project keeps and history entries restore.
     pub fn settings(&self) -> StudioSettings {
         StudioSettings {
-            inpaint: self.inpaint.clone(),
+            params: self.params.clone(),
             words: self.words.clone(),
             brush: self.brush,
             mask_step: self.mask_step,
@@ -732,7 +761,7 @@ impl StudioApp {
     }
 
     pub fn apply_settings(&mut self, settings: StudioSettings) {
-        self.inpaint = settings.inpaint;
+        self.params = settings.params;
         // the maps and inversion belong to the open image, not to the settings
         let (maps, inversion) = (std::mem::take(&mut self.words.maps), self.words.inversion.take());
         self.words = WordEditor { maps, inversion, ..settings.words };
@@ -1172,43 +1201,18 @@ impl StudioApp {
     fn inspector_ui(&mut self, ui: &mut egui::Ui, commands: &mut Vec<UiCommand>) {
         ui.heading("Inspector");
         ui.separator();
-        ui.label(RichText::new("Inpaint the mask").strong())
-            .on_hover_text("Repaints the masked region from the prompt (blended latent diffusion); the rest of the image is kept exactly.");
-        let label = ui.label("prompt");
-        ui.add(egui::TextEdit::multiline(&mut self.inpaint.prompt).desired_rows(2)).labelled_by(label.id);
-        let label = ui.label("negative prompt");
-        ui.add(egui::TextEdit::singleline(&mut self.inpaint.negative_prompt)).labelled_by(label.id);
-        ui.add(egui::Slider::new(&mut self.inpaint.steps, 1..=100).text("steps"))
-            .on_hover_text("DDIM denoising steps");
-        ui.add(egui::Slider::new(&mut self.inpaint.guidance, 1.0..=15.0).text("guidance"))
-            .on_hover_text("Classifier-free guidance: how strongly the prompt is followed");
-        ui.add(egui::Slider::new(&mut self.inpaint.strength, 0.05..=1.0).text("strength"))
-            .on_hover_text("1 repaints the region from noise; less keeps more of what is there");
-        ui.horizontal(|ui| {
-            let label = ui.label("seed");
-            ui.add(egui::DragValue::new(&mut self.inpaint.seed)).labelled_by(label.id);
-        });
-        let can_inpaint = self.document.image.is_some() && self.model_path.is_some();
-        if ui.add_enabled(can_inpaint, egui::Button::new("Inpaint")).on_hover_text("Ctrl+Enter").clicked() {
-            commands.push(UiCommand::RunInpaint);
+        // the run button first, where it stays put whatever the method's settings are
+        let method = self.params.method;
+        let ready = self.model_path.is_some() && (!method.needs_image() || self.document.image.is_some());
+        let run = egui::Button::new(RichText::new(method.action()).strong()).min_size(Vec2::new(120.0, 26.0));
+        if ui.add_enabled(ready, run).on_hover_text("Ctrl+Enter").clicked() {
+            commands.push(UiCommand::RunMethod);
         }
-        ui.separator();
-        ui.label(RichText::new("DiffEdit: find the region and repaint it").strong()).on_hover_text(
-            "Finds where the image differs between what it shows (the source prompt) and the prompt above, and repaints only there (Couairon et al. 2022). The mask it found comes onto the canvas: correct it with the brush and run again with \"use my mask\".",
-        );
-        let label = ui.label("source prompt (what the image shows)");
-        ui.add(egui::TextEdit::singleline(&mut self.inpaint.source_prompt)).labelled_by(label.id);
-        ui.checkbox(&mut self.inpaint.diffedit_use_mask, "use my mask")
-            .on_hover_text("Repaint the painted mask instead of estimating one");
-        if ui.add_enabled(can_inpaint, egui::Button::new("DiffEdit")).clicked() {
-            commands.push(UiCommand::RunDiffEdit);
+        self.params.ui(ui);
+        if self.params.method == Method::PromptToPrompt {
+            let tokenizer = self.tokenizer.clone();
+            self.words.ui(ui, tokenizer.as_deref(), self.model_path.is_some(), commands);
         }
-        ui.separator();
-        ui.label(RichText::new("Word editor (prompt-to-prompt)").strong()).on_hover_text(
-            "Edit the prompt word by word; the image changes only where the changed words act (Hertz et al. 2022). Hover a word after an edit to see its attention over the image.",
-        );
-        let tokenizer = self.tokenizer.clone();
-        self.words.ui(ui, tokenizer.as_deref(), self.model_path.is_some(), commands);
         ui.separator();
         ui.label(RichText::new("Noise preview").strong())
             .on_hover_text("Runs the image forward through the diffusion noising process: what img2img starts from at this strength.");
@@ -1523,7 +1527,7 @@ impl eframe::App for StudioApp {
                 commands.push(if input.modifiers.shift { UiCommand::Redo } else { UiCommand::Undo });
             }
             if input.modifiers.command && input.key_pressed(egui::Key::Enter) {
-                commands.push(UiCommand::RunInpaint);
+                commands.push(UiCommand::RunMethod);
             }
             if input.key_pressed(egui::Key::Escape) {
                 commands.extend(self.jobs.keys().map(|id| UiCommand::Cancel(*id)));

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod canvas;
+pub mod inspector;
 pub mod word_editor;
 
 pub use app::{StudioApp, UiCommand};

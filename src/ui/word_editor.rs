@@ -268,13 +268,6 @@ impl WordEditor {
                 ));
             }
         }
-        if ui
-            .add_enabled(enabled, egui::Button::new("Apply edit"))
-            .on_hover_text("Run the prompt-to-prompt edit")
-            .clicked()
-        {
-            commands.push(UiCommand::RunPromptToPrompt);
-        }
     }
 }
 
