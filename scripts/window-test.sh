@@ -34,8 +34,8 @@ cleanup() {
 }
 trap cleanup EXIT
 export DISPLAY=":$display_number" XDG_RUNTIME_DIR="$runtime"
-# the studio's autosave goes to a scratch folder, not the person's own
-export DIFFUSION_STUDIO_AUTOSAVE="$runtime/autosave"
+# the studio's autosave and settings go to a scratch folder, not the person's own
+export DIFFUSION_STUDIO_AUTOSAVE="$runtime/autosave" DIFFUSION_STUDIO_CONFIG="$runtime/settings.json"
 
 "$BIN" assets/samples/shapes.png >"$OUT/studio.log" 2>&1 &
 app_pid=$!

@@ -74,6 +74,15 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The name `from_name` reads.
+    pub fn to_name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+
     pub fn from_name(name: &str) -> Result<Self, String> {
         match name {
             "f32" | "fp32" => Ok(Self::F32),

@@ -755,3 +755,36 @@ fn methods_from_the_list_run_on_the_bundled_model() {
     undo(&mut harness);
     assert_eq!(harness.state().document.image.as_ref().map(|l| l.image.as_ref().clone()), Some(generated));
 }
+
+#[test]
+fn the_model_chosen_is_remembered_for_the_next_start() {
+    let folder = std::env::temp_dir().join(format!("ds-ui-{}-prefs", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    let prefs = folder.join("settings.json");
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models/shapes");
+
+    let mut first = studio();
+    first.state_mut().prefs_path = Some(prefs.clone());
+    first.state_mut().execute(diffusion_studio::ui::UiCommand::LoadModel(bundled.clone()));
+    first.state_mut().execute(diffusion_studio::ui::UiCommand::SetPrecision("bf16".into()));
+    settle(&mut first, |app| app.model.as_deref().is_some_and(|m| m.starts_with("shapes")));
+
+    let mut second = studio();
+    second.state_mut().prefs_path = Some(prefs.clone());
+    second.state_mut().load_prefs_and_model();
+    assert_eq!(second.state().model_path.as_deref(), Some(bundled.as_path()));
+    assert_eq!(second.state().prefs.precision, "bf16");
+
+    // a remembered model that is gone: said, and the bundled model instead
+    let gone = diffusion_studio::ui::prefs::Prefs {
+        model: Some(folder.join("deleted-model")),
+        precision: "f32".into(),
+    };
+    diffusion_studio::ui::prefs::write_prefs(&prefs, &gone).expect("write");
+    let mut third = studio();
+    third.state_mut().prefs_path = Some(prefs);
+    third.state_mut().load_prefs_and_model();
+    third.run();
+    third.get_by_label_contains("is not there any more");
+    assert!(third.state().model_path.as_ref().is_some_and(|p| p.ends_with("assets/models/shapes")));
+}

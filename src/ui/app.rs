@@ -16,7 +16,6 @@ use crate::document::{self, Document, MaskOp};
 use crate::engine::EngineHandle;
 use crate::protocol::{
     DeviceReport, EngineEvent, GenerateParams, ImageData, InpaintParams, Job, JobId, JobOutput, MaskOptions,
-    Precision,
 };
 use crate::text::ClipTokenizer;
 use crate::ui::canvas::{CanvasCallback, CanvasImage, CanvasRenderer, CanvasView, MaskUpload, Overlay};
@@ -63,6 +62,14 @@ pub enum UiCommand {
     OpenProject(PathBuf),
     ShowExportMaskDialog,
     ExportMask(PathBuf),
+    /// Choose a model: a diffusers folder (true) or a single-file checkpoint.
+    ShowModelDialog(bool),
+    /// Load this model for the jobs that follow, and remember it.
+    LoadModel(PathBuf),
+    /// Open or close the settings window.
+    ToggleSettings,
+    /// The denoiser's precision (f32, f16, bf16), remembered.
+    SetPrecision(String),
 }
 
 /// The settings a project keeps and a history entry restores.
@@ -199,6 +206,10 @@ pub struct StudioApp {
     pub show_mask: bool,
     /// The model folder or file jobs run on.
     pub model_path: Option<PathBuf>,
+    /// What the studio remembers between runs, and where (None: nothing is remembered).
+    pub prefs: crate::ui::prefs::Prefs,
+    pub prefs_path: Option<PathBuf>,
+    pub show_settings: bool,
     /// The brush cursor over the canvas (screen points), when it is there.
     cursor: Option<egui::Pos2>,
     /// Whether the image before the last result is shown instead (held `\\` or the button).
@@ -262,6 +273,9 @@ impl StudioApp {
             feather_sigma: 4.0,
             show_mask: true,
             model_path: None,
+            prefs: Default::default(),
+            prefs_path: None,
+            show_settings: false,
             cursor: None,
             comparing: false,
             inspected: None,
@@ -290,14 +304,51 @@ impl StudioApp {
             self.model = Some(format!("none (no bundled model at {})", path.display()));
             return;
         }
+        self.load_model(path);
+    }
+
+    /// Reads the preferences and loads the model they name (the bundled one when none, or when
+    /// it is gone).
+    pub fn load_prefs_and_model(&mut self) {
+        if let Some(path) = self.prefs_path.clone() {
+            match crate::ui::prefs::read_prefs(&path) {
+                Ok(prefs) => self.prefs = prefs,
+                Err(message) => self.errors.push(message),
+            }
+        }
+        match self.prefs.model.clone() {
+            Some(model) if model.exists() => self.load_model(model),
+            Some(model) => {
+                self.errors.push(format!(
+                    "The model the studio used last, {}, is not there any more; it opened on the bundled model.",
+                    model.display()
+                ));
+                self.load_default_model();
+            }
+            None => self.load_default_model(),
+        }
+    }
+
+    /// Loads `path` (a diffusers folder or a single-file checkpoint) for the jobs that follow.
+    pub fn load_model(&mut self, path: PathBuf) {
         self.model = Some(format!("loading {}…", path.display()));
         self.model_path = Some(path.clone());
-        self.load_tokenizer(path.join("tokenizer"));
+        self.tokenizer = None;
+        if path.join("tokenizer").is_dir() {
+            self.load_tokenizer(path.join("tokenizer"));
+        }
         self.engine.load_model(crate::protocol::ModelRef {
             path,
             options: Default::default(),
-            precision: crate::protocol::Precision::F32,
+            precision: self.prefs.precision(),
         });
+    }
+
+    fn save_prefs(&mut self) {
+        let Some(path) = self.prefs_path.clone() else { return };
+        if let Err(message) = crate::ui::prefs::write_prefs(&path, &self.prefs) {
+            self.errors.push(message);
+        }
     }
 
     /// Loads the model's tokenizer in the background (the word chips' token counts).
@@ -370,6 +421,33 @@ impl StudioApp {
                 });
             }
             UiCommand::OpenProject(folder) => self.load_project(folder),
+            UiCommand::ShowModelDialog(folder) => {
+                if self.dialogs_available() {
+                    self.spawn_io(move || {
+                        let dialog = rfd::FileDialog::new().set_title("Open model");
+                        let chosen = if folder {
+                            dialog.pick_folder()
+                        } else {
+                            dialog.add_filter("Checkpoints", &["safetensors", "ckpt"]).pick_file()
+                        };
+                        IoResult::DialogChose(chosen.map(UiCommand::LoadModel))
+                    });
+                }
+            }
+            UiCommand::LoadModel(path) => {
+                self.load_model(path.clone());
+                self.prefs.model = Some(path);
+                self.save_prefs();
+            }
+            UiCommand::ToggleSettings => self.show_settings = !self.show_settings,
+            UiCommand::SetPrecision(name) => {
+                self.prefs.precision = name;
+                self.save_prefs();
+                if let Some(path) = self.model_path.clone() {
+                    // the loaded model is converted on its next load
+                    self.load_model(path);
+                }
+            }
             UiCommand::ShowExportMaskDialog => self.spawn_dialog_for(true, "mask.png", UiCommand::ExportMask),
             UiCommand::ExportMask(path) => {
                 let Some(mask) = self.document.mask.as_ref() else {
@@ -542,7 +620,7 @@ impl StudioApp {
             seed,
             width,
             height,
-            precision: Precision::F32,
+            precision: self.prefs.precision(),
         }
     }
 
@@ -1085,6 +1163,24 @@ impl StudioApp {
                     commands.push(UiCommand::ShowSaveProjectDialog);
                 }
                 ui.separator();
+                if ui
+                    .button("Open Model Folder…")
+                    .on_hover_text("A diffusers folder (model_index.json)")
+                    .clicked()
+                {
+                    commands.push(UiCommand::ShowModelDialog(true));
+                }
+                if ui
+                    .button("Open Model File…")
+                    .on_hover_text("A single-file .safetensors checkpoint")
+                    .clicked()
+                {
+                    commands.push(UiCommand::ShowModelDialog(false));
+                }
+                if ui.button("Settings…").clicked() {
+                    commands.push(UiCommand::ToggleSettings);
+                }
+                ui.separator();
                 if ui.button("Quit").clicked() {
                     ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
                 }
@@ -1277,6 +1373,48 @@ impl StudioApp {
                     }
                 }
             });
+        });
+    }
+
+    fn settings_ui(&self, ctx: &egui::Context, commands: &mut Vec<UiCommand>) {
+        if !self.show_settings {
+            return;
+        }
+        egui::Window::new("Settings").collapsible(false).resizable(false).show(ctx, |ui| {
+            egui::Grid::new("settings").num_columns(2).show(ui, |ui| {
+                ui.label("model");
+                ui.label(self.model.as_deref().unwrap_or("none"));
+                ui.end_row();
+                ui.label("file");
+                ui.monospace(self.model_path.as_ref().map_or("—".into(), |p| p.display().to_string()));
+                ui.end_row();
+                ui.label("device");
+                ui.label(self.device.as_ref().map_or("starting…", |d| d.description.as_str()))
+                    .on_hover_text("Chosen at start: diffusion-studio --device cpu|cuda|cuda:N");
+                ui.end_row();
+                ui.label("precision");
+                let current = self.prefs.precision().to_name();
+                egui::ComboBox::from_id_salt("precision").selected_text(current).show_ui(ui, |ui| {
+                    for name in ["f32", "f16", "bf16"] {
+                        if ui.selectable_label(current == name, name).clicked() && current != name {
+                            commands.push(UiCommand::SetPrecision(name.into()));
+                        }
+                    }
+                });
+                ui.end_row();
+            });
+            ui.horizontal(|ui| {
+                if ui.button("Open Model Folder…").clicked() {
+                    commands.push(UiCommand::ShowModelDialog(true));
+                }
+                if ui.button("Open Model File…").clicked() {
+                    commands.push(UiCommand::ShowModelDialog(false));
+                }
+                if ui.button("Close").clicked() {
+                    commands.push(UiCommand::ToggleSettings);
+                }
+            });
+            ui.weak("The model and precision are remembered for the next start.");
         });
     }
 
@@ -1571,6 +1709,7 @@ impl eframe::App for StudioApp {
             .frame(egui::Frame::new().fill(Color32::from_gray(32)))
             .show(ui, |ui| self.canvas_ui(ui));
         self.restore_offer_ui(ui.ctx(), &mut commands);
+        self.settings_ui(ui.ctx(), &mut commands);
         for command in commands {
             self.execute(command);
         }

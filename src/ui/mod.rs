@@ -3,6 +3,7 @@
 pub mod app;
 pub mod canvas;
 pub mod inspector;
+pub mod prefs;
 pub mod word_editor;
 
 pub use app::{StudioApp, UiCommand};
@@ -39,7 +40,8 @@ pub fn run_studio(device: DeviceChoice, open: Option<std::path::PathBuf>) -> any
             let mut app = StudioApp::new(cc, engine);
             app.autosave = crate::document::project::autosave_folder();
             app.check_autosave();
-            app.load_default_model();
+            app.prefs_path = prefs::prefs_path();
+            app.load_prefs_and_model();
             if let Some(path) = open {
                 app.open(path);
             }
