@@ -527,6 +527,13 @@ fn results_go_into_the_history_and_clicking_one_puts_its_image_and_settings_back
     inpaint_with(&mut harness, "a big blue square"); // 17 letters: green 40
     harness.state_mut().params.steps = 33;
     inpaint_with(&mut harness, "a small blue square"); // 19: green 42
+    // Repeat sends the last job again as it was, whatever the panels say now
+    harness.state_mut().params.prompt = "changed since".into();
+    press(&mut harness, "Repeat");
+    harness.run_steps(2);
+    settle(&mut harness, |app| app.jobs.is_empty() && app.history.len() == 3);
+    assert_eq!(harness.state().history[2].entry.parameters, harness.state().history[1].entry.parameters);
+    harness.state_mut().history.pop();
     assert_eq!(centre_pixel(harness.state()), [20, 42, 220, 255]);
     let history = &harness.state().history;
     assert_eq!(history.len(), 2);

@@ -42,6 +42,8 @@ pub enum UiCommand {
     RunForwardNoise,
     /// Run the inspector's method (its button, Ctrl+Enter).
     RunMethod,
+    /// Run the last method job again, exactly as it was sent.
+    Repeat,
     /// Invert the open image under the word editor's source prompt (DDIM or null-text).
     RunInvert,
     /// The word editor's attention map N becomes the mask.
@@ -193,6 +195,8 @@ pub struct StudioApp {
     pub params: MethodSettings,
     /// The prompt-to-prompt word editor.
     pub words: WordEditor,
+    /// The last method job sent, with its parameters and settings (Repeat sends it again).
+    last_job: Option<(Job, String, Option<serde_json::Value>)>,
     tokenizer: Option<Arc<ClipTokenizer>>,
     /// Changes whenever the word editor's maps do (the canvas's heat-map id).
     maps_revision: u64,
@@ -265,6 +269,7 @@ impl StudioApp {
             noise: NoiseSettings::default(),
             params: MethodSettings::default(),
             words: WordEditor::default(),
+            last_job: None,
             tokenizer: None,
             maps_revision: 0,
             tool: Tool::Brush,
@@ -388,6 +393,15 @@ impl StudioApp {
             }
             UiCommand::RunForwardNoise => self.run_forward_noise(),
             UiCommand::RunMethod => self.run_method(),
+            UiCommand::Repeat => {
+                if let Some((job, parameters, settings)) = self.last_job.clone() {
+                    let label = job.label();
+                    let of = self.params.steps;
+                    let id = self.engine.submit(job);
+                    self.jobs.insert(id, JobState { label, step: 0, of, parameters, settings });
+                    self.status = format!("Queued {label} again ({id})");
+                }
+            }
             UiCommand::RunInvert => self.run_invert(),
             UiCommand::AttentionToMask(index) => {
                 if let Some((word, map)) = self.words.maps.get(index).cloned() {
@@ -658,8 +672,9 @@ impl StudioApp {
     fn submit_method(&mut self, job: Job, parameters: String) {
         let label = job.label();
         let steps = self.params.steps;
-        let id = self.engine.submit(job);
         let settings = serde_json::to_value(self.settings()).ok();
+        self.last_job = Some((job.clone(), parameters.clone(), settings.clone()));
+        let id = self.engine.submit(job);
         self.jobs.insert(id, JobState { label, step: 0, of: steps, parameters, settings });
         self.status = format!("Queued {label} ({id})");
         self.params.after_run();
@@ -1323,7 +1338,15 @@ impl StudioApp {
             commands.push(UiCommand::RunForwardNoise);
         }
         ui.separator();
-        ui.heading("Jobs");
+        ui.horizontal(|ui| {
+            ui.heading("Jobs");
+            let repeat = ui
+                .add_enabled(self.last_job.is_some(), egui::Button::new("Repeat"))
+                .on_hover_text("Run the last job again, exactly as it was sent");
+            if repeat.clicked() {
+                commands.push(UiCommand::Repeat);
+            }
+        });
         if self.jobs.is_empty() {
             ui.weak("No jobs running");
         }
