@@ -112,6 +112,12 @@ fn a_file_that_is_not_an_image_shows_an_error_and_keeps_the_document() {
     harness.get_by_label("Dismiss").click();
     harness.run();
     assert!(harness.state().errors.is_empty());
+
+    // pasting with no image on the clipboard (none here, or no clipboard at all) says so
+    harness.state_mut().execute(diffusion_studio::ui::UiCommand::PasteImage);
+    settle(&mut harness, |app| !app.errors.is_empty() && app.pending_io == 0);
+    harness.get_by_label_contains("clipboard");
+    assert_eq!(centre_pixel(harness.state()), [214, 40, 40, 255], "the sample is still open");
 }
 
 #[test]

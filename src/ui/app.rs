@@ -30,6 +30,8 @@ const EVENT_BUDGET: Duration = Duration::from_millis(4);
 pub enum UiCommand {
     /// Show the open-file dialog.
     ShowOpenDialog,
+    /// Open the image on the clipboard (Ctrl+V outside text fields).
+    PasteImage,
     /// Show the save-file dialog.
     ShowSaveDialog,
     Open(PathBuf),
@@ -375,6 +377,14 @@ impl StudioApp {
     pub fn execute(&mut self, command: UiCommand) {
         match command {
             UiCommand::ShowOpenDialog => self.spawn_dialog(false),
+            UiCommand::PasteImage => {
+                self.status = "Pasting the clipboard's image…".into();
+                self.spawn_io(|| {
+                    let path = PathBuf::from("clipboard");
+                    let result = clipboard_image();
+                    IoResult::Opened { path, result }
+                });
+            }
             UiCommand::ShowSaveDialog => self.spawn_dialog(true),
             UiCommand::Open(path) => self.open(path),
             UiCommand::SaveAs(path) => self.save_as(path),
@@ -1163,6 +1173,9 @@ impl StudioApp {
                 if ui.button("Open…").clicked() {
                     commands.push(UiCommand::ShowOpenDialog);
                 }
+                if ui.button("Paste Image").on_hover_text("Ctrl+V").clicked() {
+                    commands.push(UiCommand::PasteImage);
+                }
                 let has_image = self.document.image.is_some();
                 if ui.add_enabled(has_image, egui::Button::new("Save As…")).clicked() {
                     commands.push(UiCommand::ShowSaveDialog);
@@ -1636,6 +1649,27 @@ impl StudioApp {
     }
 }
 
+/// The image on the system clipboard, or why there is none (said to the person).
+fn clipboard_image() -> Result<image::RgbaImage, String> {
+    let mut clipboard =
+        arboard::Clipboard::new().map_err(|e| format!("the clipboard cannot be read here: {e}"))?;
+    let data = clipboard.get_image().map_err(|e| match e {
+        arboard::Error::ContentNotAvailable => {
+            "The clipboard holds no image: copy one first, or open a file.".to_string()
+        }
+        other => format!("could not read the clipboard's image: {other}"),
+    })?;
+    let (width, height) = (data.width as u32, data.height as u32);
+    if width > document::MAX_IMAGE_SIDE || height > document::MAX_IMAGE_SIDE {
+        return Err(format!(
+            "the clipboard's image is {width}×{height}; the studio opens images up to {} pixels a side",
+            document::MAX_IMAGE_SIDE
+        ));
+    }
+    image::RgbaImage::from_raw(width, height, data.bytes.into_owned())
+        .ok_or_else(|| "the clipboard's image is malformed".to_string())
+}
+
 /// Whether a D-Bus session bus, through which rfd reaches the desktop's file dialog portal, is
 /// there to talk to.
 fn desktop_bus_reachable() -> bool {
@@ -1686,6 +1720,15 @@ impl eframe::App for StudioApp {
             }
             if input.modifiers.command && input.key_pressed(egui::Key::Z) {
                 commands.push(if input.modifiers.shift { UiCommand::Redo } else { UiCommand::Undo });
+            }
+            // Ctrl+V outside text fields opens the clipboard's image (in a text field it pastes
+            // text, which egui does itself)
+            let paste = input.events.iter().any(|e| {
+                matches!(e, egui::Event::Paste(_))
+                    || matches!(e, egui::Event::Key { key: egui::Key::V, pressed: true, modifiers, .. } if modifiers.command)
+            });
+            if paste && !typing {
+                commands.push(UiCommand::PasteImage);
             }
             if input.modifiers.command && input.key_pressed(egui::Key::Enter) {
                 commands.push(UiCommand::RunMethod);
