@@ -70,6 +70,13 @@ fn menu_zoom_wheel_and_drag_change_the_view() {
     harness.run();
     assert_eq!(harness.state().view.zoom, 1.0);
     harness.get_by_label("Zoom 100%");
+    // the status bar's buttons do the same
+    harness.get_by_label("Fit").click();
+    harness.run();
+    assert!(harness.state().view.zoom > 1.0);
+    harness.get_by_label("100%").click();
+    harness.run();
+    assert_eq!(harness.state().view.zoom, 1.0);
 
     // The wheel over the canvas zooms in about the cursor.
     let centre = egui::pos2(600.0, 400.0);

@@ -1474,7 +1474,7 @@ impl StudioApp {
             });
     }
 
-    fn status_ui(&self, ui: &mut egui::Ui) {
+    fn status_ui(&self, ui: &mut egui::Ui, commands: &mut Vec<UiCommand>) {
         ui.horizontal(|ui| {
             let device = self.device.as_ref().map_or("starting…", |d| d.description.as_str());
             ui.label(format!("Engine: {device}"));
@@ -1488,6 +1488,12 @@ impl StudioApp {
                 ui.separator();
             }
             ui.label(format!("Zoom {:.0}%", self.view.zoom * 100.0));
+            if ui.small_button("Fit").on_hover_text("Show the whole image").clicked() {
+                commands.push(UiCommand::FitToView);
+            }
+            if ui.small_button("100%").on_hover_text("One image pixel per screen pixel").clicked() {
+                commands.push(UiCommand::ActualSize);
+            }
             ui.separator();
             if let Some(((x, y), [r, g, b, a], mask)) = self.inspected {
                 ui.monospace(format!("{x},{y}: {r} {g} {b} {a}, mask {mask}"));
@@ -1765,7 +1771,7 @@ impl eframe::App for StudioApp {
                 self.errors_ui(ui, &mut commands);
             }
         });
-        egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
+        egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui, &mut commands));
         egui::Panel::bottom("history").show(ui, |ui| self.history_ui(ui, &mut commands));
         egui::Panel::left("tools").default_size(190.0).show(ui, |ui| self.tools_ui(ui, &mut commands));
         egui::Panel::right("inspector").default_size(240.0).show(ui, |ui| {
