@@ -67,6 +67,18 @@ fn parse_reweight(text: &str) -> Result<(String, f64), String> {
     Ok((word.trim().to_string(), factor))
 }
 
+/// "word=0.2:0.6" → ("word", (0.2, 0.6)).
+fn parse_word_window(text: &str) -> Result<(String, (f64, f64)), String> {
+    let (word, window) = text.split_once('=').ok_or_else(|| format!("'{text}' is not WORD=START:END"))?;
+    let (start, end) = window.split_once(':').ok_or_else(|| format!("'{text}' is not WORD=START:END"))?;
+    let number = |v: &str| v.trim().parse::<f64>().map_err(|_| format!("'{v}' in '{text}' is not a number"));
+    let (start, end) = (number(start)?, number(end)?);
+    if word.trim().is_empty() || !(0.0..=1.0).contains(&start) || !(0.0..=1.0).contains(&end) || start > end {
+        return Err(format!("'{text}': give a word and a window START:END within 0…1"));
+    }
+    Ok((word.trim().to_string(), (start, end)))
+}
+
 /// Which model, and how to load it.
 #[derive(clap::Args, Debug)]
 struct ModelArgs {
@@ -363,6 +375,10 @@ struct EditArgs {
     /// WORD=FACTOR: scale a target word's attention (repeatable).
     #[arg(long, value_parser = parse_reweight)]
     reweight: Vec<(String, f64)>,
+    /// WORD=START:END: this target word's own cross-attention injection window, as fractions of
+    /// the steps, instead of --cross-start/--cross-replace (repeatable).
+    #[arg(long, value_parser = parse_word_window)]
+    word_window: Vec<(String, (f64, f64))>,
     /// Local blend: edit only where these words (of either prompt) attend (repeatable).
     #[arg(long)]
     local_blend: Vec<String>,
@@ -875,6 +891,7 @@ fn edit(device: DeviceChoice, args: EditArgs) -> anyhow::Result<()> {
         cross_replace,
         self_replace,
         reweight,
+        word_window,
         local_blend,
         attention_maps,
         source_out,
@@ -904,6 +921,7 @@ fn edit(device: DeviceChoice, args: EditArgs) -> anyhow::Result<()> {
                 base,
                 target_prompt: text_argument("--target-prompt", target_prompt)?,
                 cross_window: (cross_start, cross_replace),
+                word_windows: word_window,
                 self_window: self_replace,
                 reweight,
                 attention_maps: attention_maps.is_some(),

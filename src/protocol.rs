@@ -301,6 +301,10 @@ pub struct PromptToPromptParams {
     /// Fractions of the steps [start, end) in which the target takes the source's
     /// cross-attention (paper: 0 to 0.8).
     pub cross_window: (f64, f64),
+    /// Target words with a cross-attention window of their own instead of `cross_window` (the
+    /// paper's per-word injection schedules, its App. A: e.g. a swapped word's attention
+    /// injected for fewer steps so that the new word can change the shape more).
+    pub word_windows: Vec<(String, (f64, f64))>,
     /// Fraction of the first steps in which the target takes the source's self-attention in the
     /// coarse layers (paper: 0.4).
     pub self_window: f64,

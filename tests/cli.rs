@@ -377,6 +377,8 @@ fn edit_p2p_writes_the_target_the_source_and_attention_maps() {
             "a green circle",
             "--reweight",
             "green=2",
+            "--word-window",
+            "green=0:0.5",
         ])
         .args(["--steps", "4", "--width", "16", "--height", "16", "--out"])
         .arg(&out)
@@ -401,6 +403,11 @@ fn edit_p2p_writes_the_target_the_source_and_attention_maps() {
     for (args, expected) in [
         (["--reweight", "blue=2"], "\"blue\" is not in the target prompt"),
         (["--reweight", "green"], "'green' is not WORD=FACTOR"),
+        (
+            ["--word-window", "blue=0:0.5"],
+            "\"blue\" given its own attention window is not in the target prompt",
+        ),
+        (["--word-window", "green=0.5:0.2"], "give a word and a window START:END within 0…1"),
     ] {
         let output = binary()
             .args(["edit", "--method", "p2p", "--model"])

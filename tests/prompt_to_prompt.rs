@@ -37,6 +37,7 @@ fn p2p(source: &str, target: &str, scheduler: &str) -> PromptToPromptParams {
         base: base(source, scheduler),
         target_prompt: target.into(),
         cross_window: (0.0, 0.8),
+        word_windows: Vec::new(),
         self_window: 0.4,
         reweight: Vec::new(),
         attention_maps: false,
@@ -133,6 +134,28 @@ fn a_word_swap_with_injection_stays_closer_to_the_source_than_a_fresh_generation
     assert_ne!(reweighted[0].image.rgba, reweighted[1].image.rgba);
 }
 
+/// Per-word windows: every word given the global window is the global window; the swapped word
+/// given a shorter one changes the edit (which way, on this random tiny model, says nothing).
+#[test]
+fn a_words_own_injection_window_acts_on_that_word() {
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let (source, target) = ("a red circle on a blue background", "a green circle on a blue background");
+    let target_of = |params: PromptToPromptParams| {
+        images(run(&engine, Job::PromptToPrompt(params)).expect("edits")).swap_remove(0).image
+    };
+    let global = target_of(p2p(source, target, "ddim"));
+    let mut uniform = p2p(source, target, "ddim");
+    uniform.word_windows = target.split_whitespace().map(|w| (w.to_string(), (0.0, 0.8))).collect();
+    assert_eq!(target_of(uniform).rgba, global.rgba, "the same window per word is the global window");
+
+    let mut all_steps = p2p(source, target, "ddim");
+    all_steps.cross_window = (0.0, 1.0);
+    let mut short = all_steps.clone();
+    short.word_windows = vec![("green".into(), (0.0, 0.2))];
+    let (all_steps, short) = (target_of(all_steps), target_of(short));
+    assert_ne!(short.rgba, all_steps.rgba, "the word's own window changed the edit");
+}
+
 #[test]
 fn local_blend_keeps_the_source_outside_the_words_region() {
     let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
@@ -164,6 +187,17 @@ fn word_edits_naming_words_not_in_the_prompt_are_refused_by_name() {
     params.cross_window = (0.9, 0.2);
     let message = run(&engine, Job::PromptToPrompt(params)).expect_err("backwards window");
     assert!(message.contains("cross-attention window"), "{message}");
+    let mut params = p2p("a red circle", "a green circle", "ddim");
+    params.word_windows = vec![("purple".into(), (0.0, 0.5))];
+    let message = run(&engine, Job::PromptToPrompt(params)).expect_err("purple is not there");
+    assert!(
+        message.contains("\"purple\" given its own attention window is not in the target prompt"),
+        "{message}"
+    );
+    let mut params = p2p("a red circle", "a green circle", "ddim");
+    params.word_windows = vec![("green".into(), (0.5, 1.5))];
+    let message = run(&engine, Job::PromptToPrompt(params)).expect_err("out of range");
+    assert!(message.contains("window of \"green\""), "{message}");
     run(&engine, Job::PromptToPrompt(p2p("a red circle", "a green circle", "ddim"))).expect("still serves");
 }
 

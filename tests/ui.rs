@@ -426,11 +426,11 @@ impl JobRunner for RecordingRunner {
             // with a flat image and an attention map per target word (the left half)
             let reweight: Vec<String> = params.reweight.iter().map(|(w, f)| format!("{w}={f:.2}")).collect();
             if let Ok(mut seen) = self.0.lock() {
-                seen.push((
-                    format!("{} | {}", params.target_prompt, reweight.join(",")),
-                    params.local_blend.len(),
-                    params.cross_window.1,
-                ));
+                let windows: Vec<String> =
+                    params.word_windows.iter().map(|(w, (a, b))| format!("{w}@{a:.1}-{b:.1}")).collect();
+                let sent =
+                    format!("{} | {} | {}", params.target_prompt, reweight.join(","), windows.join(","));
+                seen.push((sent, params.local_blend.len(), params.cross_window.1));
             }
             let (w, h) = (params.base.width, params.base.height);
             let flat =
@@ -672,11 +672,13 @@ fn the_word_editor_sends_the_word_edits_and_shows_each_words_attention() {
     assert_eq!(harness.state().words.target_prompt, "a big (green:1.5) circle");
     harness.get_by_label("local blend").click();
     harness.run();
+    harness.get_by_label("own attention window").click();
+    harness.run();
     press(&mut harness, "Apply edit");
     harness.run_steps(2);
     settle(&mut harness, |app| app.jobs.is_empty() && app.history.len() == 1);
     let jobs = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    assert_eq!(jobs, vec![("a big green circle | green=1.50".to_string(), 1, 0.8)]);
+    assert_eq!(jobs, vec![("a big green circle | green=1.50 | green@0.0-0.8".to_string(), 1, 0.8)]);
     assert_eq!(centre_pixel(harness.state()), [30, 200, 30, 255], "the edited image is on the canvas");
     assert_eq!(harness.state().words.maps.len(), 4, "a map per target word");
 

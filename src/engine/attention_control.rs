@@ -213,6 +213,8 @@ pub struct PromptToPrompt {
     pub equalizer: Vec<f64>,
     /// Step fractions [start, end) in which cross-attention is injected.
     pub cross_window: (f64, f64),
+    /// Per target token, its own window (empty: `cross_window` for every token).
+    pub token_windows: Vec<(f64, f64)>,
     /// Steps fraction [0, end) in which self-attention is injected.
     pub self_window: f64,
     /// Self-attention is injected only in layers with at most this many queries (16² as in the
@@ -237,6 +239,7 @@ impl PromptToPrompt {
             mapper,
             equalizer,
             cross_window,
+            token_windows: Vec::new(),
             self_window,
             self_max_queries: 16 * 16,
             store: AttentionStore::new(store_resolution),
@@ -251,6 +254,38 @@ impl PromptToPrompt {
     pub fn replaying(mut self, record: std::rc::Rc<SourceRecord>) -> Self {
         self.mode = Mode::Replay { record, call: std::cell::Cell::new(0) };
         self
+    }
+
+    /// Each target token injected in its own window (the tokens of words given one) instead
+    /// of `cross_window`.
+    pub fn with_token_windows(mut self, windows: Vec<(f64, f64)>) -> Self {
+        self.token_windows = windows;
+        self
+    }
+
+    /// Whether any token takes the source's cross-attention at this step.
+    fn cross_open(&self) -> bool {
+        if self.token_windows.is_empty() {
+            self.in_window(self.cross_window.0, self.cross_window.1)
+        } else {
+            self.token_windows.iter().any(|(start, end)| self.in_window(*start, *end))
+        }
+    }
+
+    /// The per-key share of the source's attention at this step: `alpha` where the token's window
+    /// is open, 0 where it is not.
+    fn step_alpha(&self, alpha: &Tensor) -> Result<Tensor, tch::TchError> {
+        if self.token_windows.is_empty() {
+            return Ok(alpha.shallow_clone());
+        }
+        let keys = alpha.size()[0] as usize;
+        let open: Vec<f32> = (0..keys)
+            .map(|k| {
+                let (start, end) = self.token_windows.get(k).copied().unwrap_or(self.cross_window);
+                if self.in_window(start, end) { 1.0 } else { 0.0 }
+            })
+            .collect();
+        alpha.f_mul(&Tensor::f_from_slice(&open)?.f_to_device(alpha.device())?)
     }
 
     /// The source attention recorded by a paired run, per step.
@@ -307,7 +342,7 @@ impl AttentionControl for PromptToPrompt {
 
     fn wants(&self, call: &AttentionCall) -> bool {
         if call.cross {
-            self.in_window(self.cross_window.0, self.cross_window.1) || self.store.wants(call)
+            self.cross_open() || self.store.wants(call)
         } else {
             call.height * call.width <= self.self_max_queries && self.in_window(0.0, self.self_window)
         }
@@ -353,7 +388,7 @@ impl AttentionControl for PromptToPrompt {
             }
         };
         let edited = if call.cross {
-            if self.in_window(self.cross_window.0, self.cross_window.1) {
+            if self.cross_open() {
                 let keys = probs.size()[3];
                 let mut tensors = self.tensors.borrow_mut();
                 if tensors.is_none() {
@@ -362,7 +397,7 @@ impl AttentionControl for PromptToPrompt {
                 let Some((matrix, alpha, equalizer)) = tensors.as_ref() else { unreachable!() };
                 let kind = source.kind();
                 let mapped = source.f_matmul(&matrix.f_to_kind(kind)?)?;
-                let alpha = alpha.f_to_kind(kind)?;
+                let alpha = self.step_alpha(alpha)?.f_to_kind(kind)?;
                 let mixed =
                     mapped.f_mul(&alpha)?.f_add(&target.f_mul(&alpha.f_neg()?.f_add_scalar(1.0)?)?)?;
                 mixed.f_mul(&equalizer.f_to_kind(kind)?)?

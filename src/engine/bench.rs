@@ -181,6 +181,7 @@ pub fn edit_runs(
         base: base.clone(),
         target_prompt: "a green circle on a blue background".into(),
         cross_window: (0.0, 0.8),
+        word_windows: Vec::new(),
         self_window: 0.4,
         reweight: Vec::new(),
         attention_maps: false,

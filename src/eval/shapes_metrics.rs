@@ -366,6 +366,7 @@ pub fn evaluate(options: &EvalOptions, on_progress: &mut dyn FnMut(&str)) -> any
             base: base(sample.caption.clone(), 10_000 + i as u64),
             target_prompt: target,
             cross_window: (0.0, 0.8),
+            word_windows: Vec::new(),
             self_window: 0.4,
             reweight: Vec::new(),
             attention_maps: false,

@@ -832,6 +832,7 @@ impl StudioApp {
             base,
             target_prompt,
             cross_window: words.cross_window,
+            word_windows: words.sent_word_windows(),
             self_window: words.self_window,
             reweight,
             attention_maps: true,

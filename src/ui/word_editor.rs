@@ -3,7 +3,7 @@
 //! re-weighting written into the prompt as `(word:1.3)`, local blend, the injection windows, and
 //! each word's attention map from the last edit. UI only: it returns [`UiCommand`]s.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use egui::{Color32, RichText};
@@ -23,6 +23,8 @@ pub struct WordEditor {
     pub target_prompt: String,
     /// Fractions of the steps in which target words take the source's cross-attention.
     pub cross_window: (f64, f64),
+    /// Target words with a cross-attention window of their own.
+    pub word_windows: BTreeMap<String, (f64, f64)>,
     /// Fraction of the first steps in which the target takes the source's self-attention.
     pub self_window: f64,
     /// Target words whose attention marks the region to change (local blend); empty: anywhere.
@@ -54,6 +56,7 @@ impl Default for WordEditor {
             source_prompt: "a big red circle on a blue background".into(),
             target_prompt: "a big green circle on a blue background".into(),
             cross_window: (0.0, 0.8),
+            word_windows: BTreeMap::new(),
             self_window: 0.4,
             local_blend: BTreeSet::new(),
             real_image: false,
@@ -73,6 +76,7 @@ impl PartialEq for WordEditor {
         self.source_prompt == other.source_prompt
             && self.target_prompt == other.target_prompt
             && self.cross_window == other.cross_window
+            && self.word_windows == other.word_windows
             && self.self_window == other.self_window
             && self.local_blend == other.local_blend
             && self.real_image == other.real_image
@@ -107,6 +111,16 @@ impl WordEditor {
     pub fn visible_map(&self) -> Option<(usize, &Arc<image::RgbaImage>)> {
         let index = self.hovered_map.or(self.shown_map)?;
         self.maps.get(index).map(|(_, map)| (index, map))
+    }
+
+    /// The per-word windows of words still in the target prompt (what an edit sends).
+    pub fn sent_word_windows(&self) -> Vec<(String, (f64, f64))> {
+        let words = word_edit::weighted_words(&self.target_prompt);
+        self.word_windows
+            .iter()
+            .filter(|(word, _)| words.iter().any(|w| &w.word == *word))
+            .map(|(word, window)| (word.clone(), *window))
+            .collect()
     }
 
     /// The map of the word with this label, if the last edit made one.
@@ -224,6 +238,25 @@ impl WordEditor {
                     self.local_blend.insert(word.clone());
                 } else {
                     self.local_blend.remove(&word);
+                }
+            }
+            let mut own = self.word_windows.contains_key(&word);
+            if ui
+                .checkbox(&mut own, "own attention window")
+                .on_hover_text("Inject this word's source attention in steps of its own (the paper's per-word schedules)")
+                .changed()
+            {
+                if own {
+                    self.word_windows.insert(word.clone(), self.cross_window);
+                } else {
+                    self.word_windows.remove(&word);
+                }
+            }
+            if let Some(window) = self.word_windows.get_mut(&word) {
+                ui.add(egui::Slider::new(&mut window.0, 0.0..=1.0).text("word from"));
+                ui.add(egui::Slider::new(&mut window.1, 0.0..=1.0).text("word to"));
+                if window.1 < window.0 {
+                    window.1 = window.0;
                 }
             }
             if let Some(map) = self.map_index(&word) {

@@ -71,6 +71,13 @@ pub fn run_with(
             "the cross-attention window must be within [0, 1] and start before it ends, got {cross_start}..{cross_end}"
         )));
     }
+    for (word, (start, end)) in &params.word_windows {
+        if !(0.0..=1.0).contains(start) || !(0.0..=1.0).contains(end) || start > end {
+            return Err(JobError::Failed(format!(
+                "the cross-attention window of \"{word}\" must be within [0, 1] and start before it ends, got {start}..{end}"
+            )));
+        }
+    }
     if !(0.0..=1.0).contains(&params.self_window) {
         return Err(JobError::Failed(format!(
             "the self-attention window must be in [0, 1], got {}",
@@ -93,6 +100,22 @@ pub fn run_with(
         for index in found {
             for position in alignment::word_positions(&target_words, index) {
                 equalizer[position] = *weight;
+            }
+        }
+    }
+    // per target token, the steps in which it takes the source's attention
+    let mut token_windows = vec![params.cross_window; CHUNK_LENGTH];
+    for (word, window) in &params.word_windows {
+        let found = alignment::find_word(&target_words, word);
+        if found.is_empty() {
+            return Err(JobError::Failed(format!(
+                "the word \"{word}\" given its own attention window is not in the target prompt \"{}\"",
+                params.target_prompt
+            )));
+        }
+        for index in found {
+            for position in alignment::word_positions(&target_words, index) {
+                token_windows[position] = *window;
             }
         }
     }
@@ -187,7 +210,8 @@ pub fn run_with(
     let latents = latents.f_repeat([prompts, 1, 1, 1])?;
     // 4. the loop with the control in every attention layer
     let control =
-        PromptToPrompt::new(mapper, equalizer, params.cross_window, params.self_window, Some(resolution));
+        PromptToPrompt::new(mapper, equalizer, params.cross_window, params.self_window, Some(resolution))
+            .with_token_windows(token_windows);
     let control = match &recorded {
         Some(record) => control.replaying(record.clone()),
         None => control,
@@ -354,7 +378,9 @@ fn source_key(params: &PromptToPromptParams, resolution: (i64, i64)) -> String {
                 base.width,
                 base.height
             ),
+            // the windows decide which steps' source attention the record holds
             (params.cross_window.0.to_bits(), params.cross_window.1.to_bits(), params.self_window.to_bits()),
+            params.word_windows.iter().map(|(w, (a, b))| (w, a.to_bits(), b.to_bits())).collect::<Vec<_>>(),
             (resolution, params.local_blend.is_empty(), inversion),
         )
     )
