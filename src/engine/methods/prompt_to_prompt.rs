@@ -88,36 +88,25 @@ pub fn run_with(
     let source_words = prompt_words(model, &base.prompt, "source")?;
     let target_words = prompt_words(model, &params.target_prompt, "target")?;
     let mapper = alignment::token_mapper(&source_words, &target_words, CHUNK_LENGTH);
+    // per target token: the factor on its attention, and the steps in which it takes the
+    // source's; words the target lacks are refused by name
     let mut equalizer = vec![1.0; CHUNK_LENGTH];
     for (word, weight) in &params.reweight {
-        let found = alignment::find_word(&target_words, word);
-        if found.is_empty() {
-            return Err(JobError::Failed(format!(
+        set_word_tokens(&mut equalizer, &target_words, word, *weight).map_err(|()| {
+            JobError::Failed(format!(
                 "re-weighted word \"{word}\" is not in the target prompt \"{}\"",
                 params.target_prompt
-            )));
-        }
-        for index in found {
-            for position in alignment::word_positions(&target_words, index) {
-                equalizer[position] = *weight;
-            }
-        }
+            ))
+        })?;
     }
-    // per target token, the steps in which it takes the source's attention
     let mut token_windows = vec![params.cross_window; CHUNK_LENGTH];
     for (word, window) in &params.word_windows {
-        let found = alignment::find_word(&target_words, word);
-        if found.is_empty() {
-            return Err(JobError::Failed(format!(
+        set_word_tokens(&mut token_windows, &target_words, word, *window).map_err(|()| {
+            JobError::Failed(format!(
                 "the word \"{word}\" given its own attention window is not in the target prompt \"{}\"",
                 params.target_prompt
-            )));
-        }
-        for index in found {
-            for position in alignment::word_positions(&target_words, index) {
-                token_windows[position] = *window;
-            }
-        }
+            ))
+        })?;
     }
     // 2. embeddings: [source, target], the negative prompt for both
     let source = model.encode_prompt(&base.prompt, 1, base.clip_skip)?;
@@ -282,6 +271,23 @@ pub fn run_with(
         images.extend(attention_maps(&control.store, 1, &target_words, base.width, base.height)?);
     }
     Ok(images)
+}
+
+/// Sets `value` at the chunk positions of every occurrence of `word` in `words`; Err when there
+/// is none.
+fn set_word_tokens<T: Copy>(values: &mut [T], words: &[WordTokens], word: &str, value: T) -> Result<(), ()> {
+    let found = alignment::find_word(words, word);
+    if found.is_empty() {
+        return Err(());
+    }
+    for index in found {
+        for position in alignment::word_positions(words, index) {
+            if let Some(slot) = values.get_mut(position) {
+                *slot = value;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The chunk positions of the blend words in the source and in the target prompt.
