@@ -37,17 +37,23 @@ export DISPLAY=":$display_number" XDG_RUNTIME_DIR="$runtime"
 # the studio's autosave and settings go to a scratch folder, not the person's own
 export DIFFUSION_STUDIO_AUTOSAVE="$runtime/autosave" DIFFUSION_STUDIO_CONFIG="$runtime/settings.json"
 
-"$BIN" assets/samples/shapes.png >"$OUT/studio.log" 2>&1 &
-app_pid=$!
-window=""
-for _ in $(seq 1 120); do
-  window=$(xdotool search --name '^diffusion-studio$' 2>/dev/null | head -1 || true)
-  [ -n "$window" ] && break
-  kill -0 "$app_pid" 2>/dev/null || fail "the studio exited: $(cat "$OUT/studio.log")"
-  sleep 0.5
-done
-[ -n "$window" ] || fail "no window appeared in 60 s"
-sleep 4 # first frames, the image loaded and fitted
+# start_studio LOG: opens the studio on the sample and waits (60 s at most) for its window;
+# sets app_pid and window.
+start_studio() {
+  "$BIN" assets/samples/shapes.png >"$1" 2>&1 &
+  app_pid=$!
+  window=""
+  for _ in $(seq 1 120); do
+    window=$(xdotool search --name '^diffusion-studio$' 2>/dev/null | head -1 || true)
+    [ -n "$window" ] && break
+    kill -0 "$app_pid" 2>/dev/null || fail "the studio exited: $(cat "$1")"
+    sleep 0.5
+  done
+  [ -n "$window" ] || fail "no window appeared in 60 s: $(cat "$1")"
+  sleep 4 # first frames, the image loaded and fitted
+}
+
+start_studio "$OUT/studio.log"
 
 import -window "$window" "$OUT/studio.png"
 read -r width height <<<"$(identify -format "%w %h" "$OUT/studio.png")"
@@ -118,16 +124,7 @@ done
 grep -q '"clean_exit": false' "$DIFFUSION_STUDIO_AUTOSAVE/project.json" || fail "the running studio's autosave says it exited"
 kill -9 "$app_pid"
 wait "$app_pid" 2>/dev/null || true
-"$BIN" assets/samples/shapes.png >"$OUT/studio-restart.log" 2>&1 &
-app_pid=$!
-window=""
-for _ in $(seq 1 120); do
-  window=$(xdotool search --name '^diffusion-studio$' 2>/dev/null | head -1 || true)
-  [ -n "$window" ] && break
-  sleep 0.5
-done
-[ -n "$window" ] || fail "no window after the restart"
-sleep 4
+start_studio "$OUT/studio-restart.log"
 import -window "$window" "$OUT/studio-restore-offer.png"
 offer=$(compare -metric AE -fuzz 10% "$OUT/studio.png" "$OUT/studio-restore-offer.png" null: 2>&1 || true)
 echo "window-test: after a crash and a restart, $offer pixels differ from a fresh start"

@@ -100,15 +100,17 @@ impl Document {
         self.finish_stroke();
         let mask = Mask::new(image.width(), image.height());
         let old_mask = self.mask.replace(mask).unwrap_or_else(|| Mask::new(0, 0));
-        self.replace_image(image, Some(path), Some(old_mask));
+        self.replace_image(Arc::new(image), Some(path), Some(old_mask));
         self.last_stroke_end = None;
         self.mark_mask_dirty(None);
         self.modified = false;
     }
 
     /// Replaces the pixels with a result (e.g. from the engine), keeping the file name and, when
-    /// the size is the same, the mask; the previous pixels can be had back by undo.
-    pub fn set_result_image(&mut self, image: image::RgbaImage) {
+    /// the size is the same, the mask; the previous pixels can be had back by undo. An image
+    /// already shared (a history entry's) is kept without a copy.
+    pub fn set_result_image(&mut self, image: impl Into<Arc<image::RgbaImage>>) {
+        let image: Arc<image::RgbaImage> = image.into();
         self.finish_stroke();
         let path = self.image.as_ref().and_then(|layer| layer.path.clone());
         let same_size = self.mask.as_ref().is_some_and(|m| (m.width(), m.height()) == image.dimensions());
@@ -127,9 +129,9 @@ impl Document {
     }
 
     /// `old_mask`: the mask before, when it changed with the image (0 × 0 for none).
-    fn replace_image(&mut self, image: image::RgbaImage, path: Option<PathBuf>, old_mask: Option<Mask>) {
+    fn replace_image(&mut self, image: Arc<image::RgbaImage>, path: Option<PathBuf>, old_mask: Option<Mask>) {
         self.next_revision += 1;
-        let new = ImageLayer { image: Arc::new(image), path, revision: self.next_revision };
+        let new = ImageLayer { image, path, revision: self.next_revision };
         // opening the first image is not a step back to an empty studio
         if let Some(old) = self.image.replace(new) {
             self.push(Change::Image { image: Some(old), mask: old_mask });

@@ -406,9 +406,7 @@ impl StudioApp {
             UiCommand::Repeat => {
                 if let Some((job, parameters, settings)) = self.last_job.clone() {
                     let label = job.label();
-                    let of = self.params.steps;
-                    let id = self.engine.submit(job);
-                    self.jobs.insert(id, JobState { label, step: 0, of, parameters, settings });
+                    let id = self.submit_tracked(job, self.params.steps, parameters, settings);
                     self.status = format!("Queued {label} again ({id})");
                 }
             }
@@ -618,13 +616,27 @@ impl StudioApp {
             seed: self.noise.seed,
         };
         let label = job.label();
-        let id = self.engine.submit(job);
         let parameters = format!(
             "forward noise, strength {}, stages {}, seed {}",
             self.noise.strength, self.noise.steps, self.noise.seed
         );
-        self.jobs.insert(id, JobState { label, step: 0, of: self.noise.steps, parameters, settings: None });
+        let id = self.submit_tracked(job, self.noise.steps, parameters, None);
         self.status = format!("Queued {label} ({id})");
+    }
+
+    /// Sends `job` to the engine and follows it in the Jobs list (`of` steps until the engine
+    /// says otherwise); its parameters and settings go to the history with its result.
+    fn submit_tracked(
+        &mut self,
+        job: Job,
+        of: usize,
+        parameters: String,
+        settings: Option<serde_json::Value>,
+    ) -> JobId {
+        let label = job.label();
+        let id = self.engine.submit(job);
+        self.jobs.insert(id, JobState { label, step: 0, of, parameters, settings });
+        id
     }
 
     /// The generation parameters of the inspector's method for a `width` × `height` output.
@@ -681,11 +693,9 @@ impl StudioApp {
 
     fn submit_method(&mut self, job: Job, parameters: String) {
         let label = job.label();
-        let steps = self.params.steps;
         let settings = serde_json::to_value(self.settings()).ok();
         self.last_job = Some((job.clone(), parameters.clone(), settings.clone()));
-        let id = self.engine.submit(job);
-        self.jobs.insert(id, JobState { label, step: 0, of: steps, parameters, settings });
+        let id = self.submit_tracked(job, self.params.steps, parameters, settings);
         self.status = format!("Queued {label} ({id})");
         self.params.after_run();
     }
@@ -893,7 +903,7 @@ impl StudioApp {
     /// Puts a history entry's image back on the canvas (undoable) and its settings in the panels.
     fn restore_history(&mut self, index: usize) {
         let Some(item) = self.history.get(index) else { return };
-        let image = item.image.as_ref().clone();
+        let image = Arc::clone(&item.image);
         let settings = serde_json::from_value::<StudioSettings>(item.entry.settings.clone());
         let label = format!("{} #{}", item.entry.label, item.entry.id);
         self.document.set_result_image(image);
@@ -1148,7 +1158,7 @@ impl StudioApp {
                         let (parameters, settings) =
                             state.map(|state| (state.parameters, state.settings)).unwrap_or_default();
                         self.push_history(Arc::clone(&image), label, parameters, settings);
-                        self.document.set_result_image(image.as_ref().clone());
+                        self.document.set_result_image(image);
                         self.status = format!("{label} done ({job}); Ctrl+Z to undo");
                     }
                     Err(message) => self.errors.push(message),

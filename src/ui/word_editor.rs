@@ -253,11 +253,15 @@ impl WordEditor {
                 }
             }
             if let Some(window) = self.word_windows.get_mut(&word) {
-                ui.add(egui::Slider::new(&mut window.0, 0.0..=1.0).text("word from"));
-                ui.add(egui::Slider::new(&mut window.1, 0.0..=1.0).text("word to"));
-                if window.1 < window.0 {
-                    window.1 = window.0;
-                }
+                window_sliders(
+                    ui,
+                    window,
+                    ["word from", "word to"],
+                    [
+                        "This word takes the source's cross-attention from this fraction of the steps",
+                        "to this one",
+                    ],
+                );
             }
             if let Some(map) = self.map_index(&word) {
                 ui.horizontal(|ui| {
@@ -275,13 +279,15 @@ impl WordEditor {
             }
         }
         self.hovered_map = hovered_map;
-        ui.add(egui::Slider::new(&mut self.cross_window.0, 0.0..=1.0).text("cross-attention from"))
-            .on_hover_text("Target words take the source's cross-attention from this fraction of the steps");
-        ui.add(egui::Slider::new(&mut self.cross_window.1, 0.0..=1.0).text("to"))
-            .on_hover_text("to this one (the paper: 0 to 0.8)");
-        if self.cross_window.1 < self.cross_window.0 {
-            self.cross_window.1 = self.cross_window.0;
-        }
+        window_sliders(
+            ui,
+            &mut self.cross_window,
+            ["cross-attention from", "to"],
+            [
+                "Target words take the source's cross-attention from this fraction of the steps",
+                "to this one (the paper: 0 to 0.8)",
+            ],
+        );
         ui.add(egui::Slider::new(&mut self.self_window, 0.0..=1.0).text("self-attention"))
             .on_hover_text("The first fraction of the steps in which the target keeps the source's self-attention (layout); the paper: 0.4");
         ui.checkbox(&mut self.real_image, "edit the open image")
@@ -301,6 +307,15 @@ impl WordEditor {
                 ));
             }
         }
+    }
+}
+
+/// A window of the steps as two sliders, its end kept at or after its start.
+fn window_sliders(ui: &mut egui::Ui, window: &mut (f64, f64), labels: [&str; 2], tips: [&str; 2]) {
+    ui.add(egui::Slider::new(&mut window.0, 0.0..=1.0).text(labels[0])).on_hover_text(tips[0]);
+    ui.add(egui::Slider::new(&mut window.1, 0.0..=1.0).text(labels[1])).on_hover_text(tips[1]);
+    if window.1 < window.0 {
+        window.1 = window.0;
     }
 }
 
