@@ -15,10 +15,10 @@ use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::training::trainer::{Run, Stage, TrainOptions, TrainProgress};
 use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
-    DEFAULT_NULL_TEXT_STEPS, DeviceChoice, DiffEditParams, EditSource, EngineEvent, GenerateParams,
-    ImageData, Img2ImgParams, InpaintParams, InstructPix2PixParams, InvertParams, Job, JobOutput,
-    MagicMixParams, MaskOptions, ModelFamily, ModelOptions, PaintWithWordsParams, Precision, Prediction,
-    PromptToPromptParams,
+    self as protocol, DEFAULT_NULL_TEXT_STEPS, DeviceChoice, DiffEditParams, EditSource, EngineEvent,
+    GenerateParams, ImageData, Img2ImgParams, InpaintParams, InstructPix2PixParams, InvertParams, Job,
+    JobOutput, MagicMixParams, MaskOptions, ModelFamily, ModelOptions, PaintWithWordsParams, Precision,
+    Prediction, PromptToPromptParams,
 };
 
 #[derive(Parser, Debug)]
@@ -382,7 +382,8 @@ struct EditArgs {
     /// Local blend: edit only where these words (of either prompt) attend (repeatable).
     #[arg(long)]
     local_blend: Vec<String>,
-    /// Write each target word's cross-attention map here (PNG per word).
+    /// Write each target word's cross-attention map here: NN-WORD.png averaged over the steps,
+    /// NN-WORD-steps.png with every step left to right.
     #[arg(long)]
     attention_maps: Option<PathBuf>,
     /// Also write the source prompt's image here.
@@ -1039,7 +1040,8 @@ fn edit_p2p(
 }
 
 /// Runs a job that makes several labelled images and writes those asked for: a label's file
-/// from `outputs`, attention maps ("attention: WORD") numbered into `maps`.
+/// from `outputs`, attention maps ("attention: WORD") and their per-step film strips
+/// ("attention steps: WORD", written NN-WORD-steps.png) numbered into `maps`.
 fn run_and_write_images(
     device: DeviceChoice,
     job: Job,
@@ -1054,16 +1056,33 @@ fn run_and_write_images(
     let JobOutput::Images(images) = run_job_output(device, job, steps, "edit")? else {
         bail!("the engine returned no images");
     };
-    let mut map_index = 0;
+    let (mut map_index, mut strip_index) = (0, 0);
+    let safe =
+        |word: &str| -> String { word.chars().map(|c| if c.is_alphanumeric() { c } else { '_' }).collect() };
     for labelled in images {
-        let rgba = labelled.image.to_rgba_image().context("the engine returned a malformed image")?;
+        let mut rgba = labelled.image.to_rgba_image().context("the engine returned a malformed image")?;
         let named = outputs.iter().find(|(label, _)| *label == labelled.label).and_then(|(_, path)| *path);
-        let path = match (named, maps, labelled.label.strip_prefix("attention: ")) {
-            (Some(path), _, _) => path.to_path_buf(),
-            (None, Some(folder), Some(word)) => {
-                let safe: String = word.chars().map(|c| if c.is_alphanumeric() { c } else { '_' }).collect();
-                map_index += 1;
-                folder.join(format!("{map_index:02}-{safe}.png"))
+        let label = labelled.label.as_str();
+        let path = match (named, maps) {
+            (Some(path), _) => path.to_path_buf(),
+            (None, Some(folder)) => {
+                if let Some(word) = label.strip_prefix(protocol::ATTENTION_LABEL) {
+                    map_index += 1;
+                    folder.join(format!("{map_index:02}-{}.png", safe(word)))
+                } else if let Some(word) = label.strip_prefix(protocol::ATTENTION_STEPS_LABEL) {
+                    // the steps left to right, each frame at least 64 pixels tall to be seen
+                    strip_index += 1;
+                    let scale = 64u32.div_ceil(rgba.height().max(1)).max(1);
+                    rgba = image::imageops::resize(
+                        &rgba,
+                        rgba.width() * scale,
+                        rgba.height() * scale,
+                        image::imageops::FilterType::Nearest,
+                    );
+                    folder.join(format!("{strip_index:02}-{}-steps.png", safe(word)))
+                } else {
+                    continue;
+                }
             }
             _ => continue,
         };

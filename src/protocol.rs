@@ -341,6 +341,37 @@ pub struct LabelledImage {
     pub image: ImageData,
 }
 
+/// The label prefix of a word's attention map averaged over the steps ("attention: red").
+pub const ATTENTION_LABEL: &str = "attention: ";
+/// The label prefix of a word's attention at every step, as a film strip ("attention steps: red"):
+/// one grey frame per sampling step, left to right, each [`attention_frame_width`] wide and as
+/// tall as the strip, normalised to its own peak.
+pub const ATTENTION_STEPS_LABEL: &str = "attention steps: ";
+
+/// The width of one frame of an attention film strip of this height, for an image of this size:
+/// the image's aspect ratio, rounded (the engine draws the frames so, the studio cuts them so).
+pub fn attention_frame_width(strip_height: u32, image_width: u32, image_height: u32) -> u32 {
+    let width = (f64::from(strip_height) * f64::from(image_width) / f64::from(image_height.max(1))).round();
+    (width as u32).max(1)
+}
+
+/// Cuts an attention film strip into its frames (see [`ATTENTION_STEPS_LABEL`]); None when its
+/// width is not a whole number of frames.
+pub fn attention_frames(
+    strip: &image::RgbaImage,
+    image_width: u32,
+    image_height: u32,
+) -> Option<Vec<image::RgbaImage>> {
+    let frame = attention_frame_width(strip.height(), image_width, image_height);
+    if strip.height() == 0 || strip.width() == 0 || !strip.width().is_multiple_of(frame) {
+        return None;
+    }
+    let frames = (0..strip.width() / frame)
+        .map(|i| image::imageops::crop_imm(strip, i * frame, 0, frame, strip.height()).to_image())
+        .collect();
+    Some(frames)
+}
+
 /// Null-text inversion's Adam steps per sampling step unless asked otherwise. The paper uses up
 /// to 10 (with an early stop that a real model often reaches sooner); 6 keeps a null-text
 /// inversion within 10 plain generations' time (BENCHMARKS.md) and still reconstructs far better

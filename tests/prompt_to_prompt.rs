@@ -109,23 +109,29 @@ fn a_word_swap_with_injection_stays_closer_to_the_source_than_a_fresh_generation
         edited_distance < fresh_distance,
         "injection should keep the layout: edit {edited_distance:.1} vs fresh {fresh_distance:.1} (mean square)"
     );
-    // one attention map per target word, at the output's size
+    // one attention map per target word, at the output's size, then each word's steps
+    let words = ["a", "green", "circle", "on", "a", "blue", "background"];
     let labels: Vec<&str> = result[2..].iter().map(|m| m.label.as_str()).collect();
-    assert_eq!(
-        labels,
-        [
-            "attention: a",
-            "attention: green",
-            "attention: circle",
-            "attention: on",
-            "attention: a",
-            "attention: blue",
-            "attention: background"
-        ]
-    );
-    for map in &result[2..] {
+    let expected: Vec<String> = words
+        .iter()
+        .map(|w| format!("attention: {w}"))
+        .chain(words.iter().map(|w| format!("attention steps: {w}")))
+        .collect();
+    assert_eq!(labels, expected);
+    for map in &result[2..9] {
         assert_eq!((map.image.width, map.image.height), (16, 16));
         assert_eq!(map.image.rgba.iter().step_by(4).max(), Some(&255), "{} is normalised", map.label);
+    }
+    // a film strip of one frame per step (6), each normalised to its own peak
+    for strip in &result[9..] {
+        let strip_image = strip.image.to_rgba_image().expect("an image");
+        let frames =
+            diffusion_studio::protocol::attention_frames(&strip_image, 16, 16).expect("whole frames");
+        assert_eq!(frames.len(), 6, "{}: one frame per step", strip.label);
+        for (step, frame) in frames.iter().enumerate() {
+            let peak = frame.pixels().map(|p| p[0]).max();
+            assert_eq!(peak, Some(255), "{} step {step} is normalised", strip.label);
+        }
     }
     // re-weighting a word changes the image
     let mut params = p2p(source, source, "ddim");

@@ -12,6 +12,7 @@ use diffusion_studio::engine::{EngineHandle, JobContext, JobError, JobRunner};
 use diffusion_studio::protocol::{DeviceChoice, DeviceReport, ImageData, Job, JobOutput, LabelledImage};
 use diffusion_studio::ui::StudioApp;
 use diffusion_studio::ui::app::Tool;
+use diffusion_studio::ui::canvas::Minimap;
 use diffusion_studio::ui::inspector::Method;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
@@ -104,6 +105,33 @@ fn menu_zoom_wheel_and_drag_change_the_view() {
     harness.run();
     let moved = harness.state().view.offset - before;
     assert!((moved - egui::vec2(40.0, -25.0)).length() < 1.0, "panned by {moved:?}");
+}
+
+#[test]
+fn zoomed_in_a_minimap_shows_where_the_view_is_and_a_click_on_it_moves_the_view() {
+    let mut harness = studio();
+    opened(&mut harness, sample());
+    let size = egui::vec2(512.0, 512.0);
+    let canvas = harness.state().canvas_rect;
+    assert_eq!(Minimap::of(&harness.state().view, size, canvas), None, "fitted: no minimap");
+    harness.state_mut().view.zoom = 4.0;
+    harness.run();
+    let map = Minimap::of(&harness.state().view, size, canvas).expect("zoomed in: a minimap");
+    assert!(canvas.contains_rect(map.rect));
+    // a click on the minimap's point over pixel (128, 384) centres the view there, paints nothing
+    let target = map.rect.min + map.rect.size() * egui::vec2(0.25, 0.75);
+    harness.hover_at(target);
+    harness.run();
+    harness.drag_at(target);
+    harness.run();
+    harness.drop_at(target);
+    harness.run();
+    let view = harness.state().view;
+    let centre = view.image_pos_from_screen(canvas.center(), size, canvas);
+    assert!((centre - egui::pos2(128.0, 384.0)).length() < 1.0, "the view's centre is at {centre:?}");
+    assert_eq!(marked(harness.state()), 0, "a click on the minimap is not a brush stroke");
+    let moved = Minimap::of(&view, size, canvas).expect("a minimap");
+    assert!((moved.visible.center() - target).length() < 1.0, "the outline follows the view");
 }
 
 #[test]
@@ -446,6 +474,19 @@ impl JobRunner for RecordingRunner {
                 let map = ImageData::new(w, h, half.clone()).map_err(JobError::Failed)?;
                 images.push(LabelledImage { label: format!("attention: {word}"), image: map });
             }
+            // and each word's three steps at a 2 × 2 grid: the left column, the right column,
+            // everywhere
+            let (on, off) = ([255u8, 255, 255, 255], [0u8, 0, 0, 255]);
+            let mut strip = Vec::new();
+            for _row in 0..2 {
+                for pixel in [on, off, off, on, on, on] {
+                    strip.extend(pixel);
+                }
+            }
+            for word in params.target_prompt.split_whitespace() {
+                let image = ImageData::new(6, 2, strip.clone()).map_err(JobError::Failed)?;
+                images.push(LabelledImage { label: format!("attention steps: {word}"), image });
+            }
             return Ok(JobOutput::Images(images));
         }
         let Job::Inpaint(params) = job else {
@@ -593,7 +634,8 @@ fn after_a_crash_the_studio_offers_its_autosave_and_restores_it() {
     let (mut second, _) = recording_studio();
     second.state_mut().autosave = Some(folder.clone());
     second.state_mut().check_autosave();
-    second.run();
+    // (steps, not run: the engine thread's start may ask for repaints at any time)
+    second.run_steps(3);
     second.get_by_label_contains("did not close normally");
     second.get_by_label("Restore").click();
     second.run();
@@ -686,10 +728,28 @@ fn the_word_editor_sends_the_word_edits_and_shows_each_words_attention() {
     let chip = harness.get_by_label("green").rect().center();
     harness.hover_at(chip);
     harness.run();
-    assert_eq!(harness.state().words.visible_map().map(|(i, _)| i), Some(2));
+    assert_eq!(harness.state().words.visible_map().map(|(id, _)| id), Some(2 << 16));
     press(&mut harness, "Use as mask");
     harness.run();
     assert_eq!(marked(harness.state()), 256 * 512);
+
+    // the step scrubber shows a word's map at one step, and that step's map becomes the mask
+    assert_eq!(harness.state().words.step_count(), 3);
+    let scrubber = harness.get_by_role_and_label(egui::accesskit::Role::Slider, "attention at step");
+    scrubber.focus();
+    harness.run();
+    for _ in 0..2 {
+        harness.key_press(egui::Key::ArrowRight);
+        harness.run();
+    }
+    assert_eq!(harness.state().words.map_step, Some(1), "scrubbed to the second step");
+    harness.state_mut().words.shown_map = Some(2); // "Show attention" pins "green"
+    let shown = harness.state().words.visible_map().map(|(id, map)| (id, map.dimensions()));
+    assert_eq!(shown, Some((2 << 16 | 2, (2, 2))), "the second step's frame of the pinned word");
+    press(&mut harness, "Use as mask");
+    harness.run();
+    let mask = harness.state().document.mask.as_ref().map(|m| (m.get(0, 256), m.get(511, 256)));
+    assert_eq!(mask, Some((0, 255)), "the second step attended to the right");
 }
 
 /// The word editor's request, as the real engine runs it on the bundled model: the target's

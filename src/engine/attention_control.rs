@@ -85,6 +85,8 @@ pub struct AttentionStore {
     /// The maps of the current step only (for local blend), and their count.
     step_sum: RefCell<Option<Tensor>>,
     step_count: RefCell<usize>,
+    /// Each finished step's mean maps (batch, height, width, keys), when asked to keep them.
+    history: RefCell<Option<Vec<Tensor>>>,
 }
 
 impl AttentionStore {
@@ -96,7 +98,23 @@ impl AttentionStore {
             count: RefCell::new(0),
             step_sum: RefCell::new(None),
             step_count: RefCell::new(0),
+            history: RefCell::new(None),
         }
+    }
+
+    /// Also keep every step's mean maps (for [`Self::step_maps`]); they are small: one
+    /// (batch, height, width, keys) tensor at the stored resolution per step.
+    pub fn keep_steps(&self) {
+        self.history.borrow_mut().get_or_insert_with(Vec::new);
+    }
+
+    /// Every step's mean cross-attention so far, in sampling order (steps that stored nothing are
+    /// left out); empty unless [`Self::keep_steps`] was called.
+    pub fn step_maps(&self) -> Result<Vec<Tensor>, tch::TchError> {
+        let Some(history) = &*self.history.borrow() else { return Ok(Vec::new()) };
+        let mut maps: Vec<Tensor> = history.iter().map(Tensor::shallow_clone).collect();
+        maps.extend(self.step_average()?);
+        Ok(maps)
     }
 
     /// The resolution maps are kept at (once a layer was seen).
@@ -129,6 +147,12 @@ impl AttentionStore {
     }
 
     fn begin(&self, info: StepInfo) {
+        if self.history.borrow().is_some()
+            && let Ok(Some(finished)) = self.step_average()
+            && let Some(history) = self.history.borrow_mut().as_mut()
+        {
+            history.push(finished);
+        }
         *self.guided.borrow_mut() = info.guided;
         *self.step_sum.borrow_mut() = None;
         *self.step_count.borrow_mut() = 0;
@@ -483,5 +507,48 @@ impl AttentionControl for PaintWithWords {
     fn edit(&self, call: &AttentionCall, probs: Tensor) -> Result<Tensor, tch::TchError> {
         self.store.store(call, &probs)?;
         Ok(probs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One cross-attention call of a 2 × 2 map with 3 keys, where query 0 gives all its attention
+    /// to `key` and the other queries to key 0.
+    fn store_one(store: &AttentionStore, key: usize) {
+        let mut probs = vec![0f32; 4 * 3];
+        probs[key] = 1.0;
+        for query in 1..4 {
+            probs[query * 3] = 1.0;
+        }
+        let probs = Tensor::from_slice(&probs).view([1, 1, 4, 3]);
+        let call = AttentionCall { cross: true, place: Place::Up, height: 2, width: 2, heads: 1 };
+        store.store(&call, &probs).expect("stores");
+    }
+
+    #[test]
+    fn kept_steps_are_each_steps_mean_and_average_to_the_whole() {
+        let store = AttentionStore::new(None);
+        store.keep_steps();
+        // step 0: key 1 at query 0 (twice: two layers); step 1: key 2 at query 0
+        store.begin(StepInfo { step: 0, of: 2, guided: false });
+        store_one(&store, 1);
+        store_one(&store, 1);
+        store.begin(StepInfo { step: 1, of: 2, guided: false });
+        store_one(&store, 2);
+        let steps = store.step_maps().expect("maps");
+        assert_eq!(steps.len(), 2);
+        let at = |map: &Tensor, key: i64| f64::try_from(map.get(0).get(0).get(0).get(key)).expect("a value");
+        assert_eq!((at(&steps[0], 1), at(&steps[0], 2)), (1.0, 0.0));
+        assert_eq!((at(&steps[1], 1), at(&steps[1], 2)), (0.0, 1.0));
+        // the whole average weighs each stored layer once: (1 + 1 + 0) / 3 for key 1
+        let average = store.average().expect("average").expect("stored");
+        assert!((at(&average, 1) - 2.0 / 3.0).abs() < 1e-6);
+        // a store not asked to keep steps keeps none
+        let plain = AttentionStore::new(None);
+        plain.begin(StepInfo { step: 0, of: 1, guided: false });
+        store_one(&plain, 1);
+        assert!(plain.step_maps().expect("maps").is_empty());
     }
 }

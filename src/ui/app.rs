@@ -18,7 +18,9 @@ use crate::protocol::{
     DeviceReport, EngineEvent, GenerateParams, ImageData, InpaintParams, Job, JobId, JobOutput, MaskOptions,
 };
 use crate::text::ClipTokenizer;
-use crate::ui::canvas::{CanvasCallback, CanvasImage, CanvasRenderer, CanvasView, MaskUpload, Overlay};
+use crate::ui::canvas::{
+    CanvasCallback, CanvasImage, CanvasRenderer, CanvasView, MaskUpload, Minimap, Overlay,
+};
 use crate::ui::inspector::{Method, MethodSettings};
 use crate::ui::word_editor::WordEditor;
 
@@ -192,6 +194,10 @@ pub struct StudioApp {
     pub jobs: BTreeMap<JobId, JobState>,
     /// A running job's latest preview, drawn over the document image.
     preview: Option<CanvasImage>,
+    /// The minimap's thumbnail and the image revision it shows.
+    minimap: Option<(u64, egui::TextureHandle)>,
+    /// Where the canvas was drawn last frame (screen points).
+    pub canvas_rect: egui::Rect,
     pub noise: NoiseSettings,
     /// The inspector's method and its settings.
     pub params: MethodSettings,
@@ -286,6 +292,8 @@ impl StudioApp {
             cursor: None,
             comparing: false,
             inspected: None,
+            minimap: None,
+            canvas_rect: egui::Rect::NOTHING,
             started: Instant::now(),
             history: Vec::new(),
             next_history_id: 1,
@@ -412,7 +420,22 @@ impl StudioApp {
             }
             UiCommand::RunInvert => self.run_invert(),
             UiCommand::AttentionToMask(index) => {
-                if let Some((word, map)) = self.words.maps.get(index).cloned() {
+                let step = self.words.map_step.and_then(|step| self.words.step_maps.get(index)?.get(step));
+                let word = self.words.maps.get(index).map(|(word, _)| word.clone());
+                let map = step.or_else(|| self.words.maps.get(index).map(|(_, map)| map)).cloned();
+                if let (Some(word), Some(map), Some(layer)) = (word, map, &self.document.image) {
+                    // a step's map is at the attention's own grid: smoothed up to the image
+                    let (width, height) = (layer.image.width(), layer.image.height());
+                    let map = if map.dimensions() == (width, height) {
+                        map
+                    } else {
+                        Arc::new(image::imageops::resize(
+                            map.as_ref(),
+                            width,
+                            height,
+                            image::imageops::FilterType::Triangle,
+                        ))
+                    };
                     let mask = crate::document::mask::Mask::from_luma_image(&map);
                     if self.document.apply_mask_op(MaskOp::Set(mask)) {
                         self.status = format!("The attention of \"{word}\" is the mask now; Ctrl+Z to undo");
@@ -1111,16 +1134,24 @@ impl StudioApp {
                     }
                     JobOutput::Images(images) => {
                         // prompt-to-prompt's attention maps go to the word editor
-                        let maps: Vec<(String, Arc<image::RgbaImage>)> = images
-                            .iter()
-                            .filter_map(|i| {
-                                let word = i.label.strip_prefix("attention: ")?;
-                                Some((word.to_string(), Arc::new(i.image.to_rgba_image()?)))
-                            })
-                            .collect();
+                        let labelled = |prefix: &str| -> Vec<(String, image::RgbaImage)> {
+                            images
+                                .iter()
+                                .filter_map(|i| {
+                                    let word = i.label.strip_prefix(prefix)?;
+                                    Some((word.to_string(), i.image.to_rgba_image()?))
+                                })
+                                .collect()
+                        };
+                        let maps = labelled(crate::protocol::ATTENTION_LABEL);
                         if !maps.is_empty() {
-                            self.words.maps = maps;
-                            self.words.shown_map = None;
+                            let size = images.first().map_or((1, 1), |i| (i.image.width, i.image.height));
+                            let maps = maps.into_iter().map(|(word, map)| (word, Arc::new(map))).collect();
+                            self.words.set_maps(
+                                maps,
+                                &labelled(crate::protocol::ATTENTION_STEPS_LABEL),
+                                size,
+                            );
                             self.maps_revision += 1;
                         }
                         // a method that returns its mask (DiffEdit) puts it on the canvas
@@ -1520,6 +1551,7 @@ impl StudioApp {
 
     fn canvas_ui(&mut self, ui: &mut egui::Ui) {
         let canvas = ui.available_rect_before_wrap();
+        self.canvas_rect = canvas;
         let response = ui.allocate_rect(canvas, egui::Sense::click_and_drag());
         let Some(layer) = self.document.image.clone() else {
             ui.painter().text(
@@ -1553,7 +1585,13 @@ impl StudioApp {
             let p = view.image_pos_from_screen(pos, image_size, canvas);
             (p.x, p.y)
         };
-        let over_canvas = |pos: egui::Pos2| canvas.contains(pos) && response.contains_pointer();
+        // the minimap (when the image is larger than the canvas shows) takes its own clicks
+        let minimap = Minimap::of(&self.view, image_size, canvas);
+        let minimap_response = minimap
+            .map(|m| ui.interact(m.rect, ui.scope_id().with("minimap"), egui::Sense::click_and_drag()));
+        let on_minimap = |pos: egui::Pos2| minimap.is_some_and(|m| m.rect.contains(pos));
+        let over_canvas =
+            |pos: egui::Pos2| canvas.contains(pos) && response.contains_pointer() && !on_minimap(pos);
         for event in events {
             match event {
                 egui::Event::PointerButton {
@@ -1590,6 +1628,13 @@ impl StudioApp {
         if self.document.stroking() && !ui.input(|i| i.pointer.primary_down()) {
             // the release happened outside the window
             self.document.finish_stroke();
+        }
+        if let (Some(map), Some(clicked)) = (minimap, &minimap_response)
+            && (clicked.clicked() || clicked.dragged())
+            && !self.document.stroking()
+            && let Some(pos) = clicked.interact_pointer_pos()
+        {
+            self.view.centre_on(map.image_pos(pos, image_size), image_size);
         }
         let pans = response.dragged_by(egui::PointerButton::Middle)
             || (response.dragged_by(egui::PointerButton::Primary) && !painting_tool);
@@ -1642,7 +1687,7 @@ impl StudioApp {
                 heat: self
                     .words
                     .visible_map()
-                    .map(|(index, map)| (self.maps_revision * 1000 + index as u64, Arc::clone(map))),
+                    .map(|(id, map)| ((self.maps_revision << 40) ^ id, Arc::clone(map))),
             };
             let callback = CanvasCallback::with_overlay(
                 shown,
@@ -1662,6 +1707,37 @@ impl StudioApp {
             }
         } else {
             ui.painter().rect_filled(image_rect.intersect(canvas), 0.0, Color32::DARK_GRAY);
+        }
+        // 3. the minimap over the canvas, with the view recomputed after this frame's pans
+        if let Some(map) = Minimap::of(&self.view, image_size, canvas) {
+            let texture = match &self.minimap {
+                Some((revision, texture)) if *revision == layer.revision => texture.clone(),
+                _ => {
+                    let (w, h) = (map.rect.width().round() as u32, map.rect.height().round() as u32);
+                    let small = image::imageops::thumbnail(layer.image.as_ref(), w.max(1), h.max(1));
+                    let colour = egui::ColorImage::from_rgba_unmultiplied(
+                        [small.width() as usize, small.height() as usize],
+                        small.as_raw(),
+                    );
+                    let texture = ui.ctx().load_texture("minimap", colour, Default::default());
+                    self.minimap = Some((layer.revision, texture.clone()));
+                    texture
+                }
+            };
+            let painter = ui.painter().with_clip_rect(canvas);
+            painter.rect_filled(map.rect.expand(2.0), 2.0, Color32::from_black_alpha(200));
+            painter.image(
+                texture.id(),
+                map.rect,
+                egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
+                Color32::WHITE,
+            );
+            painter.rect_stroke(
+                map.visible.intersect(map.rect),
+                0.0,
+                egui::Stroke::new(1.5, Color32::from_rgb(255, 210, 60)),
+                egui::StrokeKind::Middle,
+            );
         }
     }
 }

@@ -81,6 +81,61 @@ impl CanvasView {
         let rect = self.image_rect(image_size, canvas);
         Pos2::new((screen.x - rect.min.x) / self.zoom, (screen.y - rect.min.y) / self.zoom)
     }
+
+    /// Pans so that this image pixel coordinate is at the canvas's centre (the minimap's click).
+    pub fn centre_on(&mut self, point: Pos2, image_size: Vec2) {
+        self.offset = (image_size * 0.5 - point.to_vec2()) * self.zoom;
+        self.fit_pending = false;
+    }
+}
+
+/// The minimap of an image too large for the canvas at its zoom: a thumbnail in the canvas's
+/// bottom-right corner with the visible part outlined; a click or drag in it moves the view there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Minimap {
+    /// Where the thumbnail is drawn.
+    pub rect: Rect,
+    /// The part of the image the canvas shows, in the thumbnail's coordinates.
+    pub visible: Rect,
+}
+
+impl Minimap {
+    /// The longest side of the thumbnail, in points.
+    pub const SIDE: f32 = 160.0;
+    const MARGIN: f32 = 10.0;
+
+    /// The minimap for this view, or None when the whole image is on the canvas (or the canvas
+    /// is too small to hold one).
+    pub fn of(view: &CanvasView, image_size: Vec2, canvas: Rect) -> Option<Self> {
+        let image_rect = view.image_rect(image_size, canvas);
+        if canvas.expand(0.5).contains_rect(image_rect) || image_size.min_elem() <= 0.0 {
+            return None;
+        }
+        let scale = Self::SIDE / image_size.max_elem();
+        let size = image_size * scale;
+        if canvas.width() < size.x + 2.0 * Self::MARGIN || canvas.height() < size.y + 2.0 * Self::MARGIN {
+            return None;
+        }
+        let rect = Rect::from_min_size(canvas.max - size - Vec2::splat(Self::MARGIN), size);
+        let shown = canvas.intersect(image_rect);
+        let to_thumb = |p: Pos2| {
+            let pixel = view.image_pos_from_screen(p, image_size, canvas);
+            rect.min + pixel.to_vec2() * scale
+        };
+        let visible = if shown.is_positive() {
+            Rect::from_min_max(to_thumb(shown.min), to_thumb(shown.max))
+        } else {
+            Rect::NOTHING
+        };
+        Some(Self { rect, visible })
+    }
+
+    /// The image pixel coordinate under a point of the thumbnail.
+    pub fn image_pos(&self, at: Pos2, image_size: Vec2) -> Pos2 {
+        let scale = image_size.max_elem() / Self::SIDE;
+        let local = (at - self.rect.min).clamp(Vec2::ZERO, self.rect.size());
+        (local * scale).to_pos2()
+    }
 }
 
 /// The uniform block of `canvas.wgsl`.
@@ -639,6 +694,32 @@ mod tests {
         let before = view.image_rect(size, canvas());
         view.pan(Vec2::new(12.0, -7.0));
         assert_eq!(view.image_rect(size, canvas()).min, before.min + Vec2::new(12.0, -7.0));
+    }
+
+    #[test]
+    fn the_minimap_appears_when_zoomed_in_and_outlines_what_the_canvas_shows() {
+        let size = Vec2::new(4096.0, 2048.0);
+        let mut view = CanvasView::default();
+        view.fit(size, canvas());
+        assert_eq!(Minimap::of(&view, size, canvas()), None, "the fitted image needs no minimap");
+        // at 100% only a corner of the image is on the canvas: centred, 800 × 600 of 4096 × 2048
+        view.actual_size();
+        let map = Minimap::of(&view, size, canvas()).expect("a minimap");
+        assert_eq!(map.rect.size(), Vec2::new(160.0, 80.0));
+        assert_eq!(map.rect.max, canvas().max - Vec2::splat(10.0));
+        let scale = 160.0 / 4096.0;
+        let expected = Rect::from_center_size(map.rect.center(), Vec2::new(800.0, 600.0) * scale);
+        assert!((map.visible.min - expected.min).length() < 1e-3, "{:?} vs {expected:?}", map.visible);
+        assert!((map.visible.max - expected.max).length() < 1e-3);
+        // a click on the thumbnail's top-left quarter point centres the view there
+        let target = map.rect.min + map.rect.size() * 0.25;
+        let pixel = map.image_pos(target, size);
+        assert!((pixel - Pos2::new(1024.0, 512.0)).length() < 1e-3);
+        view.centre_on(pixel, size);
+        let centre = view.image_pos_from_screen(canvas().center(), size, canvas());
+        assert!((centre - pixel).length() < 1e-2, "{centre:?}");
+        let moved = Minimap::of(&view, size, canvas()).expect("a minimap");
+        assert!((moved.visible.center() - target).length() < 1e-3);
     }
 
     #[test]

@@ -45,6 +45,13 @@ pub struct WordEditor {
     /// Each target word's attention map from the last edit (word, grey image).
     #[serde(skip)]
     pub maps: Vec<(String, Arc<image::RgbaImage>)>,
+    /// The same words' maps at every sampling step (index as `maps`; empty when the engine sent
+    /// none).
+    #[serde(skip)]
+    pub step_maps: Vec<Vec<Arc<image::RgbaImage>>>,
+    /// The step the maps show (the step scrubber); None: averaged over the steps.
+    #[serde(skip)]
+    pub map_step: Option<usize>,
     /// The open image's inversion, when "Invert" has run (edits start from it).
     #[serde(skip)]
     pub inversion: Option<Arc<Inversion>>,
@@ -65,6 +72,8 @@ impl Default for WordEditor {
             shown_map: None,
             hovered_map: None,
             maps: Vec::new(),
+            step_maps: Vec::new(),
+            map_step: None,
             inversion: None,
         }
     }
@@ -107,10 +116,44 @@ impl WordEditor {
         (word_edit::plain_prompt(&words), reweight)
     }
 
-    /// The map drawn over the canvas: the hovered word's, else the pinned one.
-    pub fn visible_map(&self) -> Option<(usize, &Arc<image::RgbaImage>)> {
+    /// The map drawn over the canvas: the hovered word's, else the pinned one; at the scrubbed
+    /// step if one is chosen. The id tells maps apart (word and step).
+    pub fn visible_map(&self) -> Option<(u64, &Arc<image::RgbaImage>)> {
         let index = self.hovered_map.or(self.shown_map)?;
-        self.maps.get(index).map(|(_, map)| (index, map))
+        let at_step = self.map_step.and_then(|step| Some((step, self.step_maps.get(index)?.get(step)?)));
+        match at_step {
+            Some((step, map)) => Some(((index as u64) << 16 | (step as u64 + 1), map)),
+            None => self.maps.get(index).map(|(_, map)| ((index as u64) << 16, map)),
+        }
+    }
+
+    /// Takes a finished edit's maps: each word's average, and its film strip of steps (cut into
+    /// frames for an image of `size`). Strips that do not cut evenly are left out.
+    pub fn set_maps(
+        &mut self,
+        maps: Vec<(String, Arc<image::RgbaImage>)>,
+        strips: &[(String, image::RgbaImage)],
+        size: (u32, u32),
+    ) {
+        self.step_maps = vec![Vec::new(); maps.len()];
+        // strips come in the words' order, so repeated words ("a … a") take theirs in turn
+        let mut used = vec![false; strips.len()];
+        for (index, (word, _)) in maps.iter().enumerate() {
+            if let Some(at) = strips.iter().enumerate().position(|(i, (w, _))| w == word && !used[i]) {
+                used[at] = true;
+                self.step_maps[index] = crate::protocol::attention_frames(&strips[at].1, size.0, size.1)
+                    .map(|frames| frames.into_iter().map(Arc::new).collect())
+                    .unwrap_or_default();
+            }
+        }
+        self.maps = maps;
+        self.shown_map = None;
+        self.map_step = self.map_step.filter(|step| self.step_count() > *step);
+    }
+
+    /// How many steps the maps were kept for (0: only their average).
+    pub fn step_count(&self) -> usize {
+        self.step_maps.iter().map(Vec::len).max().unwrap_or(0)
     }
 
     /// The per-word windows of words still in the target prompt (what an edit sends).
@@ -210,6 +253,23 @@ impl WordEditor {
         });
         if let Some(index) = clicked {
             self.selected = if self.selected == Some(index) { None } else { Some(index) };
+        }
+        // the step scrubber: the maps at one sampling step, or averaged over all
+        let steps = self.step_count();
+        if steps > 0 {
+            let mut at = self.map_step.map_or(0, |step| step + 1);
+            let slider = egui::Slider::new(&mut at, 0..=steps).text("attention at step").custom_formatter(
+                move |value, _| {
+                    if value < 0.5 { "all".to_string() } else { format!("{value:.0} of {steps}") }
+                },
+            );
+            if ui
+                .add(slider)
+                .on_hover_text("Scrub through the sampling steps: where each word attended at that step (0: averaged over all steps). Hover a word or pin it with Show attention.")
+                .changed()
+            {
+                self.map_step = at.checked_sub(1);
+            }
         }
         // the selected word's controls
         if let Some(index) = self.selected.filter(|i| *i < target.len()) {

@@ -7,7 +7,9 @@ use tch::Tensor;
 
 use crate::engine::attention_control::PaintWithWords;
 use crate::engine::methods::inpaint::prepare_mask;
-use crate::engine::methods::prompt_to_prompt::{attention_maps, map_resolution, prompt_words};
+use crate::engine::methods::prompt_to_prompt::{
+    attention_maps, attention_step_strips, map_resolution, prompt_words,
+};
 use crate::engine::pipeline::StableDiffusion;
 use crate::engine::sampler::{Conditioning, Hooks};
 use crate::engine::{JobContext, JobError};
@@ -57,12 +59,16 @@ pub fn run(
     // 3. the loop with the regions in every cross-attention layer
     let resolution = map_resolution(model, height / factor, width / factor);
     let control = PaintWithWords::new(regions, params.strength, sigmas, Some(resolution));
+    if params.attention_maps {
+        control.store.keep_steps();
+    }
     let conditioning = Conditioning::guided(&text, &negative, base);
     let hooks = Hooks { attention: Some(&control), ..Default::default() };
     let latents: Tensor = super::denoise_job(model, scheduler.as_mut(), latents, &conditioning, hooks, ctx)?;
     let mut images = vec![LabelledImage { label: "image".into(), image: model.decode_to_image(&latents)? }];
     if params.attention_maps {
         images.extend(attention_maps(&control.store, 0, &words, base.width, base.height)?);
+        images.extend(attention_step_strips(&control.store, 0, &words, base.width, base.height)?);
     }
     Ok(images)
 }

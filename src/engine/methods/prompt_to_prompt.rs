@@ -13,16 +13,25 @@ use crate::engine::pipeline::StableDiffusion;
 use crate::engine::sampler::{self, Conditioning, Hooks};
 use crate::engine::schedulers::{CpuGeneratorNoise, SharedNoise};
 use crate::engine::{JobContext, JobError};
-use crate::protocol::{EditSource, ImageData, LabelledImage, PromptToPromptParams};
+use crate::protocol::{
+    ATTENTION_LABEL, ATTENTION_STEPS_LABEL, EditSource, ImageData, LabelledImage, PromptToPromptParams,
+    attention_frame_width,
+};
 use crate::text::alignment::{self, WordTokens};
 use crate::text::tokenizer::{CHUNK_LENGTH, CHUNK_TOKENS};
 
-/// The resolution attention maps are kept at: the feature map of the third level (16×16 for SD
-/// at 512², as in the paper's code), or the coarsest the UNet has.
+/// The resolution attention maps are kept at: the coarsest down level with cross-attention
+/// (16×16 for SD at 512², the paper's choice; 8×8 for the bundled model at 128², whose third
+/// level has none), else the third level's feature map.
 pub(crate) fn map_resolution(model: &StableDiffusion, height: i64, width: i64) -> (i64, i64) {
-    let levels = model.unet.config.block_out_channels.len();
+    let config = &model.unet.config;
+    let halvings = config
+        .down_block_types
+        .iter()
+        .rposition(|kind| kind.starts_with("CrossAttn"))
+        .unwrap_or_else(|| 2.min(config.block_out_channels.len().saturating_sub(1)));
     let (mut h, mut w) = (height, width);
-    for _ in 0..2.min(levels - 1) {
+    for _ in 0..halvings {
         (h, w) = ((h + 1) / 2, (w + 1) / 2);
     }
     (h, w)
@@ -205,6 +214,9 @@ pub fn run_with(
         Some(record) => control.replaying(record.clone()),
         None => control,
     };
+    if params.attention_maps {
+        control.store.keep_steps();
+    }
     let conditioning = Conditioning::guided(&text, &negative, base);
     // local blend (the paper's §3.3): after each step, outside the region the blend words attend
     // to (attention ≥ 0.3 of its peak, grown by one cell) the target takes the source's latents
@@ -269,6 +281,7 @@ pub fn run_with(
     ];
     if params.attention_maps {
         images.extend(attention_maps(&control.store, 1, &target_words, base.width, base.height)?);
+        images.extend(attention_step_strips(&control.store, 1, &target_words, base.width, base.height)?);
     }
     Ok(images)
 }
@@ -420,7 +433,49 @@ pub(crate) fn attention_maps(
             .f_sub_scalar(1.0)?;
         let grey = Tensor::f_cat(&[&scaled, &scaled, &scaled], 0)?;
         images.push(LabelledImage {
-            label: format!("attention: {}", word.word),
+            label: format!("{ATTENTION_LABEL}{}", word.word),
+            image: image_from_tensor(&grey)?,
+        });
+    }
+    Ok(images)
+}
+
+/// Each target word's cross-attention at every step (averaged over its tokens and the layers), as
+/// a film strip: one grey frame per step, each normalised to its own peak and drawn at the
+/// stored maps' height with the image's aspect ratio (see [`ATTENTION_STEPS_LABEL`]). Empty when
+/// the store kept no steps.
+pub(crate) fn attention_step_strips(
+    store: &AttentionStore,
+    prompt: i64,
+    words: &[WordTokens],
+    width: u32,
+    height: u32,
+) -> Result<Vec<LabelledImage>, JobError> {
+    let steps = store.step_maps()?;
+    let Some(first) = steps.first() else { return Ok(Vec::new()) };
+    let (_, grid_height, _, _) = first.size4()?;
+    let frame_height = grid_height.max(1);
+    let frame_width = i64::from(attention_frame_width(frame_height as u32, width, height));
+    // (steps, h, w, keys) of the chosen prompt
+    let maps =
+        Tensor::f_stack(&steps.iter().map(|m| m.f_select(0, prompt)).collect::<Result<Vec<_>, _>>()?, 0)?;
+    let mut images = Vec::new();
+    for (index, word) in words.iter().enumerate() {
+        let positions: Vec<i64> = alignment::word_positions(words, index).map(|p| p as i64).collect();
+        let picked =
+            maps.f_index_select(3, &Tensor::f_from_slice(&positions)?.f_to_device(maps.device())?)?;
+        let map = picked.f_mean_dim(3, false, Kind::Float)?; // (steps, h, w)
+        let peak = map.f_amax([1, 2], true)?.f_clamp_min(1e-12)?;
+        let frames = map
+            .f_div(&peak)?
+            .f_unsqueeze(1)?
+            .f_upsample_nearest2d([frame_height, frame_width], None, None)?
+            .f_squeeze_dim(1)?; // (steps, fh, fw)
+        // side by side: (fh, steps × fw)
+        let strip = frames.f_permute([1, 0, 2])?.f_reshape([frame_height, -1])?;
+        let grey = Tensor::f_stack(&[&strip, &strip, &strip], 0)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?;
+        images.push(LabelledImage {
+            label: format!("{ATTENTION_STEPS_LABEL}{}", word.word),
             image: image_from_tensor(&grey)?,
         });
     }
