@@ -452,16 +452,7 @@ enum BenchCommand {
 }
 
 fn parse_device(text: &str) -> Result<DeviceChoice, String> {
-    match text {
-        "auto" => Ok(DeviceChoice::Auto),
-        "cpu" => Ok(DeviceChoice::Cpu),
-        "cuda" => Ok(DeviceChoice::Cuda(0)),
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|index| index.parse().ok())
-            .map(DeviceChoice::Cuda)
-            .ok_or_else(|| format!("'{other}' is not a device: use auto, cpu, cuda or cuda:N")),
-    }
+    DeviceChoice::from_name(text)
 }
 
 fn main() -> ExitCode {

@@ -62,6 +62,31 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+impl DeviceChoice {
+    /// Parses "auto", "cpu", "cuda" or "cuda:N" (what `--device` and the settings take).
+    pub fn from_name(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|index| index.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("'{other}' is not a device: use auto, cpu, cuda or cuda:N")),
+        }
+    }
+
+    /// The name [`Self::from_name`] reads back.
+    pub fn to_name(self) -> String {
+        match self {
+            Self::Auto => "auto".into(),
+            Self::Cpu => "cpu".into(),
+            Self::Cuda(index) => format!("cuda:{index}"),
+        }
+    }
+}
+
 /// The number format of the denoiser's weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Precision {
@@ -528,6 +553,8 @@ pub struct DeviceReport {
     pub name: String,
     /// A person-readable line, e.g. "CPU, 2 threads" or "CUDA 0: NVIDIA H100 (80 GiB)".
     pub description: String,
+    /// How many CUDA devices the engine could use (what the studio's device setting offers).
+    pub cuda_devices: usize,
 }
 
 /// What the engine tells the UI or CLI. Every `Run` ends in exactly one of

@@ -176,7 +176,7 @@ struct FailingRunner;
 
 impl JobRunner for FailingRunner {
     fn device_report(&self) -> DeviceReport {
-        DeviceReport { name: "test".into(), description: "failing test runner".into() }
+        DeviceReport { name: "test".into(), description: "failing test runner".into(), cuda_devices: 0 }
     }
 
     fn run(&mut self, _job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
@@ -427,7 +427,7 @@ struct RecordingRunner(Recorded);
 
 impl JobRunner for RecordingRunner {
     fn device_report(&self) -> DeviceReport {
-        DeviceReport { name: "test".into(), description: "recording test runner".into() }
+        DeviceReport { name: "test".into(), description: "recording test runner".into(), cuda_devices: 0 }
     }
 
     fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
@@ -850,6 +850,10 @@ fn the_model_chosen_is_remembered_for_the_next_start() {
     first.state_mut().execute(diffusion_studio::ui::UiCommand::LoadModel(bundled.clone()));
     first.state_mut().execute(diffusion_studio::ui::UiCommand::SetPrecision("bf16".into()));
     settle(&mut first, |app| app.model.as_deref().is_some_and(|m| m.starts_with("shapes")));
+    // the settings show what the folder was detected as
+    let model = first.state().model.clone().unwrap_or_default();
+    assert!(model.contains("diffusers folder") && model.contains("text-to-image"), "{model}");
+    assert!(model.contains("prediction type epsilon") && model.contains("8× VAE"), "{model}");
 
     let mut second = studio();
     second.state_mut().prefs_path = Some(prefs.clone());
@@ -861,6 +865,7 @@ fn the_model_chosen_is_remembered_for_the_next_start() {
     let gone = diffusion_studio::ui::prefs::Prefs {
         model: Some(folder.join("deleted-model")),
         precision: "f32".into(),
+        ..Default::default()
     };
     diffusion_studio::ui::prefs::write_prefs(&prefs, &gone).expect("write");
     let mut third = studio();
@@ -869,4 +874,40 @@ fn the_model_chosen_is_remembered_for_the_next_start() {
     third.run();
     third.get_by_label_contains("is not there any more");
     assert!(third.state().model_path.as_ref().is_some_and(|p| p.ends_with("assets/models/shapes")));
+}
+
+#[test]
+fn choosing_a_device_in_the_settings_restarts_the_engine_there_and_remembers_it() {
+    let folder = std::env::temp_dir().join(format!("ds-ui-{}-device", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    let prefs = folder.join("settings.json");
+    let (mut harness, seen) = recording_studio();
+    let started: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (record, waker) = (Arc::clone(&started), StudioApp::repaint_waker(&harness.ctx));
+    harness.state_mut().respawn = Some(Box::new(move |device| {
+        if let Ok(mut started) = record.lock() {
+            started.push(device.to_name());
+        }
+        let recorder = Arc::clone(&seen);
+        EngineHandle::spawn_with(move || (RecordingRunner(recorder), None), waker.clone())
+    }));
+    harness.state_mut().prefs_path = Some(prefs.clone());
+    harness.state_mut().execute(diffusion_studio::ui::UiCommand::ToggleSettings);
+    harness.run();
+    harness.get_by_role_and_label(egui::accesskit::Role::ComboBox, "device").click();
+    harness.run();
+    harness.get_by_label("cpu").click();
+    harness.run_steps(3);
+    assert_eq!(
+        started.lock().map(|s| s.clone()).unwrap_or_default(),
+        ["cpu"],
+        "one engine started, on the CPU"
+    );
+    assert_eq!(harness.state().prefs.device, "cpu");
+    let saved = diffusion_studio::ui::prefs::read_prefs(&prefs).expect("saved");
+    assert_eq!(saved.device(), diffusion_studio::protocol::DeviceChoice::Cpu, "remembered");
+    // the new engine reports in, and the model is loaded again on it
+    settle(&mut harness, |app| app.device.is_some());
+    assert!(harness.state().model_path.is_some(), "the model is loaded on the new engine");
+    let _ = std::fs::remove_dir_all(&folder);
 }

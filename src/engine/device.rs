@@ -37,11 +37,12 @@ pub fn report(device: tch::Device) -> DeviceReport {
                 Some(gpu) => format!("CUDA {index}: {}", gpu.description()),
                 None => format!("CUDA {index}"),
             };
-            DeviceReport { name: format!("cuda:{index}"), description }
+            DeviceReport { name: format!("cuda:{index}"), description, cuda_devices: cuda_device_count() }
         }
         _ => DeviceReport {
             name: "cpu".into(),
             description: format!("CPU, {} threads", tch::get_num_threads()),
+            cuda_devices: cuda_device_count(),
         },
     }
 }

@@ -492,7 +492,7 @@ mod tests {
 
     impl JobRunner for FakeRunner {
         fn device_report(&self) -> DeviceReport {
-            DeviceReport { name: "fake".into(), description: "fake".into() }
+            DeviceReport { name: "fake".into(), description: "fake".into(), cuda_devices: 0 }
         }
 
         fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
@@ -604,7 +604,7 @@ mod tests {
 
     impl JobRunner for CountingRunner {
         fn device_report(&self) -> DeviceReport {
-            DeviceReport { name: "fake".into(), description: "fake".into() }
+            DeviceReport { name: "fake".into(), description: "fake".into(), cuda_devices: 0 }
         }
         fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
             FakeRunner.run(job, ctx)

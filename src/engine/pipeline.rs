@@ -333,7 +333,30 @@ impl StableDiffusion {
         let name = self.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match &self.detected {
             Some(detected) => format!("{name}: {}", detected.describe()),
-            None => format!("{name} (diffusers folder)"),
+            None => {
+                // what the folder's configs say it is
+                let family = match self.unet.config.cross_attention_dim {
+                    768 => "SD 1.x".to_string(),
+                    1024 => "SD 2.x".to_string(),
+                    other => format!("small SD-family ({other}-wide text)"),
+                };
+                let variant = match self.unet.config.in_channels - self.vae.config.latent_channels {
+                    0 => "text-to-image",
+                    extra if extra == self.vae.config.latent_channels + 1 => "inpainting",
+                    extra if extra == self.vae.config.latent_channels => "InstructPix2Pix",
+                    _ => "unusual-input",
+                };
+                let config: serde_json::Value =
+                    serde_json::from_str(self.scheduler_config.as_deref().unwrap_or("{}"))
+                        .unwrap_or_default();
+                let prediction = config["prediction_type"].as_str().unwrap_or("epsilon");
+                format!(
+                    "{name}: diffusers folder, {family} {variant}, {}-channel UNet, prediction type {prediction}, {}× VAE{}",
+                    self.unet.config.in_channels,
+                    self.vae_scale_factor,
+                    if self.taesd.is_some() { ", preview decoder" } else { "" }
+                )
+            }
         }
     }
 

@@ -15,7 +15,8 @@ use crate::document::project::{self, HistoryEntry, LoadedProject, ProjectSnapsho
 use crate::document::{self, Document, MaskOp};
 use crate::engine::EngineHandle;
 use crate::protocol::{
-    DeviceReport, EngineEvent, GenerateParams, ImageData, InpaintParams, Job, JobId, JobOutput, MaskOptions,
+    DeviceChoice, DeviceReport, EngineEvent, GenerateParams, ImageData, InpaintParams, Job, JobId, JobOutput,
+    MaskOptions,
 };
 use crate::text::ClipTokenizer;
 use crate::ui::canvas::{
@@ -76,6 +77,8 @@ pub enum UiCommand {
     ToggleSettings,
     /// The denoiser's precision (f32, f16, bf16), remembered.
     SetPrecision(String),
+    /// Run the engine on this device from now on (restarts it and reloads the model).
+    SetDevice(DeviceChoice),
 }
 
 /// The settings a project keeps and a history entry restores.
@@ -221,6 +224,8 @@ pub struct StudioApp {
     /// What the studio remembers between runs, and where (None: nothing is remembered).
     pub prefs: crate::ui::prefs::Prefs,
     pub prefs_path: Option<PathBuf>,
+    /// Starts an engine on another device (the settings' device); None: the device is fixed.
+    pub respawn: Option<Box<dyn FnMut(DeviceChoice) -> EngineHandle>>,
     pub show_settings: bool,
     /// The brush cursor over the canvas (screen points), when it is there.
     cursor: Option<egui::Pos2>,
@@ -288,6 +293,7 @@ impl StudioApp {
             model_path: None,
             prefs: Default::default(),
             prefs_path: None,
+            respawn: None,
             show_settings: false,
             cursor: None,
             comparing: false,
@@ -357,6 +363,31 @@ impl StudioApp {
             options: Default::default(),
             precision: self.prefs.precision(),
         });
+    }
+
+    /// Remembers the device and restarts the engine there with the same model; refused while
+    /// jobs run (they would be lost).
+    fn set_device(&mut self, device: DeviceChoice) {
+        if !self.jobs.is_empty() {
+            self.errors.push(
+                "Wait for the running jobs to finish (or cancel them) before changing the device.".into(),
+            );
+            return;
+        }
+        self.prefs.device = device.to_name();
+        self.save_prefs();
+        let Some(respawn) = self.respawn.as_mut() else {
+            self.status = format!("The engine runs on {} from the next start", device.to_name());
+            return;
+        };
+        // the old engine ends on its own thread (it is idle); the new one reports when ready
+        self.engine = respawn(device);
+        self.device = None;
+        match self.model_path.clone() {
+            Some(path) => self.load_model(path),
+            None => self.load_default_model(),
+        }
+        self.status = format!("Restarted the engine on {}", device.to_name());
     }
 
     fn save_prefs(&mut self) {
@@ -493,6 +524,7 @@ impl StudioApp {
                     self.load_model(path);
                 }
             }
+            UiCommand::SetDevice(device) => self.set_device(device),
             UiCommand::ShowExportMaskDialog => self.spawn_dialog_for(true, "mask.png", UiCommand::ExportMask),
             UiCommand::ExportMask(path) => {
                 let Some(mask) = self.document.mask.as_ref() else {
@@ -1466,19 +1498,48 @@ impl StudioApp {
                 ui.label("file");
                 ui.monospace(self.model_path.as_ref().map_or("—".into(), |p| p.display().to_string()));
                 ui.end_row();
-                ui.label("device");
-                ui.label(self.device.as_ref().map_or("starting…", |d| d.description.as_str()))
-                    .on_hover_text("Chosen at start: diffusion-studio --device cpu|cuda|cuda:N");
-                ui.end_row();
-                ui.label("precision");
-                let current = self.prefs.precision().to_name();
-                egui::ComboBox::from_id_salt("precision").selected_text(current).show_ui(ui, |ui| {
-                    for name in ["f32", "f16", "bf16"] {
-                        if ui.selectable_label(current == name, name).clicked() && current != name {
-                            commands.push(UiCommand::SetPrecision(name.into()));
-                        }
-                    }
+                let label = ui.label("device");
+                let current = self.prefs.device();
+                let cuda = self.device.as_ref().map_or(0, |d| d.cuda_devices);
+                let mut choices = vec![DeviceChoice::Auto, DeviceChoice::Cpu];
+                choices.extend((0..cuda).map(DeviceChoice::Cuda));
+                if !choices.contains(&current) {
+                    choices.push(current);
+                }
+                ui.add_enabled_ui(self.jobs.is_empty(), |ui| {
+                    egui::ComboBox::from_id_salt("device")
+                        .selected_text(current.to_name())
+                        .show_ui(ui, |ui| {
+                            for choice in choices {
+                                if ui.selectable_label(current == choice, choice.to_name()).clicked()
+                                    && current != choice
+                                {
+                                    commands.push(UiCommand::SetDevice(choice));
+                                }
+                            }
+                        })
+                        .response
+                        .labelled_by(label.id)
+                        .on_hover_text("Where the engine runs; changing it restarts the engine and reloads the model (not while jobs run)");
                 });
+                ui.end_row();
+                ui.label("running on");
+                ui.label(self.device.as_ref().map_or("starting…", |d| d.description.as_str()));
+                ui.end_row();
+                let label = ui.label("precision");
+                let current = self.prefs.precision().to_name();
+                egui::ComboBox::from_id_salt("precision")
+                    .selected_text(current)
+                    .show_ui(ui, |ui| {
+                        for name in ["f32", "f16", "bf16"] {
+                            if ui.selectable_label(current == name, name).clicked() && current != name {
+                                commands.push(UiCommand::SetPrecision(name.into()));
+                            }
+                        }
+                    })
+                    .response
+                    .labelled_by(label.id)
+                    .on_hover_text("The denoiser's number format: f16/bf16 halve its memory on CUDA; the model is reloaded");
                 ui.end_row();
             });
             ui.horizontal(|ui| {
@@ -1492,7 +1553,7 @@ impl StudioApp {
                     commands.push(UiCommand::ToggleSettings);
                 }
             });
-            ui.weak("The model and precision are remembered for the next start.");
+            ui.weak("The model, device and precision are remembered for the next start.");
         });
     }
 

@@ -23,6 +23,12 @@ pub fn run_studio(device: DeviceChoice, open: Option<std::path::PathBuf>) -> any
         anyhow::bail!("no display: set DISPLAY, or use the CLI subcommands (diffusion-studio --help)");
     }
     let open = open.or_else(crate::catalog::sample_image);
+    // --device wins; left at auto, the device chosen in the settings last time
+    let prefs_path = prefs::prefs_path();
+    let device = match (device, prefs_path.as_deref().and_then(|p| prefs::read_prefs(p).ok())) {
+        (DeviceChoice::Auto, Some(remembered)) => remembered.device(),
+        (device, _) => device,
+    };
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("diffusion-studio")
@@ -36,11 +42,13 @@ pub fn run_studio(device: DeviceChoice, open: Option<std::path::PathBuf>) -> any
         "diffusion-studio",
         options,
         Box::new(move |cc| {
-            let engine = EngineHandle::spawn(device, StudioApp::repaint_waker(&cc.egui_ctx));
+            let waker = StudioApp::repaint_waker(&cc.egui_ctx);
+            let engine = EngineHandle::spawn(device, waker.clone());
             let mut app = StudioApp::new(cc, engine);
+            app.respawn = Some(Box::new(move |device| EngineHandle::spawn(device, waker.clone())));
             app.autosave = crate::document::project::autosave_folder();
             app.check_autosave();
-            app.prefs_path = prefs::prefs_path();
+            app.prefs_path = prefs_path;
             app.load_prefs_and_model();
             if let Some(path) = open {
                 app.open(path);

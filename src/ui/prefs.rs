@@ -11,12 +11,19 @@ pub struct Prefs {
     pub model: Option<PathBuf>,
     /// The denoiser's precision: "f32", "f16" or "bf16".
     pub precision: String,
+    /// Where the engine runs: "auto", "cpu" or "cuda:N" ("" is auto).
+    pub device: String,
 }
 
 impl Prefs {
     /// The precision as the engine takes it (f32 for anything unknown).
     pub fn precision(&self) -> crate::protocol::Precision {
         crate::protocol::Precision::from_name(&self.precision).unwrap_or_default()
+    }
+
+    /// The device as the engine takes it (auto for anything unknown).
+    pub fn device(&self) -> crate::protocol::DeviceChoice {
+        crate::protocol::DeviceChoice::from_name(&self.device).unwrap_or_default()
     }
 }
 
@@ -58,10 +65,16 @@ mod tests {
         let path = folder.join("settings.json");
         let _ = std::fs::remove_dir_all(&folder);
         assert_eq!(read_prefs(&path), Ok(Prefs::default()), "no file yet");
-        let prefs = Prefs { model: Some(PathBuf::from("/models/sd15")), precision: "f16".into() };
+        let prefs = Prefs {
+            model: Some(PathBuf::from("/models/sd15")),
+            precision: "f16".into(),
+            device: "cuda:1".into(),
+        };
         write_prefs(&path, &prefs).expect("write");
         assert_eq!(read_prefs(&path), Ok(prefs.clone()));
         assert_eq!(prefs.precision(), crate::protocol::Precision::F16);
+        assert_eq!(prefs.device(), crate::protocol::DeviceChoice::Cuda(1));
+        assert_eq!(Prefs::default().device(), crate::protocol::DeviceChoice::Auto);
         std::fs::write(&path, "{ nope").expect("write");
         let error = read_prefs(&path).expect_err("damaged");
         assert!(error.contains("settings.json") && error.contains("damaged"), "{error}");
