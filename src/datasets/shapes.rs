@@ -188,7 +188,8 @@ impl Size {
         }
     }
 
-    /// The radius range as a fraction of the image's shorter side.
+    /// The radius range as a fraction of the image's shorter side (the shipped data's; a
+    /// [`SceneStyle`] may scale it).
     fn radius_range(self) -> (f32, f32) {
         match self {
             Size::Small => (0.09, 0.13),
@@ -326,12 +327,54 @@ pub struct Sample {
 /// The smallest share of an object's area that must stay visible under those drawn over it.
 const MIN_VISIBLE: f32 = 0.6;
 
+/// Variations of the scenes a training run may choose (`train --max-objects --object-scale`);
+/// the default is the shipped data, which the evaluation always uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SceneStyle {
+    /// At most this many objects (1 to 3).
+    pub max_objects: usize,
+    /// Every radius range times this (objects larger than 1 or smaller than 1).
+    pub object_scale: f32,
+}
+
+impl Default for SceneStyle {
+    fn default() -> Self {
+        Self { max_objects: 3, object_scale: 1.0 }
+    }
+}
+
+impl SceneStyle {
+    /// Refuses styles the grammar and the image cannot hold, naming the option.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=3).contains(&self.max_objects) {
+            return Err(format!("--max-objects must be 1 to 3, not {}", self.max_objects));
+        }
+        // a big object's radius stays under 40% of the shorter side
+        if !(0.25..=1.5).contains(&self.object_scale) {
+            return Err(format!("--object-scale must be 0.25 to 1.5, not {}", self.object_scale));
+        }
+        Ok(())
+    }
+}
+
 /// Sample `index` of the stream `seed` from `split`, at `width × height`: deterministic.
 pub fn sample(seed: u64, index: u64, split: Split, width: u32, height: u32) -> Sample {
+    sample_styled(seed, index, split, width, height, SceneStyle::default())
+}
+
+/// [`sample`] of scenes in `style`.
+pub fn sample_styled(
+    seed: u64,
+    index: u64,
+    split: Split,
+    width: u32,
+    height: u32,
+    style: SceneStyle,
+) -> Sample {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(index);
     loop {
-        let scene = random_scene(&mut rng, width, height);
+        let scene = random_scene_styled(&mut rng, width, height, style);
         let caption = scene.caption();
         if split_of(&caption) != split {
             continue;
@@ -349,13 +392,18 @@ pub fn sample(seed: u64, index: u64, split: Split, width: u32, height: u32) -> S
 
 /// A random scene: 1–3 objects of distinct colours, none the background's.
 pub fn random_scene(rng: &mut impl Rng, width: u32, height: u32) -> Scene {
+    random_scene_styled(rng, width, height, SceneStyle::default())
+}
+
+/// [`random_scene`] in `style` (the default style draws exactly what `random_scene` does).
+pub fn random_scene_styled(rng: &mut impl Rng, width: u32, height: u32, style: SceneStyle) -> Scene {
     let background_colour = Colour::ALL[rng.random_range(0..Colour::ALL.len())];
     let background = Background {
         colour: background_colour,
         gradient: if rng.random_bool(0.5) { rng.random_range(0.06..0.16) } else { 0.0 },
         angle: rng.random_range(0.0..std::f32::consts::TAU),
     };
-    let count = rng.random_range(1..=3);
+    let count = rng.random_range(1..=style.max_objects.clamp(1, 3));
     let mut colours: Vec<Colour> = Colour::ALL.into_iter().filter(|c| *c != background_colour).collect();
     let side = width.min(height) as f32;
     let mut objects = Vec::with_capacity(count);
@@ -363,6 +411,7 @@ pub fn random_scene(rng: &mut impl Rng, width: u32, height: u32) -> Scene {
         let colour = colours.swap_remove(rng.random_range(0..colours.len()));
         let size = if rng.random_bool(0.5) { Size::Small } else { Size::Big };
         let (low, high) = size.radius_range();
+        let (low, high) = (low * style.object_scale, high * style.object_scale);
         let radius = rng.random_range(low..high) * side;
         let centre = (
             rng.random_range(radius..(width as f32 - radius).max(radius + 1.0)),
@@ -596,5 +645,28 @@ mod tests {
                 && Shape::Heart.contains(0.35, -0.6)
                 && !Shape::Heart.contains(0.0, -0.7)
         );
+    }
+
+    #[test]
+    fn a_style_limits_the_objects_and_scales_them_and_the_default_is_the_shipped_data() {
+        let style = SceneStyle { max_objects: 1, object_scale: 1.3 };
+        assert!(style.check().is_ok());
+        assert!(SceneStyle { max_objects: 0, ..style }.check().unwrap_err().contains("--max-objects"));
+        assert!(SceneStyle { object_scale: 3.0, ..style }.check().unwrap_err().contains("--object-scale"));
+        for index in 0..40 {
+            let shipped = sample(7, index, Split::Train, 128, 128);
+            let same = sample_styled(7, index, Split::Train, 128, 128, SceneStyle::default());
+            assert_eq!((shipped.caption, shipped.rgb), (same.caption, same.rgb));
+            let styled = sample_styled(7, index, Split::Train, 128, 128, style);
+            assert_eq!(styled.scene.objects.len(), 1, "{}", styled.caption);
+            let object = &styled.scene.objects[0];
+            let (low, high) = object.size.radius_range();
+            let radius = object.radius / 128.0;
+            assert!(
+                radius >= low * 1.3 - 1e-4 && radius <= high * 1.3 + 1e-4,
+                "{radius} for {:?}",
+                object.size
+            );
+        }
     }
 }

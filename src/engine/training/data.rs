@@ -88,6 +88,19 @@ pub fn render_set(
     count: usize,
     threads: usize,
 ) -> ImageSet {
+    render_set_styled(seed, bucket_index, bucket, split, count, threads, shapes::SceneStyle::default())
+}
+
+/// [`render_set`] of scenes in `style`.
+pub fn render_set_styled(
+    seed: u64,
+    bucket_index: usize,
+    bucket: Bucket,
+    split: Split,
+    count: usize,
+    threads: usize,
+    style: shapes::SceneStyle,
+) -> ImageSet {
     let threads = threads.clamp(1, 16);
     let pixels = (bucket.width * bucket.height * 3) as usize;
     let mut rgb = vec![0u8; count * pixels];
@@ -114,7 +127,8 @@ pub fn render_set(
                     .enumerate()
                 {
                     let index = stream_start(bucket_index) + (chunk * per_thread + i) as u64;
-                    let sample = shapes::sample(seed, index, split, bucket.width, bucket.height);
+                    let sample =
+                        shapes::sample_styled(seed, index, split, bucket.width, bucket.height, style);
                     out.copy_from_slice(&sample.rgb);
                     block_masks(&sample.masks, bucket, mask);
                     *caption = sample.caption;
