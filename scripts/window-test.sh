@@ -7,7 +7,10 @@
 #   4. a brush stroke paints the mask (its tint shows where the stroke went, nowhere else);
 #   5. "Inpaint" repaints the painted region with the bundled model on the engine thread, and
 #      the canvas shows the result there;
-#   6. the autosave holds the result and the mask; after the studio is killed (a crash) and
+#   6. the word editor: prompt-to-prompt chosen in the inspector, its word swap ("red" to
+#      "green") runs on the bundled model and lands on the canvas; hovering the swapped word's
+#      chip draws its attention map over the canvas;
+#   7. the autosave holds the results and the mask; after the studio is killed (a crash) and
 #      started again, it offers to restore them.
 # Usage: scripts/window-test.sh [BINARY]
 set -euo pipefail
@@ -16,7 +19,12 @@ OUT=target/screenshots
 mkdir -p "$OUT"
 rm -f "$OUT"/studio*.png
 
-fail() { echo "window-test: FAIL: $*" >&2; exit 1; }
+fail() {
+  echo "window-test: FAIL: $*" >&2
+  # what the window showed then, to look at
+  [ -n "${window:-}" ] && import -window "$window" "$OUT/studio-failed.png" 2>/dev/null && echo "window-test: the window at the failure: $OUT/studio-failed.png" >&2
+  exit 1
+}
 pixel() { # pixel FILE X Y → "R G B" in 0..255
   convert "$1" -format "%[fx:int(255*p{$2,$3}.r)] %[fx:int(255*p{$2,$3}.g)] %[fx:int(255*p{$2,$3}.b)]" info:
 }
@@ -116,9 +124,41 @@ changed=$(compare -metric AE -fuzz 10% "$runtime/before.png" "$runtime/after.png
 echo "window-test: $changed pixels changed around the stroke after inpainting"
 awk -v c="${changed%% *}" 'BEGIN { exit !(c > 300) }' || fail "inpainting did not change the canvas"
 
-# The autosave holds the result and the mask; kill the studio as a crash would and start it
+# The word editor: choose prompt-to-prompt in the inspector's method list, apply its default
+# word swap ("a big red circle ..." to "a big green circle ..."), wait for the second result.
+xdotool mousemove --window "$window" $((width - 190)) 99 click 1 # the method list
+sleep 1
+xdotool mousemove --window "$window" $((width - 132)) 218 click 1 # "Prompt-to-prompt (word editor)"
+sleep 1
+import -window "$window" "$OUT/studio-word-editor.png"
+xdotool mousemove --window "$window" $((width - 180)) 73 click 1 # "Apply edit"
+xdotool mousemove --window "$window" "$cx" $((height - 5))
+for _ in $(seq 1 240); do
+  [ -s "$DIFFUSION_STUDIO_AUTOSAVE/history/0002.png" ] && break
+  kill -0 "$app_pid" 2>/dev/null || fail "the studio died: $(cat "$OUT/studio.log")"
+  sleep 1
+done
+[ -s "$DIFFUSION_STUDIO_AUTOSAVE/history/0002.png" ] || fail "no word-swap result within 240 s: $(tail -5 "$OUT/studio.log")"
+sleep 1
+import -window "$window" "$OUT/studio-word-swap.png"
+region "$OUT/studio-inpainted.png" "$runtime/before.png"
+region "$OUT/studio-word-swap.png" "$runtime/after.png"
+changed=$(compare -metric AE -fuzz 10% "$runtime/before.png" "$runtime/after.png" null: 2>&1 || true)
+echo "window-test: $changed pixels changed on the canvas after the word swap"
+awk -v c="${changed%% *}" 'BEGIN { exit !(c > 1000) }' || fail "the word swap's result is not on the canvas"
+# the swapped word's chip ("green", the target's third word) shows its attention map on hover
+xdotool mousemove --window "$window" $((width - 153)) 431
+sleep 1.5
+import -window "$window" "$OUT/studio-attention.png"
+region "$OUT/studio-attention.png" "$runtime/heat.png"
+heat=$(compare -metric AE -fuzz 10% "$runtime/after.png" "$runtime/heat.png" null: 2>&1 || true)
+echo "window-test: $heat pixels changed on the canvas with the attention map of \"green\""
+awk -v c="${heat%% *}" 'BEGIN { exit !(c > 5000) }' || fail "hovering the word did not draw its attention map"
+xdotool mousemove --window "$window" "$cx" $((height - 5))
+
+# The autosave holds the results and the mask; kill the studio as a crash would and start it
 # again: it offers to restore them, over the canvas.
-for f in project.json image.png mask.png history/0001.png; do
+for f in project.json image.png mask.png history/0001.png history/0002.png; do
   [ -s "$DIFFUSION_STUDIO_AUTOSAVE/$f" ] || fail "the autosave has no $f"
 done
 grep -q '"clean_exit": false' "$DIFFUSION_STUDIO_AUTOSAVE/project.json" || fail "the running studio's autosave says it exited"

@@ -1213,7 +1213,7 @@ fn run_job_output(device: DeviceChoice, job: Job, steps: usize, label: &str) -> 
             .context("the engine stopped answering")?;
         match event {
             EngineEvent::DeviceWarning { message } => bar.suspend(|| eprintln!("warning: {message}")),
-            EngineEvent::ModelLoaded { job, description } if job == id => {
+            EngineEvent::ModelLoaded { job, description, .. } if job == id => {
                 bar.suspend(|| eprintln!("model: {description}"))
             }
             EngineEvent::Progress { job, step, of, .. } if job == id => {

@@ -577,6 +577,9 @@ pub enum EngineEvent {
     ModelLoaded {
         job: JobId,
         description: String,
+        /// The image size the model was trained at (the UNet's sample size × the VAE's factor):
+        /// what generation defaults to.
+        native_size: (u32, u32),
     },
     /// `step` of `of` is done; `preview` is a downscaled look at the work so far.
     Progress {

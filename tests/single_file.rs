@@ -34,7 +34,7 @@ fn run(engine: &EngineHandle, job: Job) -> Result<(ImageData, Vec<String>), Stri
     let mut loaded = Vec::new();
     loop {
         match engine.events().recv_timeout(Duration::from_secs(300)).expect("engine answers") {
-            EngineEvent::ModelLoaded { job, description } if job == id => loaded.push(description),
+            EngineEvent::ModelLoaded { job, description, .. } if job == id => loaded.push(description),
             EngineEvent::Done { job, output: JobOutput::Image(image) } if job == id => {
                 return Ok((image, loaded));
             }

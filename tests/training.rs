@@ -43,6 +43,8 @@ fn tiny() -> TrainOptions {
         text_lr_scale: 2.0,
         ground_weight: 0.5,
         unet_edge_weight: 3.0,
+        max_objects: 2,
+        object_scale: 1.2,
         warmup: 2,
         vae_images: 6,
         images: 10,
@@ -156,6 +158,11 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     bad.unet_edge_weight = -2.0;
     let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();
     assert!(error.contains("--unet-edge-weight"), "{error}");
+    assert!(!dir.join("bad").exists(), "nothing written for refused options");
+    let mut bad = tiny();
+    bad.max_objects = 5;
+    let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();
+    assert!(error.contains("--max-objects"), "{error}");
     assert!(!dir.join("bad").exists(), "nothing written for refused options");
     // 3b. a run differing only in UNet options starts from the finished autoencoder and cache
     let mut ablation = tiny();

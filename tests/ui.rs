@@ -731,7 +731,8 @@ fn the_word_editor_sends_the_word_edits_and_shows_each_words_attention() {
     assert_eq!(harness.state().words.visible_map().map(|(id, _)| id), Some(2 << 16));
     press(&mut harness, "Use as mask");
     harness.run();
-    assert_eq!(marked(harness.state()), 256 * 512);
+    // the edit was generated at the generation size (128 × 128), and is the open image now
+    assert_eq!(marked(harness.state()), 64 * 128);
 
     // the step scrubber shows a word's map at one step, and that step's map becomes the mask
     assert_eq!(harness.state().words.step_count(), 3);
@@ -748,7 +749,7 @@ fn the_word_editor_sends_the_word_edits_and_shows_each_words_attention() {
     assert_eq!(shown, Some((2 << 16 | 2, (2, 2))), "the second step's frame of the pinned word");
     press(&mut harness, "Use as mask");
     harness.run();
-    let mask = harness.state().document.mask.as_ref().map(|m| (m.get(0, 256), m.get(511, 256)));
+    let mask = harness.state().document.mask.as_ref().map(|m| (m.get(0, 64), m.get(127, 64)));
     assert_eq!(mask, Some((0, 255)), "the second step attended to the right");
 }
 

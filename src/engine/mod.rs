@@ -96,8 +96,8 @@ impl JobContext<'_> {
     }
 
     /// Says that a model was loaded for this job, and what it is.
-    pub fn model_loaded(&self, description: String) {
-        self.events.send(EngineEvent::ModelLoaded { job: self.id, description });
+    pub fn model_loaded(&self, description: String, native_size: (u32, u32)) {
+        self.events.send(EngineEvent::ModelLoaded { job: self.id, description, native_size });
     }
 
     /// Reads the requests that arrived meanwhile; returns `Err(Cancelled)` if this job was
@@ -403,7 +403,7 @@ impl TorchRunner {
             self.model = None; // free the old one first
             let model = pipeline::StableDiffusion::load(path, options, self.device, precision)
                 .map_err(|error| JobError::Failed(error.to_string()))?;
-            ctx.model_loaded(model.describe());
+            ctx.model_loaded(model.describe(), model.native_size());
             self.model = Some(model);
         }
         self.model.as_ref().ok_or_else(|| JobError::Failed("the model did not stay loaded".into()))

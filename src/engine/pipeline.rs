@@ -329,6 +329,12 @@ impl StableDiffusion {
     }
 
     /// What was loaded, in one line.
+    /// The image size the model was trained at: the UNet's sample size × the VAE's factor.
+    pub fn native_size(&self) -> (u32, u32) {
+        let side = (self.unet.config.sample_size * self.vae_scale_factor).clamp(8, 8192) as u32;
+        (side, side)
+    }
+
     pub fn describe(&self) -> String {
         let name = self.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match &self.detected {

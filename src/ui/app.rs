@@ -201,6 +201,11 @@ pub struct StudioApp {
     minimap: Option<(u64, egui::TextureHandle)>,
     /// Where the canvas was drawn last frame (screen points).
     pub canvas_rect: egui::Rect,
+    /// The loaded model's training size (generation's default size).
+    pub native_size: Option<(u32, u32)>,
+    /// The size of the image the canvas showed last frame: one of another size (a result,
+    /// an undo) is fitted anew.
+    shown_size: Option<Vec2>,
     pub noise: NoiseSettings,
     /// The inspector's method and its settings.
     pub params: MethodSettings,
@@ -300,6 +305,8 @@ impl StudioApp {
             inspected: None,
             minimap: None,
             canvas_rect: egui::Rect::NOTHING,
+            native_size: None,
+            shown_size: None,
             started: Instant::now(),
             history: Vec::new(),
             next_history_id: 1,
@@ -866,7 +873,11 @@ impl StudioApp {
             self.errors.push("No model is loaded: the word editor needs one.".into());
             return;
         };
-        let (width, height) = self.document.image.as_ref().map_or((128, 128), |l| l.image.dimensions());
+        // an edit of the open image is at its size; a generated source at the generation size
+        let (width, height) = match (&self.document.image, self.words.real_image) {
+            (Some(layer), true) => layer.image.dimensions(),
+            _ => (self.params.width / 8 * 8, self.params.height / 8 * 8),
+        };
         let words = &self.words;
         let source = if words.real_image {
             match (&words.inversion, self.document.image.as_ref()) {
@@ -1141,9 +1152,14 @@ impl StudioApp {
             EngineEvent::Ready { device } => self.device = Some(device),
             EngineEvent::DeviceWarning { message } => self.errors.push(message),
             EngineEvent::Started { job } => self.status = format!("Running {job}"),
-            EngineEvent::ModelLoaded { description, .. } => {
+            EngineEvent::ModelLoaded { description, native_size, .. } => {
                 self.status = format!("Loaded {description}");
                 self.model = Some(description);
+                // a model of another size: generation defaults to the size it was trained at
+                if self.native_size != Some(native_size) {
+                    self.native_size = Some(native_size);
+                    (self.params.width, self.params.height) = native_size;
+                }
             }
             EngineEvent::Unloaded => self.status = "Model unloaded".into(),
             EngineEvent::Progress { job, step, of, preview } => {
@@ -1583,7 +1599,9 @@ impl StudioApp {
             ui.label(format!("Engine: {device}"));
             ui.separator();
             if let Some(model) = &self.model {
-                ui.label(format!("Model: {model}"));
+                // the name here; what it was detected as on hover (and in the settings)
+                let name = model.split(": ").next().unwrap_or(model);
+                ui.label(format!("Model: {name}")).on_hover_text(model.as_str());
                 ui.separator();
             }
             if let Some(layer) = &self.document.image {
@@ -1625,7 +1643,10 @@ impl StudioApp {
             return;
         };
         let image_size = Vec2::new(layer.image.width() as f32, layer.image.height() as f32);
-        if self.view.fit_pending {
+        if self.shown_size.replace(image_size).is_some_and(|shown| shown != image_size) {
+            self.view.fit_pending = true;
+        }
+        if self.view.needs_fit(canvas) {
             self.view.fit(image_size, canvas);
         }
         // 1. input: painting with the brush or eraser; panning with the pan tool, space-drag or

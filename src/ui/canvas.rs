@@ -24,11 +24,14 @@ pub struct CanvasView {
     pub offset: Vec2,
     /// Fit the image to the canvas on the next frame (set when an image opens).
     pub fit_pending: bool,
+    /// The canvas size the view was last fitted to, while nobody zoomed or panned since: a
+    /// fitted view fits again when the canvas changes size (a panel opening).
+    pub fitted_to: Option<Vec2>,
 }
 
 impl Default for CanvasView {
     fn default() -> Self {
-        Self { zoom: 1.0, offset: Vec2::ZERO, fit_pending: true }
+        Self { zoom: 1.0, offset: Vec2::ZERO, fit_pending: true, fitted_to: None }
     }
 }
 
@@ -41,6 +44,13 @@ impl CanvasView {
         }
         self.offset = Vec2::ZERO;
         self.fit_pending = false;
+        self.fitted_to = Some(canvas.size());
+    }
+
+    /// Whether the view should fit the image again this frame: asked to, or fitted to a canvas
+    /// of another size.
+    pub fn needs_fit(&self, canvas: Rect) -> bool {
+        self.fit_pending || self.fitted_to.is_some_and(|size| (size - canvas.size()).length() > 0.5)
     }
 
     /// One image pixel per screen point, centred.
@@ -48,10 +58,14 @@ impl CanvasView {
         self.zoom = 1.0;
         self.offset = Vec2::ZERO;
         self.fit_pending = false;
+        self.fitted_to = None;
     }
 
     pub fn pan(&mut self, delta: Vec2) {
         self.offset += delta;
+        if delta != Vec2::ZERO {
+            self.fitted_to = None;
+        }
     }
 
     /// Multiplies the zoom by `factor`, keeping the image point under `anchor` (a screen
@@ -62,6 +76,7 @@ impl CanvasView {
         let anchor_from_image_centre = anchor - (canvas.center() + self.offset);
         self.offset += anchor_from_image_centre - anchor_from_image_centre * applied;
         self.zoom = new_zoom;
+        self.fitted_to = None;
     }
 
     /// Zooms about the canvas centre (menu and keyboard zoom).
@@ -69,6 +84,7 @@ impl CanvasView {
         let new_zoom = (self.zoom * factor).clamp(MIN_ZOOM, MAX_ZOOM);
         self.offset *= new_zoom / self.zoom;
         self.zoom = new_zoom;
+        self.fitted_to = None;
     }
 
     /// The image's rectangle on screen.
@@ -86,6 +102,7 @@ impl CanvasView {
     pub fn centre_on(&mut self, point: Pos2, image_size: Vec2) {
         self.offset = (image_size * 0.5 - point.to_vec2()) * self.zoom;
         self.fit_pending = false;
+        self.fitted_to = None;
     }
 }
 
@@ -664,11 +681,17 @@ mod tests {
         assert_eq!(rect.center(), canvas().center());
         assert!(canvas().contains_rect(rect));
         assert!(!view.fit_pending);
+        // fitted, it fits again when the canvas changes size, until someone zooms or pans
+        let smaller = Rect::from_min_size(canvas().min, Vec2::new(800.0, 500.0));
+        assert!(!view.needs_fit(canvas()) && view.needs_fit(smaller));
+        view.pan(Vec2::new(3.0, 0.0));
+        assert!(!view.needs_fit(smaller));
     }
 
     #[test]
     fn zoom_keeps_the_point_under_the_cursor() {
-        let mut view = CanvasView { zoom: 1.0, offset: Vec2::new(30.0, -20.0), fit_pending: false };
+        let mut view =
+            CanvasView { zoom: 1.0, offset: Vec2::new(30.0, -20.0), fit_pending: false, fitted_to: None };
         let size = Vec2::new(512.0, 512.0);
         let anchor = Pos2::new(333.0, 222.0);
         let before = view.image_pos_from_screen(anchor, size, canvas());

@@ -222,9 +222,16 @@ impl MethodSettings {
             }
         });
         match method {
-            Method::TextToImage => {
-                ui.add(egui::Slider::new(&mut self.width, 64..=1024).step_by(8.0).text("width"));
-                ui.add(egui::Slider::new(&mut self.height, 64..=1024).step_by(8.0).text("height"));
+            Method::TextToImage | Method::PromptToPrompt => {
+                let tip = if method == Method::PromptToPrompt {
+                    "The size of the source prompt's generated image (an edit of the open image keeps its size); the model's training size when it loads"
+                } else {
+                    "The generated image's size; the model's training size when it loads"
+                };
+                ui.add(egui::Slider::new(&mut self.width, 64..=1024).step_by(8.0).text("width"))
+                    .on_hover_text(tip);
+                ui.add(egui::Slider::new(&mut self.height, 64..=1024).step_by(8.0).text("height"))
+                    .on_hover_text(tip);
             }
             Method::ImageToImage | Method::Inpaint => {
                 ui.add(egui::Slider::new(&mut self.strength, 0.05..=1.0).text("strength"))
@@ -257,7 +264,6 @@ impl MethodSettings {
                     self.kmin = self.kmax;
                 }
             }
-            Method::PromptToPrompt => {}
         }
     }
 }

@@ -405,8 +405,8 @@ fn source_key(params: &PromptToPromptParams, resolution: (i64, i64)) -> String {
     )
 }
 
-/// Each target word's cross-attention averaged over its tokens, layers and steps, normalised to
-/// [0, 1], as a grey image of the output's size.
+/// Each target word's cross-attention averaged over its tokens, layers and steps, bilinearly
+/// upsampled and normalised to [0, 1], as a grey image of the output's size.
 pub(crate) fn attention_maps(
     store: &AttentionStore,
     prompt: i64,
@@ -422,15 +422,15 @@ pub(crate) fn attention_maps(
         let picked =
             target.f_index_select(2, &Tensor::f_from_slice(&positions)?.f_to_device(target.device())?)?;
         let map = picked.f_mean_dim(2, false, Kind::Float)?;
-        let peak = f64::try_from(map.f_max()?)?.max(1e-12);
-        let scaled = map
-            .f_div_scalar(peak)?
-            .f_unsqueeze(0)?
-            .f_unsqueeze(0)?
-            .f_upsample_nearest2d([i64::from(height), i64::from(width)], None, None)?
-            .f_squeeze_dim(0)?
-            .f_mul_scalar(2.0)?
-            .f_sub_scalar(1.0)?;
+        // smoothly up to the image (a mask made from it has no blocks), then normalised
+        let smooth = map.f_unsqueeze(0)?.f_unsqueeze(0)?.f_upsample_bilinear2d(
+            [i64::from(height), i64::from(width)],
+            false,
+            None,
+            None,
+        )?;
+        let peak = f64::try_from(smooth.f_max()?)?.max(1e-12);
+        let scaled = smooth.f_squeeze_dim(0)?.f_div_scalar(peak)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?;
         let grey = Tensor::f_cat(&[&scaled, &scaled, &scaled], 0)?;
         images.push(LabelledImage {
             label: format!("{ATTENTION_LABEL}{}", word.word),
