@@ -108,16 +108,23 @@ awk -v c="${painted%% *}" 'BEGIN { exit !(c > 500 && c < 60000) }' || fail "the 
 # result is done when the autosave (every 5 s while the document changes) holds it as the first
 # history entry.
 region() { convert "$1" -crop 240x140+$((cx - 120))+$((cy - 70)) +repage "$2"; }
-region "$OUT/studio-mask.png" "$runtime/before.png"
-xdotool mousemove --window "$window" $((width - 180)) 73 click 1 # the run button, "Inpaint" (inspector, top)
-xdotool mousemove --window "$window" "$cx" $((height - 5))
-for _ in $(seq 1 240); do
-  [ -s "$DIFFUSION_STUDIO_AUTOSAVE/history/0001.png" ] && break
-  kill -0 "$app_pid" 2>/dev/null || fail "the studio died: $(cat "$OUT/studio.log")"
+# run_and_wait N WHAT: clicks the inspector's run button (top), moves the pointer off the canvas
+# and waits (240 s at most) for the autosave's history entry N.
+run_and_wait() {
+  local entry
+  entry="$DIFFUSION_STUDIO_AUTOSAVE/history/$(printf %04d "$1").png"
+  xdotool mousemove --window "$window" $((width - 180)) 73 click 1
+  xdotool mousemove --window "$window" "$cx" $((height - 5))
+  for _ in $(seq 1 240); do
+    [ -s "$entry" ] && break
+    kill -0 "$app_pid" 2>/dev/null || fail "the studio died: $(cat "$OUT/studio.log")"
+    sleep 1
+  done
+  [ -s "$entry" ] || fail "no $2 result within 240 s: $(tail -5 "$OUT/studio.log")"
   sleep 1
-done
-[ -s "$DIFFUSION_STUDIO_AUTOSAVE/history/0001.png" ] || fail "no inpainting result within 240 s: $(tail -5 "$OUT/studio.log")"
-sleep 1
+}
+region "$OUT/studio-mask.png" "$runtime/before.png"
+run_and_wait 1 inpainting # "Inpaint"
 import -window "$window" "$OUT/studio-inpainted.png"
 region "$OUT/studio-inpainted.png" "$runtime/after.png"
 changed=$(compare -metric AE -fuzz 10% "$runtime/before.png" "$runtime/after.png" null: 2>&1 || true)
@@ -131,15 +138,7 @@ sleep 1
 xdotool mousemove --window "$window" $((width - 132)) 218 click 1 # "Prompt-to-prompt (word editor)"
 sleep 1
 import -window "$window" "$OUT/studio-word-editor.png"
-xdotool mousemove --window "$window" $((width - 180)) 73 click 1 # "Apply edit"
-xdotool mousemove --window "$window" "$cx" $((height - 5))
-for _ in $(seq 1 240); do
-  [ -s "$DIFFUSION_STUDIO_AUTOSAVE/history/0002.png" ] && break
-  kill -0 "$app_pid" 2>/dev/null || fail "the studio died: $(cat "$OUT/studio.log")"
-  sleep 1
-done
-[ -s "$DIFFUSION_STUDIO_AUTOSAVE/history/0002.png" ] || fail "no word-swap result within 240 s: $(tail -5 "$OUT/studio.log")"
-sleep 1
+run_and_wait 2 word-swap # "Apply edit"
 import -window "$window" "$OUT/studio-word-swap.png"
 region "$OUT/studio-inpainted.png" "$runtime/before.png"
 region "$OUT/studio-word-swap.png" "$runtime/after.png"
