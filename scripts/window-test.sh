@@ -133,9 +133,9 @@ awk -v c="${changed%% *}" 'BEGIN { exit !(c > 300) }' || fail "inpainting did no
 
 # The word editor: choose prompt-to-prompt in the inspector's method list, apply its default
 # word swap ("a big red circle ..." to "a big green circle ..."), wait for the second result.
-xdotool mousemove --window "$window" $((width - 190)) 99 click 1 # the method list
+xdotool mousemove --window "$window" $((width - 135)) 117 click 1 # the method list
 sleep 1
-xdotool mousemove --window "$window" $((width - 132)) 218 click 1 # "Prompt-to-prompt (word editor)"
+xdotool mousemove --window "$window" $((width - 153)) 236 click 1 # "Prompt-to-prompt (word editor)"
 sleep 1
 import -window "$window" "$OUT/studio-word-editor.png"
 run_and_wait 2 word-swap # "Apply edit"
@@ -146,7 +146,7 @@ changed=$(compare -metric AE -fuzz 10% "$runtime/before.png" "$runtime/after.png
 echo "window-test: $changed pixels changed on the canvas after the word swap"
 awk -v c="${changed%% *}" 'BEGIN { exit !(c > 1000) }' || fail "the word swap's result is not on the canvas"
 # the swapped word's chip ("green", the target's third word) shows its attention map on hover
-xdotool mousemove --window "$window" $((width - 153)) 431
+xdotool mousemove --window "$window" $((width - 123)) 449
 sleep 1.5
 import -window "$window" "$OUT/studio-attention.png"
 region "$OUT/studio-attention.png" "$runtime/heat.png"

@@ -431,6 +431,18 @@ impl JobRunner for RecordingRunner {
     }
 
     fn run(&mut self, job: &Job, ctx: &mut JobContext<'_>) -> Result<JobOutput, JobError> {
+        if let Job::Generate(params) = job {
+            // a long generation that only a cancel ends (records its prompt)
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((params.prompt.clone(), 0, 0.0));
+            }
+            for step in 1..=2000 {
+                ctx.checkpoint()?;
+                ctx.progress(step, 2000, None);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return Err(JobError::Failed("the generation was not cancelled".into()));
+        }
         if let Job::DiffEdit(params) = job {
             // records the source prompt and the mask it was given (None: estimate), and answers
             // with the image unchanged and the left half as the mask
@@ -911,4 +923,33 @@ fn choosing_a_device_in_the_settings_restarts_the_engine_there_and_remembers_it(
     settle(&mut harness, |app| app.device.is_some());
     assert!(harness.state().model_path.is_some(), "the model is loaded on the new engine");
     let _ = std::fs::remove_dir_all(&folder);
+}
+
+#[test]
+fn escape_and_the_cancel_button_cancel_the_running_job_and_keep_the_document() {
+    let (mut harness, seen) = recording_studio();
+    opened(&mut harness, sample());
+    harness.state_mut().model_path = Some(PathBuf::from("assets/models/shapes"));
+    harness.state_mut().params.method = Method::TextToImage;
+    harness.run();
+    let before = centre_pixel(harness.state());
+    for (attempt, prompt) in ["cancelled by escape", "cancelled by the button"].into_iter().enumerate() {
+        harness.state_mut().params.prompt = prompt.into();
+        press(&mut harness, "Generate");
+        settle(&mut harness, |app| app.jobs.values().any(|job| job.step > 0));
+        if attempt == 0 {
+            harness.key_press(egui::Key::Escape);
+        } else {
+            press(&mut harness, "Cancel");
+        }
+        settle(&mut harness, |app| app.jobs.is_empty());
+        let app = harness.state();
+        assert!(app.status.contains("cancelled"), "{}", app.status);
+        assert!(app.errors.is_empty(), "{:?}", app.errors);
+        assert!(app.history.is_empty(), "a cancelled job leaves no result");
+        assert_eq!(centre_pixel(app), before, "the document is as it was");
+    }
+    let prompts: Vec<String> =
+        seen.lock().map(|s| s.iter().map(|(p, ..)| p.clone()).collect()).unwrap_or_default();
+    assert_eq!(prompts, ["cancelled by escape", "cancelled by the button"]);
 }

@@ -651,8 +651,12 @@ mod tests {
     fn a_style_limits_the_objects_and_scales_them_and_the_default_is_the_shipped_data() {
         let style = SceneStyle { max_objects: 1, object_scale: 1.3 };
         assert!(style.check().is_ok());
-        assert!(matches!(SceneStyle { max_objects: 0, ..style }.check(), Err(e) if e.contains("--max-objects")));
-        assert!(matches!(SceneStyle { object_scale: 3.0, ..style }.check(), Err(e) if e.contains("--object-scale")));
+        assert!(
+            matches!(SceneStyle { max_objects: 0, ..style }.check(), Err(e) if e.contains("--max-objects"))
+        );
+        assert!(
+            matches!(SceneStyle { object_scale: 3.0, ..style }.check(), Err(e) if e.contains("--object-scale"))
+        );
         for index in 0..40 {
             let shipped = sample(7, index, Split::Train, 128, 128);
             let same = sample_styled(7, index, Split::Train, 128, 128, SceneStyle::default());

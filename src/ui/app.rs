@@ -1153,7 +1153,8 @@ impl StudioApp {
             EngineEvent::DeviceWarning { message } => self.errors.push(message),
             EngineEvent::Started { job } => self.status = format!("Running {job}"),
             EngineEvent::ModelLoaded { description, native_size, .. } => {
-                self.status = format!("Loaded {description}");
+                let name = description.split(": ").next().unwrap_or(&description);
+                self.status = format!("Loaded {name} (what it is: Settings, or hover its name)");
                 self.model = Some(description);
                 // a model of another size: generation defaults to the size it was trained at
                 if self.native_size != Some(native_size) {
@@ -1943,7 +1944,7 @@ impl eframe::App for StudioApp {
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui, &mut commands));
         egui::Panel::bottom("history").show(ui, |ui| self.history_ui(ui, &mut commands));
         egui::Panel::left("tools").default_size(190.0).show(ui, |ui| self.tools_ui(ui, &mut commands));
-        egui::Panel::right("inspector").default_size(240.0).show(ui, |ui| {
+        egui::Panel::right("inspector").default_size(270.0).show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| self.inspector_ui(ui, &mut commands));
         });
         egui::CentralPanel::default()

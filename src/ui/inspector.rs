@@ -183,12 +183,18 @@ impl MethodSettings {
     /// The shared parameters and the method's own (the word editor draws prompt-to-prompt's).
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         let method = self.method;
-        egui::ComboBox::from_label("method").selected_text(method.name()).show_ui(ui, |ui| {
-            for choice in Method::ALL {
-                ui.selectable_value(&mut self.method, choice, choice.name())
-                    .on_hover_text(choice.description());
-            }
-        });
+        let label = ui.label("method");
+        egui::ComboBox::from_id_salt("method")
+            .selected_text(method.name())
+            .width(ui.available_width().min(260.0))
+            .show_ui(ui, |ui| {
+                for choice in Method::ALL {
+                    ui.selectable_value(&mut self.method, choice, choice.name())
+                        .on_hover_text(choice.description());
+                }
+            })
+            .response
+            .labelled_by(label.id);
         ui.label(RichText::new(method.description()).weak().small());
         if method != Method::PromptToPrompt {
             let name = if method == Method::InstructPix2Pix { "instruction" } else { "prompt" };

@@ -4,6 +4,7 @@ pub mod app;
 pub mod canvas;
 pub mod inspector;
 pub mod prefs;
+pub mod widgets;
 pub mod word_editor;
 
 pub use app::{StudioApp, UiCommand};

@@ -12,6 +12,7 @@ use crate::protocol::Inversion;
 use crate::text::ClipTokenizer;
 use crate::text::word_edit::{self, WordChange};
 use crate::ui::app::UiCommand;
+use crate::ui::widgets::range_slider;
 
 /// The word editor's settings and the last edit's attention maps.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -313,14 +314,11 @@ impl WordEditor {
                 }
             }
             if let Some(window) = self.word_windows.get_mut(&word) {
-                window_sliders(
+                range_slider(
                     ui,
                     window,
-                    ["word from", "word to"],
-                    [
-                        "This word takes the source's cross-attention from this fraction of the steps",
-                        "to this one",
-                    ],
+                    "word's window",
+                    "The steps (as fractions) in which this word takes the source's cross-attention",
                 );
             }
             if let Some(map) = self.map_index(&word) {
@@ -339,14 +337,11 @@ impl WordEditor {
             }
         }
         self.hovered_map = hovered_map;
-        window_sliders(
+        range_slider(
             ui,
             &mut self.cross_window,
-            ["cross-attention from", "to"],
-            [
-                "Target words take the source's cross-attention from this fraction of the steps",
-                "to this one (the paper: 0 to 0.8)",
-            ],
+            "cross-attention window",
+            "The steps (as fractions) in which target words take the source's cross-attention (the paper: 0 to 0.8)",
         );
         ui.add(egui::Slider::new(&mut self.self_window, 0.0..=1.0).text("self-attention"))
             .on_hover_text("The first fraction of the steps in which the target keeps the source's self-attention (layout); the paper: 0.4");
@@ -367,15 +362,6 @@ impl WordEditor {
                 ));
             }
         }
-    }
-}
-
-/// A window of the steps as two sliders, its end kept at or after its start.
-fn window_sliders(ui: &mut egui::Ui, window: &mut (f64, f64), labels: [&str; 2], tips: [&str; 2]) {
-    ui.add(egui::Slider::new(&mut window.0, 0.0..=1.0).text(labels[0])).on_hover_text(tips[0]);
-    ui.add(egui::Slider::new(&mut window.1, 0.0..=1.0).text(labels[1])).on_hover_text(tips[1]);
-    if window.1 < window.0 {
-        window.1 = window.0;
     }
 }
 
