@@ -396,7 +396,20 @@ fn edit_p2p_writes_the_target_the_source_and_attention_maps() {
         .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     written.sort();
-    assert_eq!(written, ["01-a.png", "02-green.png", "03-circle.png"]);
+    assert_eq!(
+        written,
+        [
+            "01-a-steps.png",
+            "01-a.png",
+            "02-green-steps.png",
+            "02-green.png",
+            "03-circle-steps.png",
+            "03-circle.png"
+        ]
+    );
+    // a word's steps side by side, each frame at least 64 pixels tall
+    let strip = image::open(maps.join("02-green-steps.png")).expect("png").into_rgba8();
+    assert!(strip.height() >= 64 && strip.width() > strip.height(), "{:?}", strip.dimensions());
     let parameters = diffusion_studio::document::read_png_text(&out, "parameters").expect("parameters");
     assert!(parameters.contains("Target prompt: a green circle"), "{parameters}");
     // a word the target does not have, and a malformed re-weight

@@ -12,6 +12,7 @@ pub mod models;
 pub mod pipeline;
 pub mod sampler;
 pub mod schedulers;
+pub mod spectrogram;
 pub mod training;
 pub mod vae_round_trip;
 

@@ -1,0 +1,531 @@
+//! Audio as images (issue 7): mel spectrograms to and from the pictures a diffusion model draws,
+//! with the references' exact settings, and back to sound by a pseudo-inverse of the mel filters
+//! and Griffin-Lim. Tensors on the engine's device; files and playback live in `src/audio/`.
+//!
+//! The presets follow their references:
+//! - **riffusion** (Forsgren and Martiros 2022, riffusion/spectrogram_params.py and
+//!   util/image_util.py): 44.1 kHz, a 100 ms Hann window (4410 samples) zero-padded to 400 ms
+//!   (n_fft 17640), hop 10 ms (441), the STFT's amplitude through 512 HTK mel filters from 0 to
+//!   10 kHz without normalisation; the image is 255 − 255·(S / max)^0.25, low frequencies at the
+//!   bottom, so 512 frames (512 pixels) are 5.12 s;
+//! - **audio-diffusion** (teticio/audio-diffusion, its `Mel` class over librosa's defaults):
+//!   22.05 kHz, n_fft 2048 = window, hop 512, zero-padded centring, the power spectrum through 256
+//!   Slaney mel filters with Slaney area normalisation from 0 Hz to 11.025 kHz, in dB against the
+//!   clip's peak with an 80 dB floor mapped to 0…255, low frequencies at the top (row 0); 256
+//!   frames;
+//! - **studio**: the bundled music model's own: 16 kHz, n_fft 1024 = window, hop 256, amplitude
+//!   through 128 HTK mel filters to 8 kHz, Riffusion's power-law image, 128 frames (2.05 s).
+
+use tch::{Device, Kind, Tensor};
+
+/// How mel frequencies are spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MelScale {
+    /// 2595·log10(1 + f / 700).
+    Htk,
+    /// Linear below 1 kHz, logarithmic above (Slaney's Auditory Toolbox; librosa's default).
+    Slaney,
+}
+
+/// How each mel filter is scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MelNorm {
+    /// Peak 1.
+    None,
+    /// Area 1 (2 / bandwidth), librosa's default.
+    Slaney,
+}
+
+/// How spectrogram values become pixel values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ImageScale {
+    /// Riffusion: pixel = 255 − 255·(S / max)^power (loud is dark); back: S = max_value ·
+    /// ((255 − pixel) / 255)^(1 / power), the absolute scale being lost.
+    PowerLaw { power: f64, max_value: f64 },
+    /// audio-diffusion: 10·log10(S / max S) floored at −top_db, mapped to 0…255 (loud is bright).
+    Decibels { top_db: f64 },
+}
+
+/// How the STFT pads the signal's ends when centring frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PadMode {
+    Reflect,
+    Constant,
+}
+
+impl PadMode {
+    fn name(self) -> &'static str {
+        match self {
+            PadMode::Reflect => "reflect",
+            PadMode::Constant => "constant",
+        }
+    }
+}
+
+/// Everything that turns a clip into a spectrogram image and back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpectrogramPreset {
+    pub name: &'static str,
+    pub sample_rate: u32,
+    pub n_fft: usize,
+    /// The Hann window's length (centred in `n_fft`, zeros around it).
+    pub win_length: usize,
+    pub hop: usize,
+    pub n_mels: usize,
+    pub f_min: f64,
+    pub f_max: f64,
+    pub mel_scale: MelScale,
+    pub mel_norm: MelNorm,
+    /// The STFT magnitude's exponent before the mel filters: 1 (amplitude) or 2 (power).
+    pub power: f64,
+    pub pad_mode: PadMode,
+    pub image: ImageScale,
+    /// Low frequencies on the image's bottom row (else on its top row).
+    pub low_at_bottom: bool,
+    /// The image's width in frames (its height is `n_mels`).
+    pub width: usize,
+}
+
+impl SpectrogramPreset {
+    pub fn riffusion() -> Self {
+        Self {
+            name: "riffusion",
+            sample_rate: 44_100,
+            n_fft: 17_640,
+            win_length: 4_410,
+            hop: 441,
+            n_mels: 512,
+            f_min: 0.0,
+            f_max: 10_000.0,
+            mel_scale: MelScale::Htk,
+            mel_norm: MelNorm::None,
+            power: 1.0,
+            pad_mode: PadMode::Reflect,
+            image: ImageScale::PowerLaw { power: 0.25, max_value: 30e6 },
+            low_at_bottom: true,
+            width: 512,
+        }
+    }
+
+    pub fn audio_diffusion() -> Self {
+        Self {
+            name: "audio-diffusion",
+            sample_rate: 22_050,
+            n_fft: 2_048,
+            win_length: 2_048,
+            hop: 512,
+            n_mels: 256,
+            f_min: 0.0,
+            f_max: 11_025.0,
+            mel_scale: MelScale::Slaney,
+            mel_norm: MelNorm::Slaney,
+            power: 2.0,
+            pad_mode: PadMode::Constant,
+            image: ImageScale::Decibels { top_db: 80.0 },
+            low_at_bottom: false,
+            width: 256,
+        }
+    }
+
+    pub fn studio() -> Self {
+        Self {
+            name: "studio",
+            sample_rate: 16_000,
+            n_fft: 1_024,
+            win_length: 1_024,
+            hop: 256,
+            n_mels: 128,
+            f_min: 0.0,
+            f_max: 8_000.0,
+            mel_scale: MelScale::Htk,
+            mel_norm: MelNorm::None,
+            power: 1.0,
+            pad_mode: PadMode::Reflect,
+            image: ImageScale::PowerLaw { power: 0.25, max_value: 1e3 },
+            low_at_bottom: true,
+            width: 128,
+        }
+    }
+
+    /// Every preset, by name.
+    pub fn all() -> [Self; 3] {
+        [Self::riffusion(), Self::audio_diffusion(), Self::studio()]
+    }
+
+    /// The preset of this name, or an error listing the names.
+    pub fn by_name(name: &str) -> Result<Self, String> {
+        Self::all().into_iter().find(|p| p.name == name).ok_or_else(|| {
+            let names: Vec<&str> = Self::all().iter().map(|p| p.name).collect();
+            format!("no spectrogram preset \"{name}\"; the presets are {}", names.join(", "))
+        })
+    }
+
+    /// STFT bins: n_fft / 2 + 1.
+    pub fn n_freqs(&self) -> usize {
+        self.n_fft / 2 + 1
+    }
+
+    /// Samples a clip of `frames` frames spans (centred frames: the last frame's centre).
+    pub fn samples_for(&self, frames: usize) -> usize {
+        frames.saturating_sub(1) * self.hop
+    }
+
+    /// Seconds one image (`width` frames) covers.
+    pub fn image_seconds(&self) -> f64 {
+        (self.width * self.hop) as f64 / f64::from(self.sample_rate)
+    }
+
+    fn hz_to_mel(&self, hz: f64) -> f64 {
+        match self.mel_scale {
+            MelScale::Htk => 2595.0 * (1.0 + hz / 700.0).log10(),
+            MelScale::Slaney => {
+                let (f_sp, min_log_hz) = (200.0 / 3.0, 1000.0);
+                let min_log_mel = min_log_hz / f_sp;
+                let log_step = 6.4f64.ln() / 27.0;
+                if hz >= min_log_hz { min_log_mel + (hz / min_log_hz).ln() / log_step } else { hz / f_sp }
+            }
+        }
+    }
+
+    fn mel_to_hz(&self, mel: f64) -> f64 {
+        match self.mel_scale {
+            MelScale::Htk => 700.0 * (10f64.powf(mel / 2595.0) - 1.0),
+            MelScale::Slaney => {
+                let (f_sp, min_log_hz) = (200.0 / 3.0, 1000.0);
+                let min_log_mel = min_log_hz / f_sp;
+                let log_step = 6.4f64.ln() / 27.0;
+                if mel >= min_log_mel {
+                    min_log_hz * (log_step * (mel - min_log_mel)).exp()
+                } else {
+                    f_sp * mel
+                }
+            }
+        }
+    }
+
+    /// The mel filters as (n_freqs, n_mels), triangles between consecutive mel points over the
+    /// STFT bins' frequencies (torchaudio's `melscale_fbanks`, librosa's `filters.mel`).
+    pub fn mel_filters(&self) -> Vec<f32> {
+        let (n_freqs, n_mels) = (self.n_freqs(), self.n_mels);
+        // the bins' frequencies: 0 … sample_rate / 2 (torchaudio takes sample_rate // 2)
+        let nyquist = f64::from(self.sample_rate / 2);
+        let freqs: Vec<f64> =
+            (0..n_freqs).map(|i| nyquist * i as f64 / (n_freqs - 1).max(1) as f64).collect();
+        let (m_min, m_max) = (self.hz_to_mel(self.f_min), self.hz_to_mel(self.f_max));
+        let points: Vec<f64> = (0..n_mels + 2)
+            .map(|i| self.mel_to_hz(m_min + (m_max - m_min) * i as f64 / (n_mels + 1) as f64))
+            .collect();
+        let mut filters = vec![0f32; n_freqs * n_mels];
+        for (bin, &f) in freqs.iter().enumerate() {
+            for mel in 0..n_mels {
+                let down = (f - points[mel]) / (points[mel + 1] - points[mel]);
+                let up = (points[mel + 2] - f) / (points[mel + 2] - points[mel + 1]);
+                let mut weight = down.min(up).max(0.0);
+                if self.mel_norm == MelNorm::Slaney {
+                    weight *= 2.0 / (points[mel + 2] - points[mel]);
+                }
+                filters[bin * n_mels + mel] = weight as f32;
+            }
+        }
+        filters
+    }
+}
+
+/// A preset's tensors on one device: the window, the mel filters and their pseudo-inverse.
+pub struct Spectrogram {
+    pub preset: SpectrogramPreset,
+    window: Tensor,
+    /// (n_mels, n_freqs).
+    filters: Tensor,
+    /// (n_freqs, n_mels): the least-squares inverse of `filters`.
+    inverse: Tensor,
+    device: Device,
+}
+
+impl Spectrogram {
+    pub fn new(preset: SpectrogramPreset, device: Device) -> Result<Self, tch::TchError> {
+        let float = (Kind::Float, device);
+        let window = Tensor::f_hann_window(preset.win_length as i64, float)?;
+        let filters = Tensor::f_from_slice(&preset.mel_filters())?
+            .f_view([preset.n_freqs() as i64, preset.n_mels as i64])?
+            .f_to_device(device)?
+            .f_transpose(0, 1)?
+            .f_contiguous()?;
+        // the minimum-norm least-squares solution (what torchaudio's InverseMelScale finds with
+        // lstsq), computed once; in double precision, as the filters are badly conditioned
+        let inverse = filters.f_to_kind(Kind::Double)?.f_linalg_pinv(1e-10, false)?.f_to_kind(Kind::Float)?;
+        Ok(Self { preset, window, filters, inverse, device })
+    }
+
+    /// The complex STFT of mono `samples` (samples,) → (n_freqs, frames).
+    fn stft(&self, samples: &Tensor) -> Result<Tensor, tch::TchError> {
+        let p = &self.preset;
+        // centred frames: n_fft / 2 of padding at each end (done here, as the wrapper's
+        // center = true path cannot leave align_to_window unset)
+        let half = (p.n_fft / 2) as i64;
+        let padded =
+            samples.f_view([1, 1, -1])?.f_pad([half, half], p.pad_mode.name(), None)?.f_view([-1])?;
+        padded.f_stft_center(
+            p.n_fft as i64,
+            p.hop as i64,
+            p.win_length as i64,
+            Some(&self.window),
+            false,
+            "constant",
+            false,
+            true,
+            true,
+            false,
+        )
+    }
+
+    fn istft(&self, spectrum: &Tensor, length: i64) -> Result<Tensor, tch::TchError> {
+        let p = &self.preset;
+        spectrum.f_istft(
+            p.n_fft as i64,
+            p.hop as i64,
+            p.win_length as i64,
+            Some(&self.window),
+            true,
+            false,
+            true,
+            length,
+            false,
+        )
+    }
+
+    /// The mel spectrogram (n_mels, frames) of mono samples in [-1, 1].
+    pub fn mel(&self, samples: &[f32]) -> Result<Tensor, tch::TchError> {
+        let samples = Tensor::f_from_slice(samples)?.f_to_device(self.device)?;
+        let magnitude = self.stft(&samples)?.f_abs()?;
+        let magnitude = if self.preset.power == 1.0 {
+            magnitude
+        } else {
+            magnitude.f_pow_tensor_scalar(self.preset.power)?
+        };
+        self.filters.f_matmul(&magnitude)
+    }
+
+    /// The linear spectrogram (n_freqs, frames) a mel spectrogram most likely came from
+    /// (pseudo-inverse, negatives clipped), as STFT magnitudes (power 1).
+    pub fn linear_magnitude(&self, mel: &Tensor) -> Result<Tensor, tch::TchError> {
+        let linear = self.inverse.f_matmul(mel)?.f_clamp_min(0.0)?;
+        if self.preset.power == 1.0 {
+            Ok(linear)
+        } else {
+            linear.f_pow_tensor_scalar(1.0 / self.preset.power)
+        }
+    }
+
+    /// Griffin-Lim (Griffin and Lim 1984) with momentum ("fast Griffin-Lim", Perraudin et al. 2013,
+    /// as torchaudio runs it): phases for STFT magnitudes (n_freqs, frames), from seeded random
+    /// ones; returns `length` samples.
+    pub fn griffin_lim(
+        &self,
+        magnitude: &Tensor,
+        iterations: usize,
+        momentum: f64,
+        seed: u64,
+        length: usize,
+    ) -> Result<Vec<f32>, tch::TchError> {
+        use rand::{Rng, SeedableRng};
+        let (freqs, frames) = magnitude.size2()?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let phases: Vec<f32> =
+            (0..freqs * frames).map(|_| rng.random_range(0.0..std::f32::consts::TAU)).collect();
+        let phases = Tensor::f_from_slice(&phases)?.f_view([freqs, frames])?.f_to_device(self.device)?;
+        let mut angles = Tensor::f_polar(&Tensor::f_ones_like(&phases)?, &phases)?;
+        let magnitude = magnitude.f_to_kind(Kind::Float)?;
+        let length = length as i64;
+        let mut previous: Option<Tensor> = None;
+        for _ in 0..iterations {
+            let signal = self.istft(&magnitude.f_mul(&angles)?, length)?;
+            let rebuilt = self.stft(&signal)?;
+            let mut next = match &previous {
+                Some(previous) if momentum > 0.0 => {
+                    rebuilt.f_sub(&previous.f_mul_scalar(momentum / (1.0 + momentum))?)?
+                }
+                _ => rebuilt.shallow_clone(),
+            };
+            next = next.f_div(&next.f_abs()?.f_add_scalar(1e-16)?)?;
+            angles = next;
+            previous = Some(rebuilt);
+        }
+        let signal = self.istft(&magnitude.f_mul(&angles)?, length)?;
+        Vec::<f32>::try_from(signal.f_to_device(Device::Cpu)?)
+    }
+
+    /// Samples from a mel spectrogram (pseudo-inverse, then Griffin-Lim).
+    pub fn audio_from_mel(
+        &self,
+        mel: &Tensor,
+        iterations: usize,
+        seed: u64,
+    ) -> Result<Vec<f32>, tch::TchError> {
+        let (_, frames) = mel.size2()?;
+        let magnitude = self.linear_magnitude(mel)?;
+        self.griffin_lim(&magnitude, iterations, 0.99, seed, self.preset.samples_for(frames as usize))
+    }
+
+    /// The spectrogram image: grey, `n_mels` rows, one column per frame.
+    pub fn image_from_mel(&self, mel: &Tensor) -> Result<image::GrayImage, tch::TchError> {
+        let (mels, frames) = mel.size2()?;
+        let values = mel.f_to_kind(Kind::Float)?;
+        let pixels = match self.preset.image {
+            ImageScale::PowerLaw { power, .. } => {
+                let peak = f64::try_from(values.f_max()?)?.max(1e-12);
+                values
+                    .f_div_scalar(peak)?
+                    .f_clamp(0.0, 1.0)?
+                    .f_pow_tensor_scalar(power)?
+                    .f_mul_scalar(-255.0)?
+                    .f_add_scalar(255.0)?
+            }
+            ImageScale::Decibels { top_db } => {
+                let peak = f64::try_from(values.f_max()?)?.max(1e-10);
+                // 10·log10(max(S, 1e-10) / peak), floored at −top_db (librosa's power_to_db)
+                let db = values
+                    .f_clamp_min(1e-10)?
+                    .f_log10()?
+                    .f_mul_scalar(10.0)?
+                    .f_sub_scalar(10.0 * peak.log10())?;
+                db.f_clamp_min(-top_db)?
+                    .f_add_scalar(top_db)?
+                    .f_mul_scalar(255.0 / top_db)?
+                    .f_clamp(0.0, 255.0)?
+                    .f_add_scalar(0.5)?
+            }
+        };
+        let pixels = if self.preset.low_at_bottom { pixels.f_flip([0])? } else { pixels };
+        // truncation, as numpy's astype(uint8) does
+        let bytes = Vec::<u8>::try_from(
+            pixels.f_to_device(Device::Cpu)?.f_to_kind(Kind::Uint8)?.f_contiguous()?.f_view([-1])?,
+        )?;
+        Ok(image::GrayImage::from_raw(frames as u32, mels as u32, bytes).unwrap_or_default())
+    }
+
+    /// The mel spectrogram an image shows (its red channel; the absolute scale of a power-law
+    /// image is the preset's `max_value`, of a dB image the peak is 1).
+    pub fn mel_from_image(&self, image: &image::RgbImage) -> Result<Tensor, SpectrogramError> {
+        let (width, height) = image.dimensions();
+        if height as usize != self.preset.n_mels {
+            return Err(SpectrogramError::Height {
+                height,
+                preset: self.preset.name,
+                n_mels: self.preset.n_mels,
+            });
+        }
+        let red: Vec<f32> = image.pixels().map(|p| f32::from(p[0])).collect();
+        let pixels = Tensor::f_from_slice(&red)?
+            .f_view([i64::from(height), i64::from(width)])?
+            .f_to_device(self.device)?;
+        let pixels = if self.preset.low_at_bottom { pixels.f_flip([0])? } else { pixels };
+        let mel = match self.preset.image {
+            ImageScale::PowerLaw { power, max_value } => pixels
+                .f_neg()?
+                .f_add_scalar(255.0)?
+                .f_div_scalar(255.0)?
+                .f_pow_tensor_scalar(1.0 / power)?
+                .f_mul_scalar(max_value)?,
+            ImageScale::Decibels { top_db } => {
+                let db = pixels.f_mul_scalar(top_db / 255.0)?.f_sub_scalar(top_db)?;
+                db.f_mul_scalar(std::f64::consts::LN_10 / 10.0)?.f_exp()?
+            }
+        };
+        Ok(mel)
+    }
+}
+
+/// What can go wrong turning images into spectrograms.
+#[derive(Debug, thiserror::Error)]
+pub enum SpectrogramError {
+    #[error("the image is {height} pixels tall; the {preset} preset's spectrograms have {n_mels} mel rows")]
+    Height { height: u32, preset: &'static str, n_mels: usize },
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// Spectral convergence ‖|X| − |Y|‖_F / ‖|X|‖_F of two magnitude spectrograms (0: equal).
+pub fn spectral_convergence(reference: &Tensor, other: &Tensor) -> Result<f64, tch::TchError> {
+    let difference = reference.f_sub(other)?.f_square()?.f_sum(Kind::Double)?.f_sqrt()?;
+    let norm = reference.f_square()?.f_sum(Kind::Double)?.f_sqrt()?;
+    Ok(f64::try_from(difference)? / f64::try_from(norm)?.max(1e-30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chord of three sines with a slow swell, `seconds` long.
+    fn chord(rate: u32, seconds: f64) -> Vec<f32> {
+        let n = (f64::from(rate) * seconds) as usize;
+        (0..n)
+            .map(|i| {
+                let t = i as f64 / f64::from(rate);
+                let swell = 0.5 + 0.5 * (std::f64::consts::TAU * 0.5 * t).sin();
+                let tone: f64 =
+                    [220.0, 277.18, 329.63].iter().map(|f| (std::f64::consts::TAU * f * t).sin()).sum();
+                (0.2 * swell * tone) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mel_filters_are_triangles_at_the_right_places() {
+        let preset = SpectrogramPreset::studio();
+        let filters = preset.mel_filters();
+        let (n_freqs, n_mels) = (preset.n_freqs(), preset.n_mels);
+        assert_eq!(filters.len(), n_freqs * n_mels);
+        // each filter peaks near 1 (no normalisation) and is zero far from its centre
+        for mel in [0, 40, 127] {
+            let column: Vec<f32> = (0..n_freqs).map(|b| filters[b * n_mels + mel]).collect();
+            let peak = column.iter().cloned().fold(0.0, f32::max);
+            assert!(peak > 0.5 && peak <= 1.0, "filter {mel} peaks at {peak}");
+        }
+        // HTK: 1000 Hz is 1000 mel
+        assert!((preset.hz_to_mel(1000.0) - 1000.0).abs() < 0.1);
+        assert!((preset.mel_to_hz(preset.hz_to_mel(3456.0)) - 3456.0).abs() < 1e-6);
+        let slaney = SpectrogramPreset::audio_diffusion();
+        assert!((slaney.hz_to_mel(1000.0) - 15.0).abs() < 1e-9);
+        assert!((slaney.mel_to_hz(slaney.hz_to_mel(5000.0)) - 5000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_clip_survives_mel_then_pseudo_inverse_and_griffin_lim() {
+        let preset = SpectrogramPreset::studio();
+        let spectrogram = Spectrogram::new(preset.clone(), Device::Cpu).expect("tensors");
+        let samples = chord(preset.sample_rate, 2.0);
+        let mel = spectrogram.mel(&samples).expect("mel");
+        assert_eq!(mel.size(), [128, (samples.len() / preset.hop + 1) as i64]);
+        let audio = spectrogram.audio_from_mel(&mel, 32, 7).expect("audio");
+        assert_eq!(audio.len(), preset.samples_for(mel.size()[1] as usize));
+        let again = spectrogram.mel(&audio).expect("mel");
+        let convergence = spectral_convergence(&mel, &again).expect("a number");
+        assert!(convergence < 0.25, "spectral convergence {convergence:.3}");
+        // fewer iterations do worse: the phases are being found, not copied
+        let rough = spectrogram.audio_from_mel(&mel, 1, 7).expect("audio");
+        let rough = spectral_convergence(&mel, &spectrogram.mel(&rough).expect("mel")).expect("a number");
+        assert!(rough > convergence, "1 iteration {rough:.3} vs 32: {convergence:.3}");
+    }
+
+    #[test]
+    fn images_round_trip_through_both_scales() {
+        for preset in [SpectrogramPreset::studio(), SpectrogramPreset::audio_diffusion()] {
+            let spectrogram = Spectrogram::new(preset.clone(), Device::Cpu).expect("tensors");
+            let samples = chord(preset.sample_rate, 1.0);
+            let mel = spectrogram.mel(&samples).expect("mel");
+            let image = spectrogram.image_from_mel(&mel).expect("image");
+            assert_eq!(image.height() as usize, preset.n_mels);
+            let rgb = image::DynamicImage::ImageLuma8(image.clone()).to_rgb8();
+            let back = spectrogram.mel_from_image(&rgb).expect("mel");
+            let again = spectrogram.image_from_mel(&back).expect("image");
+            // the image's own values come back (the scale is relative), within a level
+            let worst = image.pixels().zip(again.pixels()).map(|(a, b)| a[0].abs_diff(b[0])).max();
+            assert!(worst <= Some(1), "{}: {worst:?}", preset.name);
+        }
+        let spectrogram = Spectrogram::new(SpectrogramPreset::studio(), Device::Cpu).expect("tensors");
+        let wrong = image::RgbImage::new(64, 100);
+        let error = spectrogram.mel_from_image(&wrong).expect_err("refused").to_string();
+        assert!(error.contains("100 pixels tall") && error.contains("128"), "{error}");
+    }
+}
