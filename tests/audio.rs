@@ -1,24 +1,8 @@
 //! The spectrogram presets against torchaudio's numbers (tests/fixtures/audio/presets.json, made
 //! by make_presets.py beside it from the same test signal).
 
-use diffusion_studio::engine::spectrogram::{Spectrogram, SpectrogramPreset};
+use diffusion_studio::engine::spectrogram::{Spectrogram, SpectrogramPreset, reference_signal};
 use tch::Device;
-
-/// The fixture's signal: a chord of three sines with a 0.5 Hz swell and a click every 0.25 s.
-fn signal(rate: u32, seconds: f64) -> Vec<f32> {
-    let n = (f64::from(rate) * seconds) as usize;
-    let quarter = (rate / 4) as usize;
-    (0..n)
-        .map(|i| {
-            let t = i as f64 / f64::from(rate);
-            let swell = 0.5 + 0.5 * (std::f64::consts::TAU * 0.5 * t).sin();
-            let tone: f64 =
-                [220.0, 277.18, 329.63].iter().map(|f| (std::f64::consts::TAU * f * t).sin()).sum();
-            let click = if i % quarter == 0 { 0.5 } else { 0.0 };
-            (0.2 * swell * tone + click) as f32
-        })
-        .collect()
-}
 
 #[test]
 fn every_preset_matches_torchaudio_on_the_recorded_signal() {
@@ -29,7 +13,7 @@ fn every_preset_matches_torchaudio_on_the_recorded_signal() {
         let recorded = &fixture["presets"][preset.name];
         let seconds = recorded["seconds"].as_f64().expect("seconds");
         let spectrogram = Spectrogram::new(preset.clone(), Device::Cpu).expect("tensors");
-        let mel = spectrogram.mel(&signal(preset.sample_rate, seconds)).expect("mel");
+        let mel = spectrogram.mel(&reference_signal(preset.sample_rate, seconds)).expect("mel");
         let shape: Vec<i64> =
             recorded["shape"].as_array().expect("shape").iter().filter_map(|v| v.as_i64()).collect();
         assert_eq!(mel.size(), shape, "{}", preset.name);

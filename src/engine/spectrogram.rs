@@ -445,6 +445,24 @@ pub enum SpectrogramError {
     Torch(#[from] tch::TchError),
 }
 
+/// The test signal the presets' fixtures were recorded from (tests/fixtures/audio/
+/// make_presets.py): a chord of three sines (A3, C#4, E4) with a 0.5 Hz swell and a click every
+/// quarter second, `seconds` long at `rate`.
+pub fn reference_signal(rate: u32, seconds: f64) -> Vec<f32> {
+    let n = (f64::from(rate) * seconds) as usize;
+    let quarter = (rate / 4).max(1) as usize;
+    (0..n)
+        .map(|i| {
+            let t = i as f64 / f64::from(rate);
+            let swell = 0.5 + 0.5 * (std::f64::consts::TAU * 0.5 * t).sin();
+            let tone: f64 =
+                [220.0, 277.18, 329.63].iter().map(|f| (std::f64::consts::TAU * f * t).sin()).sum();
+            let click = if i % quarter == 0 { 0.5 } else { 0.0 };
+            (0.2 * swell * tone + click) as f32
+        })
+        .collect()
+}
+
 /// Spectral convergence ‖|X| − |Y|‖_F / ‖|X|‖_F of two magnitude spectrograms (0: equal).
 pub fn spectral_convergence(reference: &Tensor, other: &Tensor) -> Result<f64, tch::TchError> {
     let difference = reference.f_sub(other)?.f_square()?.f_sum(Kind::Double)?.f_sqrt()?;
@@ -455,20 +473,6 @@ pub fn spectral_convergence(reference: &Tensor, other: &Tensor) -> Result<f64, t
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A chord of three sines with a slow swell, `seconds` long.
-    fn chord(rate: u32, seconds: f64) -> Vec<f32> {
-        let n = (f64::from(rate) * seconds) as usize;
-        (0..n)
-            .map(|i| {
-                let t = i as f64 / f64::from(rate);
-                let swell = 0.5 + 0.5 * (std::f64::consts::TAU * 0.5 * t).sin();
-                let tone: f64 =
-                    [220.0, 277.18, 329.63].iter().map(|f| (std::f64::consts::TAU * f * t).sin()).sum();
-                (0.2 * swell * tone) as f32
-            })
-            .collect()
-    }
 
     #[test]
     fn mel_filters_are_triangles_at_the_right_places() {
@@ -494,7 +498,7 @@ mod tests {
     fn a_clip_survives_mel_then_pseudo_inverse_and_griffin_lim() {
         let preset = SpectrogramPreset::studio();
         let spectrogram = Spectrogram::new(preset.clone(), Device::Cpu).expect("tensors");
-        let samples = chord(preset.sample_rate, 2.0);
+        let samples = reference_signal(preset.sample_rate, 2.0);
         let mel = spectrogram.mel(&samples).expect("mel");
         assert_eq!(mel.size(), [128, (samples.len() / preset.hop + 1) as i64]);
         let audio = spectrogram.audio_from_mel(&mel, 32, 7).expect("audio");
@@ -512,7 +516,7 @@ mod tests {
     fn images_round_trip_through_both_scales() {
         for preset in [SpectrogramPreset::studio(), SpectrogramPreset::audio_diffusion()] {
             let spectrogram = Spectrogram::new(preset.clone(), Device::Cpu).expect("tensors");
-            let samples = chord(preset.sample_rate, 1.0);
+            let samples = reference_signal(preset.sample_rate, 1.0);
             let mel = spectrogram.mel(&samples).expect("mel");
             let image = spectrogram.image_from_mel(&mel).expect("image");
             assert_eq!(image.height() as usize, preset.n_mels);
