@@ -258,6 +258,9 @@ enum Command {
     /// Time engine parts for `make bench` (see bench/run.sh).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Audio: spectrogram images to and from WAV files.
+    #[command(subcommand)]
+    Audio(AudioCommand),
     /// Noise an image along the diffusion forward process (what img2img starts from).
     Noise {
         /// The image to noise.
@@ -395,6 +398,38 @@ struct EditArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum AudioCommand {
+    /// A WAV file's mel spectrogram as a grey PNG (stereo is mixed to mono, and the clip is
+    /// resampled to the preset's rate; both are said).
+    ToSpec {
+        /// The WAV file (PCM or float).
+        input: PathBuf,
+        /// riffusion, audio-diffusion or studio.
+        #[arg(long, default_value = "studio")]
+        preset: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A spectrogram image back to sound: mel to linear by the pseudo-inverse, then Griffin-Lim.
+    FromSpec {
+        /// The spectrogram PNG (its height must be the preset's mel bins).
+        input: PathBuf,
+        /// riffusion, audio-diffusion or studio.
+        #[arg(long, default_value = "studio")]
+        preset: String,
+        /// Griffin-Lim iterations.
+        #[arg(long, default_value_t = 32)]
+        iterations: usize,
+        /// Seed of Griffin-Lim's first phases.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The WAV file to write (16-bit, mono, at the preset's rate).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// Whole text-to-image runs of a release-shaped model with random weights (UNet, VAE and
     /// text encoder of SD 1.5 or 2.1): text encoding, DPM++ 2M Karras steps with CFG, VAE decode;
@@ -449,6 +484,64 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+}
+
+/// `audio to-spec` and `audio from-spec`.
+fn audio_command(device: DeviceChoice, command: AudioCommand) -> anyhow::Result<()> {
+    use diffusion_studio::audio::wav;
+    use diffusion_studio::engine::spectrogram::{self, SpectrogramPreset};
+    match command {
+        AudioCommand::ToSpec { input, preset, out } => {
+            let preset = SpectrogramPreset::by_name(&preset).map_err(anyhow::Error::msg)?;
+            let clip = wav::read_wav(&input)?;
+            if clip.channels.len() > 1 {
+                eprintln!("{}: {} channels mixed to mono", input.display(), clip.channels.len());
+            }
+            let clip = if clip.sample_rate == preset.sample_rate {
+                clip
+            } else {
+                eprintln!(
+                    "{}: resampled from {} Hz to the {} preset's {} Hz",
+                    input.display(),
+                    clip.sample_rate,
+                    preset.name,
+                    preset.sample_rate
+                );
+                clip.resampled(preset.sample_rate)?
+            };
+            let image = spectrogram::image_of_samples(&preset, &clip.mono(), device)
+                .with_context(|| format!("{}", input.display()))?;
+            let rgba = image::DynamicImage::ImageLuma8(image).to_rgba8();
+            let text = format!("Spectrogram preset: {}, source: {}", preset.name, input.display());
+            document::write_png_with_text_atomic(&rgba, &out, "parameters", &text)?;
+            eprintln!(
+                "wrote {} ({}×{}: {:.2} s)",
+                out.display(),
+                rgba.width(),
+                rgba.height(),
+                clip.seconds()
+            );
+            Ok(())
+        }
+        AudioCommand::FromSpec { input, preset, iterations, seed, out } => {
+            let preset = SpectrogramPreset::by_name(&preset).map_err(anyhow::Error::msg)?;
+            let image = image::open(&input)
+                .with_context(|| format!("{} is not a readable image", input.display()))?
+                .into_rgb8();
+            let samples = spectrogram::samples_of_image(&preset, &image, iterations, seed, device)
+                .with_context(|| format!("{}", input.display()))?;
+            // Griffin-Lim's level is relative: peak-normalise to −1 dBFS
+            let peak = samples.iter().fold(0f32, |m, s| m.max(s.abs())).max(1e-9);
+            let gain = 10f32.powf(-1.0 / 20.0) / peak;
+            let clip = wav::Clip {
+                sample_rate: preset.sample_rate,
+                channels: vec![samples.iter().map(|s| s * gain).collect()],
+            };
+            wav::write_wav(&out, &clip)?;
+            eprintln!("wrote {} ({:.2} s at {} Hz)", out.display(), clip.seconds(), clip.sample_rate);
+            Ok(())
+        }
+    }
 }
 
 fn parse_device(text: &str) -> Result<DeviceChoice, String> {
@@ -546,6 +639,7 @@ fn main() -> ExitCode {
                 println!("generate {} {size}x{size} {steps} steps {scheduler}: {seconds:.4} s per image ({runs} runs after 1 warm-up)", model.display());
             })
         }
+        Some(Command::Audio(command)) => audio_command(cli.device, command),
         Some(Command::Noise { image, strength, steps, seed, out }) => {
             noise(cli.device, &image, strength, steps, seed, &out)
         }

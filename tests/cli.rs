@@ -644,3 +644,76 @@ fn edit_diffedit_writes_the_edit_and_its_mask() {
         (image::open(&out).expect("png").into_rgba8(), image::open(&again).expect("png").into_rgba8());
     assert_eq!(first.as_raw(), second.as_raw(), "the written mask reproduces the edit");
 }
+
+#[test]
+fn audio_to_spec_and_back_keeps_the_pitch_and_names_bad_input() {
+    use diffusion_studio::audio::wav::{Clip, read_wav, write_wav};
+    let dir = scratch("audio");
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    // a 440 Hz stereo tone at 22.05 kHz: mixed to mono and resampled to the studio preset's 16 kHz
+    let tone: Vec<f32> = (0..44_100)
+        .map(|i| (0.4 * (std::f64::consts::TAU * 440.0 * i as f64 / 22_050.0).sin()) as f32)
+        .collect();
+    let input = dir.join("tone.wav");
+    write_wav(&input, &Clip { sample_rate: 22_050, channels: vec![tone.clone(), tone] }).expect("writes");
+    let spec = dir.join("tone.png");
+    let output =
+        binary().args(["audio", "to-spec"]).arg(&input).arg("--out").arg(&spec).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("2 channels mixed to mono") && stderr.contains("resampled from 22050 Hz"),
+        "{stderr}"
+    );
+    let image = image::open(&spec).expect("png").into_luma8();
+    assert_eq!(image.height(), 128, "the studio preset's mel bins");
+    assert_eq!(image.width(), 2 * 16_000 / 256 + 1, "one column per hop of 2 s at 16 kHz");
+    // the darkest row (the loudest band) is the one holding 440 Hz: HTK mel of 440 Hz over 0-8 kHz
+    let loudest = (0..image.height())
+        .min_by_key(|&y| (0..image.width()).map(|x| u32::from(image.get_pixel(x, y)[0])).sum::<u32>())
+        .expect("rows");
+    let mel = |hz: f64| 2595.0 * (1.0 + hz / 700.0).log10();
+    let expected_row = 127 - ((mel(440.0) / mel(8000.0)) * 129.0 - 1.0).round() as u32;
+    assert!(loudest.abs_diff(expected_row) <= 1, "loudest row {loudest}, 440 Hz at {expected_row}");
+    let back = dir.join("back.wav");
+    let output =
+        binary().args(["audio", "from-spec"]).arg(&spec).arg("--out").arg(&back).output().expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let clip = read_wav(&back).expect("a wav");
+    assert_eq!((clip.sample_rate, clip.channels.len(), clip.frames()), (16_000, 1, 32_000));
+    // still 440 Hz: 880 zero crossings a second in the steady middle
+    let middle = &clip.channels[0][4_000..28_000];
+    let crossings = middle.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count() as f64 / 1.5;
+    assert!((crossings - 880.0).abs() < 20.0, "{crossings} crossings a second");
+    // bad input: not a WAV, an unknown preset, an image of the wrong height
+    let junk = dir.join("junk.wav");
+    std::fs::write(&junk, b"RIFF but not really").expect("write");
+    for (args, expected) in [
+        (vec!["audio".into(), "to-spec".into(), junk.display().to_string()], "junk.wav: not a readable WAV"),
+        (
+            vec![
+                "audio".into(),
+                "to-spec".into(),
+                input.display().to_string(),
+                "--preset".into(),
+                "mp3".into(),
+            ],
+            "no spectrogram preset \"mp3\"; the presets are riffusion, audio-diffusion, studio",
+        ),
+        (
+            vec![
+                "audio".into(),
+                "from-spec".into(),
+                spec.display().to_string(),
+                "--preset".into(),
+                "riffusion".into(),
+            ],
+            "128 pixels tall; the riffusion preset's spectrograms have 512 mel rows",
+        ),
+    ] {
+        let output = binary().args(&args).arg("--out").arg(dir.join("never.out")).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert!(!dir.join("never.out").exists());
+}

@@ -1,6 +1,8 @@
-//! Audio files and playback, with no tch and no egui. For now: what the `info` command and the
-//! status bar say about the output device. Every cpal call is guarded: with no sound card the
+//! Audio files and playback, with no tch and no egui: WAV files and resampling (`wav`), and what
+//! the `info` command and the status bar say about the output device. Every cpal call is guarded: with no sound card the
 //! default device exists but its configuration fails (see HEADLESS notes in README.md).
+
+pub mod wav;
 
 use cpal::traits::{DeviceTrait, HostTrait};
 

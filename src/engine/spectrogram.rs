@@ -436,11 +436,48 @@ impl Spectrogram {
     }
 }
 
+/// The spectrogram image of mono samples at the preset's rate, on `device` (CPU or CUDA).
+pub fn image_of_samples(
+    preset: &SpectrogramPreset,
+    samples: &[f32],
+    device: crate::protocol::DeviceChoice,
+) -> Result<image::GrayImage, SpectrogramError> {
+    let device = crate::engine::device::select(device).map_err(SpectrogramError::Device)?;
+    if samples.len() < preset.n_fft / 2 + 1 {
+        return Err(SpectrogramError::TooShort {
+            samples: samples.len(),
+            preset: preset.name,
+            needed: preset.n_fft / 2 + 1,
+        });
+    }
+    let spectrogram = Spectrogram::new(preset.clone(), device)?;
+    Ok(spectrogram.image_from_mel(&spectrogram.mel(samples)?)?)
+}
+
+/// Mono samples at the preset's rate from a spectrogram image (pseudo-inverse, then
+/// `iterations` of Griffin-Lim from phases seeded by `seed`), on `device`.
+pub fn samples_of_image(
+    preset: &SpectrogramPreset,
+    image: &image::RgbImage,
+    iterations: usize,
+    seed: u64,
+    device: crate::protocol::DeviceChoice,
+) -> Result<Vec<f32>, SpectrogramError> {
+    let device = crate::engine::device::select(device).map_err(SpectrogramError::Device)?;
+    let spectrogram = Spectrogram::new(preset.clone(), device)?;
+    let mel = spectrogram.mel_from_image(image)?;
+    Ok(spectrogram.audio_from_mel(&mel, iterations, seed)?)
+}
+
 /// What can go wrong turning images into spectrograms.
 #[derive(Debug, thiserror::Error)]
 pub enum SpectrogramError {
     #[error("the image is {height} pixels tall; the {preset} preset's spectrograms have {n_mels} mel rows")]
     Height { height: u32, preset: &'static str, n_mels: usize },
+    #[error("{samples} samples are too few for a {preset} spectrogram (at least {needed})")]
+    TooShort { samples: usize, preset: &'static str, needed: usize },
+    #[error("{0}")]
+    Device(String),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
