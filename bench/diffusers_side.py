@@ -41,8 +41,25 @@ def generate(model: str, steps: int, runs: int, size: int = 16, scheduler: str =
     return (time.perf_counter() - start) / runs
 
 
+def griffin_lim(iterations: int, runs: int) -> float:
+    """torchaudio's GriffinLim with Riffusion's settings on 512 frames (5.11 s) of random
+    magnitudes (its time does not depend on them), after a warm-up run."""
+    import torchaudio
+    transform = torchaudio.transforms.GriffinLim(n_fft=17640, n_iter=iterations, win_length=4410, hop_length=441,
+                                                 power=1.0, momentum=0.99, length=511 * 441)
+    magnitude = torch.rand(8821, 512)
+    with torch.no_grad():
+        transform(magnitude)
+        start = time.perf_counter()
+        for _ in range(runs):
+            transform(magnitude)
+    return (time.perf_counter() - start) / runs
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "unet":
+    if sys.argv[1] == "griffin-lim":
+        print(f"{griffin_lim(int(sys.argv[2]), int(sys.argv[3])):.4f}")
+    elif sys.argv[1] == "unet":
         print(f"{unet(int(sys.argv[2]), int(sys.argv[3])):.4f}")
     else:
         extra = (int(sys.argv[5]), sys.argv[6]) if len(sys.argv) > 6 else ()

@@ -23,6 +23,12 @@ edit_tiny=$("$BIN" --device cpu bench edit --model "$MODEL" --size 16 --steps 20
 edit_sd=$("$BIN" --device cpu bench edit --model sd_v1_5 --size 256 --steps 5 --runs 1)
 field() { echo "$1" | sed -E "s/.* $2 ([0-9.]+).*/\1/"; }
 
+# audio (issue 7): Griffin-Lim on one Riffusion image (512 frames, 5.11 s), 32 iterations,
+# ours against torchaudio's GriffinLim with the same settings
+gl_ours=$("$BIN" --device cpu bench griffin-lim --preset riffusion --iterations 32 --runs 3 | sed -E 's/.*: ([0-9.]+) s per run.*/\1/')
+gl_theirs=$("$PY" bench/diffusers_side.py griffin-lim 32 3 2>/dev/null | tail -1)
+gl_studio=$("$BIN" --device cpu bench griffin-lim --preset studio --iterations 32 --runs 5 | sed -E 's/.*: ([0-9.]+) s per run.*/\1/')
+
 # the studio's UI: CPU time per frame while painting strokes on a 4096 × 4096 image (issue 6),
 # tests/ui_bench.rs under egui_kittest
 ui_bench=$(cargo test --release --test ui_bench -- --ignored --nocapture --test-threads 1 2>&1)
@@ -93,6 +99,16 @@ of that frame, CPU only (the GPU's texture upload not counted).
 | work | shown | p50 (ms) | p95 (ms) | max (ms) | frames | target |
 |---|---|---|---|---|---|---|
 | a step preview reaching the canvas | $(field "$preview" shown) | $(field "$preview" p50) | $(field "$preview" p95) | $(field "$preview" max) | $(field "$preview" frames-after-emit) | ≤ 1 frame |
+
+## Audio on the CPU ($(nproc) cores), $(date -u +%Y-%m-%d)
+
+Griffin-Lim, 32 iterations, momentum 0.99, from random phases (\`bench griffin-lim\`; torchaudio
+2.11's \`GriffinLim\` with the same n_fft, window, hop and length):
+
+| work | ours (s) | torchaudio (s) | ratio | target |
+|---|---|---|---|---|
+| Riffusion preset, one 512 × 512 image (5.11 s of 44.1 kHz) | $gl_ours | $gl_theirs | $(awk -v a="$gl_ours" -v b="$gl_theirs" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "—" }') | ≤ 0.3 s |
+| studio preset, one 128 × 128 image (2.05 s of 16 kHz) | $gl_studio | — | — | |
 
 ## The bundled shapes model's quality, $(date -u +%Y-%m-%d)
 

@@ -471,6 +471,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Griffin-Lim on one image's worth of a preset's spectrogram (the reference signal's linear
+    /// magnitudes), after a warm-up run; prints seconds per run.
+    GriffinLim {
+        #[arg(long, default_value = "riffusion")]
+        preset: String,
+        #[arg(long, default_value_t = 32)]
+        iterations: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Text-to-image jobs on a diffusers folder, after a warm-up job; prints seconds per job.
     Generate {
         #[arg(long)]
@@ -632,6 +642,11 @@ fn main() -> ExitCode {
                     t.inverted_again,
                     t.inverted_again / t.plain
                 );
+            })
+        }
+        Some(Command::Bench(BenchCommand::GriffinLim { preset, iterations, runs })) => {
+            diffusion_studio::engine::bench::griffin_lim_runs(cli.device, &preset, iterations, runs).map(|seconds| {
+                println!("griffin-lim {preset} {iterations} iterations: {seconds:.4} s per run ({runs} runs after 1 warm-up)");
             })
         }
         Some(Command::Bench(BenchCommand::Generate { model, steps, size, scheduler, runs })) => {

@@ -252,3 +252,27 @@ pub struct EditTimes {
     pub null_text_paper: f64,
     pub inverted_again: f64,
 }
+
+/// Seconds per Griffin-Lim run of `iterations` on one image's worth (`width` frames) of the
+/// preset's spectrogram of the reference signal, after one warm-up run.
+pub fn griffin_lim_runs(
+    device: DeviceChoice,
+    preset: &str,
+    iterations: usize,
+    runs: usize,
+) -> anyhow::Result<f64> {
+    use crate::engine::spectrogram::{Spectrogram, SpectrogramPreset, reference_signal};
+    let preset = SpectrogramPreset::by_name(preset).map_err(anyhow::Error::msg)?;
+    let device = crate::engine::device::select(device).map_err(anyhow::Error::msg)?;
+    let spectrogram = Spectrogram::new(preset.clone(), device)?;
+    let seconds = preset.samples_for(preset.width) as f64 / f64::from(preset.sample_rate);
+    let mel = spectrogram.mel(&reference_signal(preset.sample_rate, seconds))?;
+    let magnitude = spectrogram.linear_magnitude(&mel)?;
+    let length = preset.samples_for(preset.width);
+    spectrogram.griffin_lim(&magnitude, iterations, 0.99, 0, length)?;
+    let start = std::time::Instant::now();
+    for run in 0..runs.max(1) {
+        spectrogram.griffin_lim(&magnitude, iterations, 0.99, run as u64, length)?;
+    }
+    Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
+}
