@@ -399,6 +399,9 @@ struct EditArgs {
 
 #[derive(Subcommand, Debug)]
 enum AudioCommand {
+    /// Play a WAV file through the default output device (mixed to mono, resampled to the
+    /// device's rate), waiting until it ends.
+    Play { input: PathBuf },
     /// A WAV file's mel spectrogram as a grey PNG (stereo is mixed to mono, and the clip is
     /// resampled to the preset's rate; both are said).
     ToSpec {
@@ -501,6 +504,31 @@ fn audio_command(device: DeviceChoice, command: AudioCommand) -> anyhow::Result<
     use diffusion_studio::audio::wav;
     use diffusion_studio::engine::spectrogram::{self, SpectrogramPreset};
     match command {
+        AudioCommand::Play { input } => {
+            use diffusion_studio::audio::playback::{self, AudioOutput, Command};
+            let clip = wav::read_wav(&input)?;
+            let (player, transport) = playback::player();
+            let output = playback::CpalOutput::open(player)
+                .map_err(|reason| anyhow::anyhow!("no audio output ({reason}); nothing played"))?;
+            let clip = clip.resampled(output.sample_rate())?;
+            let samples: std::sync::Arc<[f32]> = clip.mono().into();
+            let frames = samples.len() as u64;
+            transport.send(Command::Load(samples));
+            transport.send(Command::Play);
+            let start = std::time::Instant::now();
+            let limit = std::time::Duration::from_secs_f64(clip.seconds() + 5.0);
+            while transport.position() < frames || transport.playing() {
+                anyhow::ensure!(
+                    start.elapsed() < limit,
+                    "{}: playback stalled at frame {} of {frames}",
+                    output.describe(),
+                    transport.position()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            eprintln!("played {} ({:.2} s) on {}", input.display(), clip.seconds(), output.describe());
+            Ok(())
+        }
         AudioCommand::ToSpec { input, preset, out } => {
             let preset = SpectrogramPreset::by_name(&preset).map_err(anyhow::Error::msg)?;
             let clip = wav::read_wav(&input)?;

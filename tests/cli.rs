@@ -717,3 +717,32 @@ fn audio_to_spec_and_back_keeps_the_pitch_and_names_bad_input() {
     }
     assert!(!dir.join("never.out").exists());
 }
+
+#[test]
+fn audio_play_uses_the_output_device_or_says_there_is_none() {
+    use diffusion_studio::audio::wav::{Clip, write_wav};
+    let dir = scratch("play");
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    let input = dir.join("beep.wav");
+    let beep: Vec<f32> = (0..8_000).map(|i| 0.3 * (i as f32 * 0.2).sin()).collect();
+    write_wav(&input, &Clip { sample_rate: 16_000, channels: vec![beep] }).expect("writes");
+    // ALSA pointed at its null device (HEADLESS.md): the real cpal path, played to the end
+    let config = dir.join("alsa-null.conf");
+    std::fs::write(&config, "</usr/share/alsa/alsa.conf>\npcm.!default { type null }\n").expect("write");
+    let output =
+        binary().env("ALSA_CONFIG_PATH", &config).args(["audio", "play"]).arg(&input).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if std::path::Path::new("/usr/share/alsa/alsa.conf").is_file() {
+        assert!(
+            output.status.success() && stderr.contains("played") && stderr.contains("0.50 s"),
+            "{stderr}"
+        );
+    }
+    // with no sound card and no ALSA override (this machine): said, not a crash
+    let no_card = std::fs::read_to_string("/proc/asound/cards").map_or(true, |c| c.contains("no soundcards"));
+    if no_card {
+        let output = binary().args(["audio", "play"]).arg(&input).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains("no audio output"), "{stderr}");
+    }
+}

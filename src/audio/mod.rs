@@ -2,6 +2,7 @@
 //! the `info` command and the status bar say about the output device. Every cpal call is guarded: with no sound card the
 //! default device exists but its configuration fails (see HEADLESS notes in README.md).
 
+pub mod playback;
 pub mod wav;
 
 use cpal::traits::{DeviceTrait, HostTrait};
@@ -30,7 +31,7 @@ pub fn describe_output() -> String {
 /// True on Linux when ALSA's own configuration is in use and the kernel has no sound card (or no
 /// ALSA at all): then opening the default device only prints ALSA's errors, so the studio does
 /// not try.
-fn alsa_has_no_card() -> bool {
+pub(crate) fn alsa_has_no_card() -> bool {
     cfg!(target_os = "linux")
         && std::env::var_os("ALSA_CONFIG_PATH").is_none()
         && std::fs::read_to_string("/proc/asound/cards").map_or(true, |cards| cards.contains("no soundcards"))
