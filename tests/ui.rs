@@ -286,10 +286,11 @@ fn marked(app: &StudioApp) -> usize {
     app.document.mask.as_ref().map_or(0, |m| m.pixels().iter().filter(|&&v| v > 0).count())
 }
 
-/// Scrolls a button into view, as a person would, and clicks it.
+/// Scrolls a button into view, as a person would, and clicks it. (Frames by count, not until
+/// the UI settles: while a job runs, its progress keeps asking for frames.)
 fn press(harness: &mut Harness<'static, StudioApp>, label: &str) {
     harness.get_by_label(label).scroll_to_me();
-    harness.run();
+    harness.run_steps(3);
     harness.get_by_label(label).click();
 }
 
@@ -650,7 +651,7 @@ fn after_a_crash_the_studio_offers_its_autosave_and_restores_it() {
     second.run_steps(3);
     second.get_by_label_contains("did not close normally");
     second.get_by_label("Restore").click();
-    second.run();
+    second.run_steps(2);
     settle(&mut second, |app| app.document.image.is_some() && app.pending_io == 0);
     let app = second.state();
     assert_eq!(centre_pixel(app), [20, 40, 220, 255], "the result that was on the canvas");
