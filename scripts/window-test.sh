@@ -108,16 +108,24 @@ awk -v c="${painted%% *}" 'BEGIN { exit !(c > 500 && c < 60000) }' || fail "the 
 # result is done when the autosave (every 5 s while the document changes) holds it as the first
 # history entry.
 region() { convert "$1" -crop 240x140+$((cx - 120))+$((cy - 70)) +repage "$2"; }
-# run_and_wait N WHAT: clicks the inspector's run button (top), moves the pointer off the canvas
-# and waits (240 s at most) for the autosave's history entry N.
+# run_and_wait N WHAT [retry]: clicks the inspector's run button (top), moves the pointer off the
+# canvas and waits (240 s at most) for the autosave's history entry N. A click right after
+# choosing from the method list was now and then lost under Xvfb (the job never queued): with
+# "retry", for a job that takes seconds, no result after 30 s is said and clicked once more.
 run_and_wait() {
   local entry
   entry="$DIFFUSION_STUDIO_AUTOSAVE/history/$(printf %04d "$1").png"
   xdotool mousemove --window "$window" $((width - 180)) 73 click 1
   xdotool mousemove --window "$window" "$cx" $((height - 5))
-  for _ in $(seq 1 240); do
+  for second in $(seq 1 240); do
     [ -s "$entry" ] && break
     kill -0 "$app_pid" 2>/dev/null || fail "the studio died: $(cat "$OUT/studio.log")"
+    if [ "$second" = 30 ] && [ "${3:-}" = retry ]; then
+      echo "window-test: no $2 result 30 s after the click; clicking the run button again"
+      import -window "$window" "$OUT/studio-click-lost.png"
+      xdotool mousemove --window "$window" $((width - 180)) 73 click 1
+      xdotool mousemove --window "$window" "$cx" $((height - 5))
+    fi
     sleep 1
   done
   [ -s "$entry" ] || fail "no $2 result within 240 s: $(tail -5 "$OUT/studio.log")"
@@ -138,7 +146,7 @@ sleep 1
 xdotool mousemove --window "$window" $((width - 153)) 236 click 1 # "Prompt-to-prompt (word editor)"
 sleep 1
 import -window "$window" "$OUT/studio-word-editor.png"
-run_and_wait 2 word-swap # "Apply edit"
+run_and_wait 2 word-swap retry # "Apply edit" (128 × 128: seconds)
 import -window "$window" "$OUT/studio-word-swap.png"
 region "$OUT/studio-inpainted.png" "$runtime/before.png"
 region "$OUT/studio-word-swap.png" "$runtime/after.png"
