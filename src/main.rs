@@ -25,7 +25,7 @@ use diffusion_studio::protocol::{
 #[command(name = "diffusion-studio", version, about = "An editing studio for diffusion models")]
 struct Cli {
     /// Where tensors run: auto (CUDA when present), cpu, cuda or cuda:N.
-    #[arg(long, global = true, default_value = "auto", value_parser = parse_device)]
+    #[arg(long, global = true, default_value = "auto", value_parser = DeviceChoice::from_name)]
     device: DeviceChoice,
     #[command(subcommand)]
     command: Option<Command>,
@@ -580,10 +580,6 @@ fn audio_command(device: DeviceChoice, command: AudioCommand) -> anyhow::Result<
             Ok(())
         }
     }
-}
-
-fn parse_device(text: &str) -> Result<DeviceChoice, String> {
-    DeviceChoice::from_name(text)
 }
 
 fn main() -> ExitCode {

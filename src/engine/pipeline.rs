@@ -328,13 +328,13 @@ impl StableDiffusion {
         })
     }
 
-    /// What was loaded, in one line.
     /// The image size the model was trained at: the UNet's sample size × the VAE's factor.
     pub fn native_size(&self) -> (u32, u32) {
         let side = (self.unet.config.sample_size * self.vae_scale_factor).clamp(8, 8192) as u32;
         (side, side)
     }
 
+    /// What was loaded, in one line.
     pub fn describe(&self) -> String {
         let name = self.source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match &self.detected {
@@ -346,12 +346,11 @@ impl StableDiffusion {
                     1024 => "SD 2.x".to_string(),
                     other => format!("small SD-family ({other}-wide text)"),
                 };
-                let variant = match self.unet.config.in_channels - self.vae.config.latent_channels {
-                    0 => "text-to-image",
-                    extra if extra == self.vae.config.latent_channels + 1 => "inpainting",
-                    extra if extra == self.vae.config.latent_channels => "InstructPix2Pix",
-                    _ => "unusual-input",
-                };
+                let variant = single_file::Variant::from_channels(
+                    self.unet.config.in_channels,
+                    self.vae.config.latent_channels,
+                )
+                .map_or("unusual-input", single_file::Variant::name);
                 let config: serde_json::Value =
                     serde_json::from_str(self.scheduler_config.as_deref().unwrap_or("{}"))
                         .unwrap_or_default();

@@ -18,6 +18,10 @@
 
 use tch::{Device, Kind, Tensor};
 
+/// Slaney's mel scale: Hz per mel below 1 kHz, where the log part starts (Hz and mel), and the
+/// log part's step (librosa's constants).
+const SLANEY: (f64, f64, f64, f64) = (200.0 / 3.0, 1000.0, 15.0, 0.068_751_777_420_949_12);
+
 /// How mel frequencies are spaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MelScale {
@@ -179,9 +183,7 @@ impl SpectrogramPreset {
         match self.mel_scale {
             MelScale::Htk => 2595.0 * (1.0 + hz / 700.0).log10(),
             MelScale::Slaney => {
-                let (f_sp, min_log_hz) = (200.0 / 3.0, 1000.0);
-                let min_log_mel = min_log_hz / f_sp;
-                let log_step = 6.4f64.ln() / 27.0;
+                let (f_sp, min_log_hz, min_log_mel, log_step) = SLANEY;
                 if hz >= min_log_hz { min_log_mel + (hz / min_log_hz).ln() / log_step } else { hz / f_sp }
             }
         }
@@ -191,9 +193,7 @@ impl SpectrogramPreset {
         match self.mel_scale {
             MelScale::Htk => 700.0 * (10f64.powf(mel / 2595.0) - 1.0),
             MelScale::Slaney => {
-                let (f_sp, min_log_hz) = (200.0 / 3.0, 1000.0);
-                let min_log_mel = min_log_hz / f_sp;
-                let log_step = 6.4f64.ln() / 27.0;
+                let (f_sp, min_log_hz, min_log_mel, log_step) = SLANEY;
                 if mel >= min_log_mel {
                     min_log_hz * (log_step * (mel - min_log_mel)).exp()
                 } else {

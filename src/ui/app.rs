@@ -1153,7 +1153,7 @@ impl StudioApp {
             EngineEvent::DeviceWarning { message } => self.errors.push(message),
             EngineEvent::Started { job } => self.status = format!("Running {job}"),
             EngineEvent::ModelLoaded { description, native_size, .. } => {
-                let name = description.split(": ").next().unwrap_or(&description);
+                let name = model_name(&description);
                 self.status = format!("Loaded {name} (what it is: Settings, or hover its name)");
                 self.model = Some(description);
                 // a model of another size: generation defaults to the size it was trained at
@@ -1601,7 +1601,7 @@ impl StudioApp {
             ui.separator();
             if let Some(model) = &self.model {
                 // the name here; what it was detected as on hover (and in the settings)
-                let name = model.split(": ").next().unwrap_or(model);
+                let name = model_name(model);
                 ui.label(format!("Model: {name}")).on_hover_text(model.as_str());
                 ui.separator();
             }
@@ -1823,6 +1823,11 @@ impl StudioApp {
             );
         }
     }
+}
+
+/// A loaded model's name: its description up to what it was detected as ("shapes: …").
+fn model_name(description: &str) -> &str {
+    description.split(": ").next().unwrap_or(description)
 }
 
 /// The image on the system clipboard, or why there is none (said to the person).

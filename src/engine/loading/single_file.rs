@@ -43,6 +43,27 @@ pub enum Variant {
     InstructPix2Pix,
 }
 
+impl Variant {
+    /// What a UNet with `in_channels` inputs over latents of `latent_channels` is for: the
+    /// latents alone, + mask + masked-image latents, or + source-image latents.
+    pub fn from_channels(in_channels: i64, latent_channels: i64) -> Option<Self> {
+        match in_channels - latent_channels {
+            0 => Some(Variant::Base),
+            extra if extra == latent_channels + 1 => Some(Variant::Inpainting),
+            extra if extra == latent_channels => Some(Variant::InstructPix2Pix),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Base => "text-to-image",
+            Variant::Inpainting => "inpainting",
+            Variant::InstructPix2Pix => "InstructPix2Pix",
+        }
+    }
+}
+
 /// What a checkpoint is, and how each answer was reached (for the message the user sees).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detected {
@@ -63,11 +84,7 @@ impl Detected {
             ModelFamily::Sd1 => "SD 1.x",
             ModelFamily::Sd2 => "SD 2.x",
         };
-        let variant = match self.variant {
-            Variant::Base => "text-to-image",
-            Variant::Inpainting => "inpainting",
-            Variant::InstructPix2Pix => "InstructPix2Pix",
-        };
+        let variant = self.variant.name();
         format!(
             "{family} {variant} checkpoint ({}), {}-channel UNet, prediction type {} ({}){}",
             self.family_reason,
@@ -132,15 +149,10 @@ pub fn detect(
     };
     // 3. the UNet's input channels say what it is for
     let in_channels = conv_in.get(1).copied().unwrap_or(0);
-    let variant = match in_channels {
-        4 => Variant::Base,
-        9 => Variant::Inpainting,
-        8 => Variant::InstructPix2Pix,
-        other => {
-            return refuse(format!(
-                "{CONV_IN} has {other} input channels; Stable Diffusion UNets have 4 (text to image), 9 (inpainting) or 8 (InstructPix2Pix)"
-            ));
-        }
+    let Some(variant) = Variant::from_channels(in_channels, 4) else {
+        return refuse(format!(
+            "{CONV_IN} has {in_channels} input channels; Stable Diffusion UNets have 4 (text to image), 9 (inpainting) or 8 (InstructPix2Pix)"
+        ));
     };
     // 4. prediction type: a `v_pred` marker key, else SD 2.x text-to-image models are the 768-v
     //    ones (as diffusers assumes); everything else predicts noise

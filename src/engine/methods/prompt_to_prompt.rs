@@ -74,16 +74,17 @@ pub fn run_with(
     let factor = model.vae_scale_factor;
     let (width, height) = (i64::from(base.width), i64::from(base.height));
     crate::engine::methods::img2img::check_output_size(model, base)?;
-    let (cross_start, cross_end) = params.cross_window;
-    if !(0.0..=1.0).contains(&cross_start) || !(0.0..=1.0).contains(&cross_end) || cross_start > cross_end {
-        return Err(JobError::Failed(format!(
-            "the cross-attention window must be within [0, 1] and start before it ends, got {cross_start}..{cross_end}"
-        )));
-    }
-    for (word, (start, end)) in &params.word_windows {
-        if !(0.0..=1.0).contains(start) || !(0.0..=1.0).contains(end) || start > end {
+    // the global window, then each word's own
+    let windows = std::iter::once(("the cross-attention window".to_string(), params.cross_window)).chain(
+        params
+            .word_windows
+            .iter()
+            .map(|(word, window)| (format!("the cross-attention window of \"{word}\""), *window)),
+    );
+    for (name, (start, end)) in windows {
+        if !(0.0..=1.0).contains(&start) || !(0.0..=1.0).contains(&end) || start > end {
             return Err(JobError::Failed(format!(
-                "the cross-attention window of \"{word}\" must be within [0, 1] and start before it ends, got {start}..{end}"
+                "{name} must be within [0, 1] and start before it ends, got {start}..{end}"
             )));
         }
     }
@@ -418,10 +419,7 @@ pub(crate) fn attention_maps(
     let target = maps.f_select(0, prompt)?; // (h, w, keys)
     let mut images = Vec::new();
     for (index, word) in words.iter().enumerate() {
-        let positions: Vec<i64> = alignment::word_positions(words, index).map(|p| p as i64).collect();
-        let picked =
-            target.f_index_select(2, &Tensor::f_from_slice(&positions)?.f_to_device(target.device())?)?;
-        let map = picked.f_mean_dim(2, false, Kind::Float)?;
+        let map = word_mean(&target, words, index)?; // (h, w)
         // smoothly up to the image (a mask made from it has no blocks), then normalised
         let smooth = map.f_unsqueeze(0)?.f_unsqueeze(0)?.f_upsample_bilinear2d(
             [i64::from(height), i64::from(width)],
@@ -430,14 +428,26 @@ pub(crate) fn attention_maps(
             None,
         )?;
         let peak = f64::try_from(smooth.f_max()?)?.max(1e-12);
-        let scaled = smooth.f_squeeze_dim(0)?.f_div_scalar(peak)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?;
-        let grey = Tensor::f_cat(&[&scaled, &scaled, &scaled], 0)?;
+        let scaled = smooth.f_squeeze_dims([0, 1])?.f_div_scalar(peak)?;
         images.push(LabelledImage {
             label: format!("{ATTENTION_LABEL}{}", word.word),
-            image: image_from_tensor(&grey)?,
+            image: grey_image(&scaled)?,
         });
     }
     Ok(images)
+}
+
+/// The mean over a word's tokens of maps whose last dimension is the keys.
+fn word_mean(maps: &Tensor, words: &[WordTokens], index: usize) -> Result<Tensor, tch::TchError> {
+    let positions: Vec<i64> = alignment::word_positions(words, index).map(|p| p as i64).collect();
+    let keys = Tensor::f_from_slice(&positions)?.f_to_device(maps.device())?;
+    maps.f_index_select(-1, &keys)?.f_mean_dim(-1, false, Kind::Float)
+}
+
+/// A map of values in [0, 1], (height, width), as a grey image.
+fn grey_image(map: &Tensor) -> Result<ImageData, JobError> {
+    let signed = map.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?;
+    image_from_tensor(&Tensor::f_stack(&[&signed, &signed, &signed], 0)?)
 }
 
 /// Each target word's cross-attention at every step (averaged over its tokens and the layers), as
@@ -461,10 +471,7 @@ pub(crate) fn attention_step_strips(
         Tensor::f_stack(&steps.iter().map(|m| m.f_select(0, prompt)).collect::<Result<Vec<_>, _>>()?, 0)?;
     let mut images = Vec::new();
     for (index, word) in words.iter().enumerate() {
-        let positions: Vec<i64> = alignment::word_positions(words, index).map(|p| p as i64).collect();
-        let picked =
-            maps.f_index_select(3, &Tensor::f_from_slice(&positions)?.f_to_device(maps.device())?)?;
-        let map = picked.f_mean_dim(3, false, Kind::Float)?; // (steps, h, w)
+        let map = word_mean(&maps, words, index)?; // (steps, h, w)
         let peak = map.f_amax([1, 2], true)?.f_clamp_min(1e-12)?;
         let frames = map
             .f_div(&peak)?
@@ -473,10 +480,9 @@ pub(crate) fn attention_step_strips(
             .f_squeeze_dim(1)?; // (steps, fh, fw)
         // side by side: (fh, steps × fw)
         let strip = frames.f_permute([1, 0, 2])?.f_reshape([frame_height, -1])?;
-        let grey = Tensor::f_stack(&[&strip, &strip, &strip], 0)?.f_mul_scalar(2.0)?.f_sub_scalar(1.0)?;
         images.push(LabelledImage {
             label: format!("{ATTENTION_STEPS_LABEL}{}", word.word),
-            image: image_from_tensor(&grey)?,
+            image: grey_image(&strip)?,
         });
     }
     Ok(images)
