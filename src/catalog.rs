@@ -74,9 +74,25 @@ pub fn sample_image() -> Option<PathBuf> {
 /// the source tree the binary was built from (that path even when it is missing, so errors name
 /// where it was expected).
 pub fn bundled_shapes_model() -> PathBuf {
-    let relative = Path::new("assets/models/shapes");
-    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-    if relative.join("model_index.json").is_file() { relative.to_path_buf() } else { built_from }
+    bundled_model("shapes")
+}
+
+/// Where the bundled music model lives (`assets/models/music`), as [`bundled_shapes_model`].
+pub fn bundled_music_model() -> PathBuf {
+    bundled_model("music")
+}
+
+fn bundled_model(name: &str) -> PathBuf {
+    let relative = Path::new("assets/models").join(name);
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join(&relative);
+    if relative.join("model_index.json").is_file() { relative } else { built_from }
+}
+
+/// The spectrogram preset an audio model's folder names (`spectrogram.json`), if any.
+pub fn spectrogram_preset(model: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(model.join("spectrogram.json")).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value["preset"].as_str().map(str::to_string)
 }
 
 /// A diffusers folder's native image side: its UNet's `sample_size` times the VAE's factor

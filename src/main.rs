@@ -15,10 +15,10 @@ use diffusion_studio::engine::schedulers::SchedulerChoice;
 use diffusion_studio::engine::training::trainer::{Run, Stage, TrainOptions, TrainProgress};
 use diffusion_studio::engine::{EngineHandle, device};
 use diffusion_studio::protocol::{
-    self as protocol, DEFAULT_NULL_TEXT_STEPS, DeviceChoice, DiffEditParams, EditSource, EngineEvent,
-    GenerateParams, ImageData, Img2ImgParams, InpaintParams, InstructPix2PixParams, InvertParams, Job,
-    JobOutput, MagicMixParams, MaskOptions, ModelFamily, ModelOptions, PaintWithWordsParams, Precision,
-    Prediction, PromptToPromptParams,
+    self as protocol, AudioTask, DEFAULT_NULL_TEXT_STEPS, DeviceChoice, DiffEditParams, EditSource,
+    EngineEvent, GenerateParams, ImageData, Img2ImgParams, InpaintParams, InstructPix2PixParams,
+    InvertParams, Job, JobOutput, MagicMixParams, MaskOptions, ModelFamily, ModelOptions,
+    PaintWithWordsParams, Precision, Prediction, PromptToPromptParams,
 };
 
 #[derive(Parser, Debug)]
@@ -397,8 +397,102 @@ struct EditArgs {
     out: PathBuf,
 }
 
+/// What every audio generation job shares.
+#[derive(clap::Args, Debug)]
+struct AudioJobArgs {
+    /// A diffusers folder or single file (default: the bundled music model, assets/models/music;
+    /// a Riffusion model gets the riffusion preset).
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// riffusion, audio-diffusion or studio (default: the model's own).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Spectrogram frames per image (default: the model's own).
+    #[arg(long)]
+    frames: Option<u32>,
+    /// Griffin-Lim iterations.
+    #[arg(long, default_value_t = 32)]
+    iterations: usize,
+    /// The WAV file to write (16-bit mono at the preset's rate).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the spectrogram image here.
+    #[arg(long)]
+    spectrogram: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum AudioCommand {
+    /// Text to audio: a spectrogram generated from the prompt, then Griffin-Lim.
+    Generate {
+        #[command(flatten)]
+        job: AudioJobArgs,
+    },
+    /// Audio to audio: img2img on the input's spectrogram (its first image's worth: 4.1 s for
+    /// the bundled model, 5.1 s for Riffusion).
+    Img2audio {
+        #[command(flatten)]
+        job: AudioJobArgs,
+        /// The WAV file to transform.
+        #[arg(long)]
+        input: PathBuf,
+        /// How much to change, in (0, 1].
+        #[arg(long, default_value_t = 0.6)]
+        strength: f64,
+    },
+    /// Regenerate a time range of the input (and only a frequency band, with --low-hz and
+    /// --high-hz); outside it, after a 50 ms crossfade, the input is kept sample for sample.
+    Inpaint {
+        #[command(flatten)]
+        job: AudioJobArgs,
+        #[arg(long)]
+        input: PathBuf,
+        /// Start of the range, in seconds.
+        #[arg(long)]
+        start: f64,
+        /// End of the range, in seconds.
+        #[arg(long)]
+        end: f64,
+        #[arg(long, requires = "high_hz")]
+        low_hz: Option<f64>,
+        #[arg(long, requires = "low_hz")]
+        high_hz: Option<f64>,
+        /// 1 regenerates from noise; less keeps more of what the range holds.
+        #[arg(long, default_value_t = 1.0)]
+        strength: f64,
+    },
+    /// Continue the input: half an image's worth generated after its end, appended.
+    Continue {
+        #[command(flatten)]
+        job: AudioJobArgs,
+        #[arg(long)]
+        input: PathBuf,
+        /// How many continuations to append, one after the other.
+        #[arg(long, default_value_t = 1)]
+        times: usize,
+    },
+    /// A seamless loop of the input (or of a clip generated from the prompt, without --input).
+    Loop {
+        #[command(flatten)]
+        job: AudioJobArgs,
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+    /// Clips from --prompt/--seed to --to-prompt/--to-seed (Riffusion's interpolation),
+    /// crossfaded into one file.
+    Interpolate {
+        #[command(flatten)]
+        job: AudioJobArgs,
+        #[arg(long)]
+        to_prompt: std::ffi::OsString,
+        /// Default: the same seed.
+        #[arg(long)]
+        to_seed: Option<u64>,
+        #[arg(long, default_value_t = 4)]
+        clips: usize,
+    },
     /// Play a WAV file through the default output device (mixed to mono, resampled to the
     /// device's rate), waiting until it ends.
     Play { input: PathBuf },
@@ -427,6 +521,21 @@ enum AudioCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// The WAV file to write (16-bit, mono, at the preset's rate).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write clips of the bundled music model's procedural dataset: WAV, studio spectrogram PNG
+    /// and caption (captions.txt), to listen to and look at what the model learns.
+    Dataset {
+        /// How many clips.
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Held-out clips (the evaluation's) instead of training clips.
+        #[arg(long)]
+        eval: bool,
+        /// The folder to write (created).
         #[arg(long)]
         out: PathBuf,
     },
@@ -559,6 +668,82 @@ fn audio_command(device: DeviceChoice, command: AudioCommand) -> anyhow::Result<
                 rgba.height(),
                 clip.seconds()
             );
+            Ok(())
+        }
+        AudioCommand::Generate { job } => run_audio(device, job, |_| Ok(AudioTask::Generate)),
+        AudioCommand::Img2audio { job, input, strength } => run_audio(device, job, |rate| {
+            Ok(AudioTask::Transform { source: read_source(&input, rate)?, strength })
+        }),
+        AudioCommand::Inpaint { job, input, start, end, low_hz, high_hz, strength } => {
+            run_audio(device, job, |rate| {
+                Ok(AudioTask::Inpaint {
+                    source: read_source(&input, rate)?,
+                    start,
+                    end,
+                    band: low_hz.zip(high_hz),
+                    strength,
+                })
+            })
+        }
+        AudioCommand::Continue { job, input, times } => {
+            anyhow::ensure!((1..=32).contains(&times), "--times must be 1 to 32, not {times}");
+            // each continuation starts from the last one's result
+            let out = job.out.clone();
+            let mut source = None;
+            let mut job = job;
+            for time in 0..times {
+                let input = input.clone();
+                let previous = source.take();
+                let clip = run_audio_clip(device, &mut job, |rate| {
+                    Ok(AudioTask::Continue {
+                        source: match previous {
+                            Some(previous) => previous,
+                            None => read_source(&input, rate)?,
+                        },
+                    })
+                })?;
+                if time + 1 == times {
+                    write_audio(&job, &clip, &out)?;
+                }
+                source = Some(clip.samples);
+            }
+            Ok(())
+        }
+        AudioCommand::Loop { job, input } => run_audio(device, job, |rate| {
+            Ok(AudioTask::Loop { source: input.as_ref().map(|input| read_source(input, rate)).transpose()? })
+        }),
+        AudioCommand::Interpolate { job, to_prompt, to_seed, clips } => {
+            let to_prompt = text_argument("--to-prompt", to_prompt)?;
+            let to_seed = to_seed.unwrap_or(job.sampling.seed);
+            run_audio(device, job, |_| Ok(AudioTask::Interpolate { to_prompt, to_seed, clips }))
+        }
+        AudioCommand::Dataset { count, seed, eval, out } => {
+            use diffusion_studio::datasets::{music, shapes::Split};
+            std::fs::create_dir_all(&out).with_context(|| format!("could not create {}", out.display()))?;
+            let preset = SpectrogramPreset::studio();
+            let split = if eval { Split::Eval } else { Split::Train };
+            let mut captions = String::new();
+            for index in 0..count {
+                let clip = music::sample(seed, index as u64, split);
+                let name = format!("{index:04}");
+                let wav_clip =
+                    wav::Clip { sample_rate: music::SAMPLE_RATE, channels: vec![clip.samples.clone()] };
+                wav::write_wav(&out.join(format!("{name}.wav")), &wav_clip)?;
+                let image = spectrogram::image_of_samples(&preset, &clip.samples, device)?;
+                let image =
+                    image::imageops::crop_imm(&image, 0, 0, music::FRAMES as u32, image.height()).to_image();
+                let rgba = image::DynamicImage::ImageLuma8(image).to_rgba8();
+                let text = format!("Spectrogram preset: studio, caption: {}", clip.caption);
+                document::write_png_with_text_atomic(
+                    &rgba,
+                    &out.join(format!("{name}.png")),
+                    "parameters",
+                    &text,
+                )?;
+                captions.push_str(&format!("{name}\t{}\n", clip.caption));
+            }
+            std::fs::write(out.join("captions.txt"), captions)?;
+            eprintln!("wrote {count} clips to {}", out.display());
             Ok(())
         }
         AudioCommand::FromSpec { input, preset, iterations, seed, out } => {
@@ -1216,12 +1401,126 @@ fn run_and_write_images(
     Ok(())
 }
 
+/// A WAV file as mono samples at `rate` (mixing and resampling said).
+fn read_source(path: &std::path::Path, rate: u32) -> anyhow::Result<std::sync::Arc<Vec<f32>>> {
+    use diffusion_studio::audio::wav;
+    let clip = wav::read_wav(path)?;
+    if clip.channels.len() > 1 {
+        eprintln!("{}: {} channels mixed to mono", path.display(), clip.channels.len());
+    }
+    let clip = if clip.sample_rate == rate {
+        clip
+    } else {
+        eprintln!("{}: resampled from {} Hz to {rate} Hz", path.display(), clip.sample_rate);
+        clip.resampled(rate)?
+    };
+    Ok(std::sync::Arc::new(clip.mono()))
+}
+
+/// The audio job's request: the model (the bundled music model by default), its preset's
+/// rate, and the task made for that rate.
+fn audio_params(
+    job: &mut AudioJobArgs,
+    task: impl FnOnce(u32) -> anyhow::Result<AudioTask>,
+) -> anyhow::Result<protocol::AudioParams> {
+    use diffusion_studio::engine::spectrogram::SpectrogramPreset;
+    if job.model.model.is_none() {
+        let bundled = catalog::bundled_music_model();
+        anyhow::ensure!(
+            bundled.join("model_index.json").is_file(),
+            "no --model given and the bundled music model is not at {} (train it with `diffusion-studio train --dataset music --buckets 256x128 --run RUN --out {}`, or give --model)",
+            bundled.display(),
+            bundled.display()
+        );
+        job.model.model = Some(bundled);
+    }
+    let path = job.model.model.clone().unwrap_or_default();
+    let preset_name = job
+        .preset
+        .clone()
+        .or_else(|| catalog::spectrogram_preset(&path))
+        .unwrap_or_else(|| "riffusion".to_string());
+    let preset = SpectrogramPreset::by_name(&preset_name).map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
+    let model = ModelArgs {
+        model: job.model.model.clone(),
+        model_type: job.model.model_type,
+        prediction_type: job.model.prediction_type,
+        model_config: job.model.model_config.clone(),
+        dtype: job.model.dtype,
+    };
+    let sampling = SamplingArgs {
+        prompt: job.sampling.prompt.clone(),
+        negative_prompt: job.sampling.negative_prompt.clone(),
+        steps: job.sampling.steps,
+        scheduler: job.sampling.scheduler.clone(),
+        guidance: job.sampling.guidance,
+        guidance_rescale: job.sampling.guidance_rescale,
+        seed: job.sampling.seed,
+        clip_skip: job.sampling.clip_skip,
+    };
+    let base = base_params(model, sampling, job.frames.unwrap_or(0), 0)?;
+    Ok(protocol::AudioParams {
+        base,
+        preset: job.preset.clone().unwrap_or_default(),
+        task: task(preset.sample_rate)?,
+        griffin_lim_iterations: job.iterations,
+    })
+}
+
+/// Runs an audio job and returns its clip.
+fn run_audio_clip(
+    device: DeviceChoice,
+    job: &mut AudioJobArgs,
+    task: impl FnOnce(u32) -> anyhow::Result<AudioTask>,
+) -> anyhow::Result<protocol::AudioClip> {
+    let params = audio_params(job, task)?;
+    let label = params.task.label();
+    let steps = params.base.steps;
+    match run_job_output(device, Job::Audio(params), steps, label)? {
+        JobOutput::Audio(clip) => Ok(clip),
+        _ => bail!("the engine returned no audio"),
+    }
+}
+
+/// Writes a clip (and its spectrogram when asked).
+fn write_audio(job: &AudioJobArgs, clip: &protocol::AudioClip, out: &std::path::Path) -> anyhow::Result<()> {
+    use diffusion_studio::audio::wav;
+    let wav_clip = wav::Clip { sample_rate: clip.sample_rate, channels: vec![clip.samples.to_vec()] };
+    wav::write_wav(out, &wav_clip)?;
+    eprintln!(
+        "wrote {} ({:.2} s at {} Hz, {} preset)",
+        out.display(),
+        wav_clip.seconds(),
+        clip.sample_rate,
+        clip.preset
+    );
+    if let Some(path) = &job.spectrogram {
+        let image =
+            clip.spectrogram.to_rgba_image().context("the engine returned a malformed spectrogram")?;
+        let text = format!("Spectrogram preset: {}", clip.preset);
+        document::write_png_with_text_atomic(&image, path, "parameters", &text)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_audio(
+    device: DeviceChoice,
+    mut job: AudioJobArgs,
+    task: impl FnOnce(u32) -> anyhow::Result<AudioTask>,
+) -> anyhow::Result<()> {
+    let clip = run_audio_clip(device, &mut job, task)?;
+    let out = job.out.clone();
+    write_audio(&job, &clip, &out)
+}
+
 /// Runs one job on a fresh engine with a progress bar on stderr; returns its image.
 fn run_job(device: DeviceChoice, job: Job, steps: usize, label: &str) -> anyhow::Result<image::RgbaImage> {
     match run_job_output(device, job, steps, label)? {
         JobOutput::Image(result) => result.to_rgba_image().context("the engine returned a malformed image"),
         JobOutput::Inversion(_) => bail!("the engine returned an inversion, not an image"),
         JobOutput::Loaded(_) => bail!("the engine loaded a model but made no image"),
+        JobOutput::Audio(_) => bail!("the engine returned audio, not an image"),
         JobOutput::Images(images) => images
             .first()
             .and_then(|first| first.image.to_rgba_image())

@@ -263,6 +263,8 @@ pub enum Job {
     InstructPix2Pix(InstructPix2PixParams),
     /// MagicMix: the image's layout, the prompt's content.
     MagicMix(MagicMixParams),
+    /// Audio through spectrogram images.
+    Audio(AudioParams),
     /// Paint-with-words: painted regions bound to words of the prompt.
     PaintWithWords(PaintWithWordsParams),
     /// DiffEdit: the region where the prompts disagree, repainted with the target prompt.
@@ -483,6 +485,65 @@ pub struct InpaintParams {
     pub composite: bool,
 }
 
+/// Audio as spectrogram images: what to do.
+#[derive(Debug, Clone)]
+pub enum AudioTask {
+    /// Text to audio.
+    Generate,
+    /// Audio to audio: img2img on the source's spectrogram (its first image's worth).
+    Transform { source: Arc<Vec<f32>>, strength: f64 },
+    /// Regenerate `start..end` seconds of the source (and only the `band` of frequencies, in
+    /// Hz, when given); outside the range, after a short crossfade, the source is kept as it was.
+    Inpaint { source: Arc<Vec<f32>>, start: f64, end: f64, band: Option<(f64, f64)>, strength: f64 },
+    /// Continue the source: the next half image's worth, generated after its end (outpainting
+    /// in time); the result is the source with the continuation appended.
+    Continue { source: Arc<Vec<f32>> },
+    /// A seamless loop of the source (or of a clip generated from the prompt): the seam between
+    /// its end and its start is regenerated.
+    Loop { source: Option<Arc<Vec<f32>>> },
+    /// Riffusion-style interpolation: `clips` clips from the prompt and seed to `to_prompt` and
+    /// `to_seed` (text embeddings mixed linearly, starting noise spherically), crossfaded.
+    Interpolate { to_prompt: String, to_seed: u64, clips: usize },
+}
+
+impl AudioTask {
+    pub fn label(&self) -> &'static str {
+        match self {
+            AudioTask::Generate => "text to audio",
+            AudioTask::Transform { .. } => "audio to audio",
+            AudioTask::Inpaint { .. } => "regenerate a range",
+            AudioTask::Continue { .. } => "continue",
+            AudioTask::Loop { .. } => "loop",
+            AudioTask::Interpolate { .. } => "interpolate",
+        }
+    }
+}
+
+/// An audio job: `base.width` × `base.height` is one spectrogram image (frames × mel rows; 0
+/// for the model's own), `preset` the spectrogram preset ("" for the model's own).
+#[derive(Debug, Clone)]
+pub struct AudioParams {
+    pub base: GenerateParams,
+    pub preset: String,
+    pub task: AudioTask,
+    /// Griffin-Lim iterations (32 as torchaudio's default).
+    pub griffin_lim_iterations: usize,
+}
+
+/// A finished audio job: mono samples and the spectrogram they came from.
+#[derive(Debug, Clone)]
+pub struct AudioClip {
+    pub sample_rate: u32,
+    pub samples: Arc<Vec<f32>>,
+    /// The spectrogram image(s) side by side (low frequencies at the bottom or top as the
+    /// preset draws them).
+    pub spectrogram: ImageData,
+    /// The preset's name.
+    pub preset: String,
+    /// Seconds of `samples` the spectrogram's first column stands for.
+    pub spectrogram_start: f64,
+}
+
 impl Job {
     /// A short name for job lists and logs.
     pub fn label(&self) -> &'static str {
@@ -498,6 +559,7 @@ impl Job {
             Job::MagicMix(_) => "MagicMix",
             Job::PaintWithWords(_) => "paint-with-words",
             Job::DiffEdit(_) => "DiffEdit",
+            Job::Audio(params) => params.task.label(),
         }
     }
 }
@@ -544,6 +606,7 @@ pub enum JobOutput {
     Images(Vec<LabelledImage>),
     /// A model was loaded: what it is.
     Loaded(String),
+    Audio(AudioClip),
 }
 
 /// The device the engine settled on, for status bars and `info`.

@@ -12,17 +12,20 @@ use diffusion_studio::engine::EngineHandle;
 use diffusion_studio::engine::loading::read_safetensors;
 use diffusion_studio::engine::training::noise::{NoiseDistribution, Target};
 use diffusion_studio::engine::training::trainer::{
-    Interrupted, Quiet, Run, Stage, TrainOptions, TrainProgress,
+    Dataset, Interrupted, Quiet, Run, Stage, TrainOptions, TrainProgress,
 };
 use diffusion_studio::eval::card::model_card;
 use diffusion_studio::eval::shapes_metrics::{EvalOptions, evaluate};
-use diffusion_studio::protocol::{DeviceChoice, GenerateParams, Job, Precision};
+use diffusion_studio::protocol::{
+    AudioParams, AudioTask, DeviceChoice, GenerateParams, Job, JobOutput, Precision,
+};
 use tch::{Device, Tensor};
 
 /// A run small enough for a test, with every option off its default (4× latents of 8
 /// channels: the engine must follow the folder's sizes, not SD's).
 fn tiny() -> TrainOptions {
     TrainOptions {
+        dataset: Dataset::Shapes,
         seed: 5,
         latent_channels: 8,
         vae_levels: 3,
@@ -304,5 +307,73 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
         assert!(card.contains(needle), "MODEL_CARD.md lacks {needle}:\n{card}");
     }
     assert!(!card.contains("| unet | 0.00 M"), "parameters counted:\n{card}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The music dataset through the same trainer: studio spectrograms, the music vocabulary, and
+/// an exported folder that says its preset and plays as audio.
+#[test]
+fn a_music_run_exports_an_audio_model() {
+    let dir = std::env::temp_dir().join(format!("ds-train-music-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let options = TrainOptions {
+        dataset: Dataset::Music,
+        buckets: "64x128".into(),
+        vae_edge_weight: 0.0,
+        ground_weight: 0.0,
+        unet_edge_weight: 0.0,
+        ..tiny()
+    };
+    // the shapes-only options are refused by name, and so are buckets of another height
+    for bad in [
+        TrainOptions { ground_weight: 0.5, ..options.clone() },
+        TrainOptions { buckets: "64x64".into(), ..options.clone() },
+    ] {
+        let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();
+        assert!(error.contains("music") || error.contains("mel rows"), "{error}");
+    }
+    let run = Run::open(&dir.join("run"), options, Device::Cpu).expect("run");
+    run.train(Stage::Unet, &mut Quiet).expect("trains");
+    let out = dir.join("model");
+    run.export(&out).expect("exports");
+    let vocab = std::fs::read_to_string(out.join("tokenizer/vocab.json")).expect("vocabulary");
+    assert!(vocab.contains("arpeggio</w>") && !vocab.contains("circle</w>"), "{vocab}");
+    let info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("spectrogram.json")).expect("spectrogram.json"),
+    )
+    .expect("json");
+    assert_eq!(info["preset"], "studio");
+    assert_eq!((info["width"].as_u64(), info["height"].as_u64()), (Some(64), Some(128)));
+    // the engine takes the preset and size from the folder
+    let engine = EngineHandle::spawn(DeviceChoice::Cpu, Arc::new(|| {}));
+    let params = AudioParams {
+        base: GenerateParams {
+            model: out.clone(),
+            model_options: Default::default(),
+            prompt: "a slow minor pad".into(),
+            negative_prompt: String::new(),
+            steps: 2,
+            scheduler: "ddim".into(),
+            guidance_scale: 2.0,
+            guidance_rescale: 0.0,
+            clip_skip: 0,
+            seed: 1,
+            width: 0,
+            height: 0,
+            precision: Precision::F32,
+        },
+        preset: String::new(),
+        task: AudioTask::Generate,
+        griffin_lim_iterations: 2,
+    };
+    match common::run_output(&engine, Job::Audio(params)).expect("generates") {
+        JobOutput::Audio(clip) => {
+            assert_eq!(clip.preset, "studio");
+            assert_eq!(clip.sample_rate, 16_000);
+            assert_eq!((clip.spectrogram.width, clip.spectrogram.height), (64, 128));
+            assert_eq!(clip.samples.len(), 64 * 256);
+        }
+        other => panic!("expected audio, got {other:?}"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,3 +1,4 @@
 //! Procedural datasets for the bundled models: pure data, seeded and deterministic, no files.
 
+pub mod music;
 pub mod shapes;

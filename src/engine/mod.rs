@@ -450,6 +450,11 @@ impl JobRunner for TorchRunner {
                 methods::inversion::run(model, params, ctx)
                     .map(|inversion| JobOutput::Inversion(Box::new(inversion)))
             }
+            Job::Audio(params) => {
+                let base = &params.base;
+                let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
+                methods::audio::run(model, params, ctx).map(JobOutput::Audio)
+            }
             Job::DiffEdit(params) => {
                 let base = &params.base;
                 let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;

@@ -32,6 +32,43 @@ const EMBEDDING_CACHE_SIZE: usize = 64;
 /// The longer side of per-step previews, in pixels.
 pub const PREVIEW_SIDE: i64 = 256;
 
+/// An audio model's spectrograms: `spectrogram.json` beside `model_index.json` (the bundled
+/// music model writes it; Riffusion's folders have none and get the riffusion preset).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct SpectrogramInfo {
+    /// A preset name ([`crate::engine::spectrogram::SpectrogramPreset::by_name`]).
+    pub preset: String,
+    /// Image width (frames) and height (mel rows).
+    pub width: u32,
+    pub height: u32,
+}
+
+impl SpectrogramInfo {
+    /// The folder's `spectrogram.json`, if it has one.
+    pub fn read(folder: &Path) -> Result<Option<Self>, LoadError> {
+        let path = folder.join("spectrogram.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| LoadError::Read { path: path.clone(), source })?;
+        let info: Self = serde_json::from_str(&text)
+            .map_err(|error| LoadError::Config { path: path.clone(), reason: error.to_string() })?;
+        let preset = crate::engine::spectrogram::SpectrogramPreset::by_name(&info.preset)
+            .map_err(|reason| LoadError::Config { path: path.clone(), reason })?;
+        if info.height as usize != preset.n_mels || info.width == 0 {
+            return Err(LoadError::Config {
+                path,
+                reason: format!(
+                    "a {} spectrogram is {} mel rows high with at least one frame, not {}×{}",
+                    preset.name, preset.n_mels, info.width, info.height
+                ),
+            });
+        }
+        Ok(Some(info))
+    }
+}
+
 /// A loaded Stable Diffusion model.
 pub struct StableDiffusion {
     /// The diffusers folder or single file it came from.
@@ -61,6 +98,8 @@ pub struct StableDiffusion {
     scheduler_config_source: String,
     /// Pixels per latent cell: 2^(VAE levels − 1), 8 for SD.
     pub vae_scale_factor: i64,
+    /// What spectrograms an audio model makes (a folder's `spectrogram.json`).
+    pub spectrogram: Option<SpectrogramInfo>,
     pub device: Device,
     pub precision: Precision,
 }
@@ -197,6 +236,7 @@ impl StableDiffusion {
         if taesd.join("config.json").is_file() {
             model.taesd = Some(AutoencoderTiny::from_folder(&taesd, device)?);
         }
+        model.spectrogram = SpectrogramInfo::read(folder)?;
         Ok(model)
     }
 
@@ -323,6 +363,7 @@ impl StableDiffusion {
             scheduler_config: parts.scheduler_config,
             scheduler_config_source: parts.scheduler_config_source,
             vae_scale_factor,
+            spectrogram: None,
             device,
             precision,
         })
@@ -330,6 +371,9 @@ impl StableDiffusion {
 
     /// The image size the model was trained at: the UNet's sample size × the VAE's factor.
     pub fn native_size(&self) -> (u32, u32) {
+        if let Some(info) = &self.spectrogram {
+            return (info.width, info.height);
+        }
         let side = (self.unet.config.sample_size * self.vae_scale_factor).clamp(8, 8192) as u32;
         (side, side)
     }

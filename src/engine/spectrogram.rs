@@ -147,7 +147,8 @@ impl SpectrogramPreset {
             pad_mode: PadMode::Reflect,
             image: ImageScale::PowerLaw { power: 0.25, max_value: 1e3 },
             low_at_bottom: true,
-            width: 128,
+            // the bundled music model's clips (datasets::music::FRAMES): 4.1 s
+            width: 256,
         }
     }
 
@@ -177,6 +178,14 @@ impl SpectrogramPreset {
     /// Seconds one image (`width` frames) covers.
     pub fn image_seconds(&self) -> f64 {
         (self.width * self.hop) as f64 / f64::from(self.sample_rate)
+    }
+
+    /// The centre frequency of each mel row, lowest first.
+    pub fn mel_centres_hz(&self) -> Vec<f64> {
+        let (m_min, m_max) = (self.hz_to_mel(self.f_min), self.hz_to_mel(self.f_max));
+        (1..=self.n_mels)
+            .map(|i| self.mel_to_hz(m_min + (m_max - m_min) * i as f64 / (self.n_mels + 1) as f64))
+            .collect()
     }
 
     fn hz_to_mel(&self, hz: f64) -> f64 {

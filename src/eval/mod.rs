@@ -3,4 +3,6 @@
 
 pub mod card;
 pub mod detect;
+pub mod music_features;
+pub mod music_metrics;
 pub mod shapes_metrics;

@@ -259,9 +259,16 @@ pub struct StudioApp {
     /// Background file tasks still running.
     pub pending_io: usize,
     repaint: Arc<dyn Fn() + Send + Sync>,
+    /// The audio room.
+    pub audio: crate::ui::audio_room::AudioRoom,
 }
 
 impl StudioApp {
+    /// A finished audio job's clip goes to the audio room.
+    fn audio_result(&mut self, clip: crate::protocol::AudioClip) {
+        self.audio.set_result(clip);
+    }
+
     /// Builds the studio around `engine`; installs the canvas renderer when eframe runs on wgpu.
     pub fn new(cc: &eframe::CreationContext<'_>, engine: EngineHandle) -> Self {
         let gpu_canvas = match cc.wgpu_render_state.as_ref() {
@@ -321,6 +328,7 @@ impl StudioApp {
             io_receiver,
             pending_io: 0,
             repaint: Arc::new(move || ctx.request_repaint()),
+            audio: Default::default(),
         }
     }
 
@@ -1221,6 +1229,14 @@ impl StudioApp {
                         if state.is_some() {
                             self.status = format!("{label} done: {description}");
                         }
+                        return;
+                    }
+                    JobOutput::Audio(clip) => {
+                        self.status = format!(
+                            "{label} done ({job}): {:.2} s of audio",
+                            clip.samples.len() as f64 / f64::from(clip.sample_rate.max(1))
+                        );
+                        self.audio_result(clip);
                         return;
                     }
                     JobOutput::Inversion(inversion) => {

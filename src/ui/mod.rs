@@ -1,6 +1,7 @@
 //! The studio's user interface: egui only, never tch (a test enforces it).
 
 pub mod app;
+pub mod audio_room;
 pub mod canvas;
 pub mod inspector;
 pub mod prefs;

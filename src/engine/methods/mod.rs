@@ -1,5 +1,6 @@
 //! Methods: each a small strategy over the engine's loop (see ARCHITECTURE in README.md).
 
+pub mod audio;
 pub mod diffedit;
 pub mod forward_noise;
 pub mod img2img;

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use tch::{Device, Kind, Tensor};
 
+use crate::datasets::music;
 use crate::datasets::shapes::{self, Split};
 use crate::engine::models::vae::AutoencoderKl;
 use crate::text::tokenizer::ClipTokenizer;
@@ -149,6 +150,64 @@ pub fn render_set_styled(
     ImageSet { bucket, images, captions, scenes, masks }
 }
 
+/// Which samples a set holds: `0..count` of bucket `bucket_index`'s stream of `split`, rendered
+/// on `threads` threads.
+#[derive(Debug, Clone, Copy)]
+pub struct SetRequest {
+    pub seed: u64,
+    pub bucket_index: usize,
+    pub bucket: Bucket,
+    pub split: Split,
+    pub count: usize,
+    pub threads: usize,
+}
+
+/// Renders music clips `0..count` of bucket `bucket_index`'s stream from `split` (synthesised on
+/// `threads` threads) as studio-preset spectrogram images, grey in all three channels as
+/// Riffusion's are: `bucket.height` must be the preset's mel rows and `bucket.width` at most
+/// [`music::FRAMES`]. Music has no object regions: `scenes` is empty and the masks are zeros.
+pub fn render_music_set(request: SetRequest, style: music::PieceStyle) -> anyhow::Result<ImageSet> {
+    let SetRequest { seed, bucket_index, bucket, split, count, threads } = request;
+    let preset = crate::engine::spectrogram::SpectrogramPreset::studio();
+    anyhow::ensure!(
+        bucket.height as usize == preset.n_mels && bucket.width as usize <= music::FRAMES,
+        "music buckets are {} mel rows high and at most {} frames wide, not {}",
+        preset.n_mels,
+        music::FRAMES,
+        bucket.name()
+    );
+    let threads = threads.clamp(1, 16);
+    let mut clips: Vec<Option<music::Sample>> = vec![None; count];
+    let per_thread = count.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (chunk, part) in clips.chunks_mut(per_thread).enumerate() {
+            scope.spawn(move || {
+                for (i, clip) in part.iter_mut().enumerate() {
+                    let index = stream_start(bucket_index) + (chunk * per_thread + i) as u64;
+                    *clip = Some(music::sample_styled(seed, index, split, style));
+                }
+            });
+        }
+    });
+    let spectrogram = crate::engine::spectrogram::Spectrogram::new(preset, Device::Cpu)?;
+    let (w, h) = (bucket.width as usize, bucket.height as usize);
+    let mut grey = Vec::with_capacity(count * w * h);
+    let mut captions = Vec::with_capacity(count);
+    for clip in clips.into_iter().flatten() {
+        let mel = spectrogram.mel(&clip.samples)?.narrow(1, 0, w as i64);
+        let image = spectrogram.image_from_mel(&mel)?;
+        grey.extend_from_slice(image.as_raw());
+        captions.push(clip.caption);
+    }
+    anyhow::ensure!(captions.len() == count, "every clip rendered");
+    let images = Tensor::from_slice(&grey)
+        .view([count as i64, 1, h as i64, w as i64])
+        .expand([count as i64, 3, h as i64, w as i64], false)
+        .contiguous();
+    let masks = Tensor::zeros([count as i64, MASK_SLOTS as i64, 1, 1], (Kind::Uint8, Device::Cpu));
+    Ok(ImageSet { bucket, images, captions, scenes: Vec::new(), masks })
+}
+
 /// Averages full-resolution object coverages over [`MASK_BLOCK`]² blocks into `out`
 /// ([`MASK_SLOTS`] planes, u8); the background's plane is what no object covers.
 fn block_masks(objects: &[Vec<f32>], bucket: Bucket, out: &mut [u8]) {
@@ -179,6 +238,10 @@ fn block_masks(objects: &[Vec<f32>], bucket: Bucket, out: &mut [u8]) {
 /// (1–3: objects, 4: the background), or 0 (a word that names nothing, BOS, EOS, padding).
 /// Checks that each word is one token, as the shapes vocabulary makes it.
 pub fn token_regions(ids: &Tensor, scenes: &[shapes::Scene], eos: u32) -> anyhow::Result<Tensor> {
+    if scenes.is_empty() {
+        // music: no word names a region
+        return Ok(Tensor::zeros([ids.size()[0], 77], (Kind::Uint8, Device::Cpu)));
+    }
     let mut regions = vec![0u8; scenes.len() * 77];
     for (row, scene) in scenes.iter().enumerate() {
         let words = scene.words();

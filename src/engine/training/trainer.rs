@@ -36,6 +36,11 @@ use crate::text::tokenizer::ClipTokenizer;
 /// Every option of a run (saved in the run folder; a resumed run must be given the same).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct TrainOptions {
+    /// What the model learns: the shapes scenes, or the music clips (as studio-preset
+    /// spectrogram images; give --buckets 256x128).
+    #[arg(long, value_enum, default_value_t = Dataset::Shapes)]
+    #[serde(default)]
+    pub dataset: Dataset,
     /// Seed of the data, the initial weights and every step's draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -168,6 +173,15 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 500)]
     #[serde(skip)]
     pub checkpoint_every: usize,
+}
+
+/// The procedural datasets a run can learn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dataset {
+    #[default]
+    Shapes,
+    Music,
 }
 
 fn one() -> f64 {
@@ -336,6 +350,22 @@ impl Run {
                 "{flag} must be 0 or more (0 {zero_means}), not {value}"
             );
         }
+        if options.dataset == Dataset::Music {
+            anyhow::ensure!(
+                options.ground_weight == 0.0
+                    && options.unet_edge_weight == 0.0
+                    && options.vae_edge_weight == 0.0,
+                "--ground-weight, --unet-edge-weight and --vae-edge-weight need the shapes' object masks; the music dataset has none"
+            );
+            for bucket in Bucket::parse_list(&options.buckets)? {
+                anyhow::ensure!(
+                    bucket.height == 128 && bucket.width as usize <= crate::datasets::music::FRAMES,
+                    "--buckets {}: music spectrograms are 128 mel rows high and at most {} frames wide (e.g. 256x128)",
+                    bucket.name(),
+                    crate::datasets::music::FRAMES
+                );
+            }
+        }
         std::fs::create_dir_all(folder)
             .with_context(|| format!("could not create run folder {}", folder.display()))?;
         let path = folder.join("options.json");
@@ -362,7 +392,8 @@ impl Run {
 
     /// The options that decide the autoencoder stages (VAE, preview decoder): two runs that
     /// agree on these can share them.
-    pub const AUTOENCODER_OPTIONS: [&'static str; 12] = [
+    pub const AUTOENCODER_OPTIONS: [&'static str; 13] = [
+        "dataset",
         "seed",
         "latent_channels",
         "vae_levels",
@@ -427,6 +458,45 @@ impl Run {
         Ok(true)
     }
 
+    /// The autoencoder stages' images: the shapes' square, or the music's first bucket.
+    fn autoencoder_bucket(&self) -> anyhow::Result<Bucket> {
+        Ok(match self.options.dataset {
+            Dataset::Shapes => Bucket { width: IMAGE_SIZE, height: IMAGE_SIZE },
+            Dataset::Music => Bucket::parse_list(&self.options.buckets)?[0],
+        })
+    }
+
+    /// Samples `0..count` of the dataset's bucket stream `bucket_index` from `split` (`styled`:
+    /// in the UNet stage's scene style).
+    fn render(
+        &self,
+        bucket_index: usize,
+        bucket: Bucket,
+        split: Split,
+        count: usize,
+        styled: bool,
+    ) -> anyhow::Result<data::ImageSet> {
+        let seed = self.options.seed;
+        Ok(match self.options.dataset {
+            Dataset::Shapes => {
+                let style = if styled { self.options.scene_style() } else { Default::default() };
+                data::render_set_styled(seed, bucket_index, bucket, split, count, self.threads, style)
+            }
+            Dataset::Music => data::render_music_set(
+                data::SetRequest { seed, bucket_index, bucket, split, count, threads: self.threads },
+                crate::datasets::music::PieceStyle::default(),
+            )?,
+        })
+    }
+
+    /// A random crop's top-left corner (multiples of 8) of side `crop` in `bucket`.
+    fn crop_corner(rng: &mut ChaCha8Rng, bucket: Bucket, crop: i64) -> (i64, i64) {
+        (
+            rng.random_range(0..=(i64::from(bucket.width) - crop) / 8) * 8,
+            rng.random_range(0..=(i64::from(bucket.height) - crop) / 8) * 8,
+        )
+    }
+
     fn stage_folder(&self, stage: Stage) -> anyhow::Result<PathBuf> {
         let folder = self.folder.join(stage.name());
         std::fs::create_dir_all(&folder)?;
@@ -453,7 +523,13 @@ impl Run {
     pub fn tokenizer(&self) -> anyhow::Result<(PathBuf, ClipTokenizer)> {
         let folder = self.folder.join("tokenizer");
         if !folder.join("vocab.json").is_file() {
-            shapes_model::vocabulary().write(&folder)?;
+            match self.options.dataset {
+                Dataset::Shapes => shapes_model::vocabulary(),
+                Dataset::Music => {
+                    crate::text::word_vocab::WordVocabulary::new(&crate::datasets::music::vocabulary())
+                }
+            }
+            .write(&folder)?;
         }
         let tokenizer = ClipTokenizer::from_folder(&folder)?;
         Ok((folder, tokenizer))
@@ -526,13 +602,13 @@ impl Run {
         let folder = self.stage_folder(stage)?;
         let vae = self.vae_model()?;
         progress.message(&format!("rendering {} training images for the VAE", options.vae_images));
-        let square = Bucket { width: IMAGE_SIZE, height: IMAGE_SIZE };
+        let square = self.autoencoder_bucket()?;
         let clock = Instant::now();
-        let set = data::render_set(options.seed, 0, square, Split::Train, options.vae_images, self.threads);
+        let set = self.render(0, square, Split::Train, options.vae_images, false)?;
         let data_seconds = clock.elapsed().as_secs_f64();
         let mut parts = vec![Part::new("vae", vae.var_store(), 0.0)?];
         let mut losses = LossWindow::default();
-        let crop = options.vae_crop.clamp(8, i64::from(IMAGE_SIZE));
+        let crop = options.vae_crop.clamp(8, i64::from(square.width.min(square.height)));
         let mut report = self.run_steps(
             stage,
             &folder,
@@ -545,10 +621,7 @@ impl Run {
                 let mut crops = Vec::new();
                 for _ in 0..options.vae_batch {
                     let index = rng.random_range(0..set.captions.len()) as i64;
-                    let (x, y) = (
-                        rng.random_range(0..=(i64::from(IMAGE_SIZE) - crop) / 8) * 8,
-                        rng.random_range(0..=(i64::from(IMAGE_SIZE) - crop) / 8) * 8,
-                    );
+                    let (x, y) = Self::crop_corner(&mut rng, square, crop);
                     crops.push(set.images.get(index).narrow(1, y, crop).narrow(2, x, crop));
                 }
                 let images = data::to_unit(&Tensor::stack(&crops, 0), self.device)?;
@@ -581,8 +654,7 @@ impl Run {
         )?;
         // the scaling factor (1 / std of the latents, as SD's 0.18215 was found) and the
         // reconstruction PSNR on held-out images
-        let eval =
-            data::render_set(options.seed, 0, square, Split::Eval, options.vae_images.min(128), self.threads);
+        let eval = self.render(0, square, Split::Eval, options.vae_images.min(128), false)?;
         let images = data::to_unit(&eval.images, self.device)?;
         let (latents, reconstruction) = {
             let _guard = tch::no_grad_guard();
@@ -597,8 +669,10 @@ impl Run {
             let image = image_from_tensor(&reconstruction.get(index as i64))?;
             tally.add(&Scene { says_background: true, ..scene.clone() }, &detect::detect_image(&image));
         }
-        report.metrics.insert("reconstruction_attribute_accuracy".into(), tally.accuracy());
-        report.metrics.insert("reconstruction_shape_accuracy".into(), tally.shape());
+        if self.options.dataset == Dataset::Shapes {
+            report.metrics.insert("reconstruction_attribute_accuracy".into(), tally.accuracy());
+            report.metrics.insert("reconstruction_shape_accuracy".into(), tally.shape());
+        }
         let mse = f64::try_from(reconstruction.f_sub(&images)?.f_square()?.f_mean(Kind::Float)?)? / 4.0;
         report.metrics.insert("data_seconds".into(), data_seconds);
         report.metrics.insert("scaling_factor".into(), 1.0 / std);
@@ -615,15 +689,15 @@ impl Run {
         tch::manual_seed(options.seed as i64 + 1);
         let taesd =
             AutoencoderTiny::new(shapes_model::parse(&shapes_model::taesd_config(&self.arch))?, self.device);
-        let square = Bucket { width: IMAGE_SIZE, height: IMAGE_SIZE };
+        let square = self.autoencoder_bucket()?;
         progress
             .message(&format!("rendering {} training images for the preview decoder", options.vae_images));
         let clock = Instant::now();
-        let set = data::render_set(options.seed, 0, square, Split::Train, options.vae_images, self.threads);
+        let set = self.render(0, square, Split::Train, options.vae_images, false)?;
         let data_seconds = clock.elapsed().as_secs_f64();
         let mut parts = vec![Part::new("taesd", taesd.var_store(), 0.0)?];
         let mut losses = LossWindow::default();
-        let crop = options.vae_crop.clamp(8, i64::from(IMAGE_SIZE));
+        let crop = options.vae_crop.clamp(8, i64::from(square.width.min(square.height)));
         let report = self.run_steps(
             stage,
             &folder,
@@ -636,10 +710,7 @@ impl Run {
                 let mut crops = Vec::new();
                 for _ in 0..options.vae_batch {
                     let index = rng.random_range(0..set.captions.len()) as i64;
-                    let (x, y) = (
-                        rng.random_range(0..=(i64::from(IMAGE_SIZE) - crop) / 8) * 8,
-                        rng.random_range(0..=(i64::from(IMAGE_SIZE) - crop) / 8) * 8,
-                    );
+                    let (x, y) = Self::crop_corner(&mut rng, square, crop);
                     crops.push(set.images.get(index).narrow(1, y, crop).narrow(2, x, crop));
                 }
                 let images = data::to_unit(&Tensor::stack(&crops, 0), self.device)?;
@@ -792,15 +863,7 @@ impl Run {
             let count = self.options.images / buckets.len()
                 + usize::from(index == 0) * (self.options.images % buckets.len());
             progress.message(&format!("rendering and encoding {count} images at {}", bucket.name()));
-            let set = data::render_set_styled(
-                self.options.seed,
-                index,
-                *bucket,
-                Split::Train,
-                count,
-                self.threads,
-                self.options.scene_style(),
-            );
+            let set = self.render(index, *bucket, Split::Train, count, true)?;
             let ids = data::token_ids(tokenizer, &set.captions)?;
             let regions = data::token_regions(&ids, &set.scenes, tokenizer.eos_id)?;
             sets.push(data::encode_set(&vae, &set, ids, regions, self.device, &mut |_| {})?);
@@ -914,6 +977,14 @@ impl Run {
             let folder = write(sub, &config, "config.json")?;
             let weights: Vec<(String, Tensor)> = read_final(&source)?.into_iter().collect();
             write_tensors(&folder.join("diffusion_pytorch_model.safetensors"), &weights)?;
+        }
+        if self.options.dataset == Dataset::Music {
+            // which spectrogram images the model makes (the audio room reads it)
+            let bucket = self.autoencoder_bucket()?;
+            write_json(
+                &out.join("spectrogram.json"),
+                &serde_json::json!({ "preset": "studio", "width": bucket.width, "height": bucket.height }),
+            )?;
         }
         std::fs::write(out.join("TRAINING.md"), self.training_record()?)?;
         Ok(())

@@ -1,0 +1,179 @@
+//! The bundled music model's measurements: the spectral classifier ([`super::music_features`])
+//! fitted on training clips and checked on held-out ones (its ceiling), then applied to clips
+//! the model generates from single-instrument prompts (`diffusion-studio audio eval`).
+
+use image::GrayImage;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::music_features::{LabelledClip, MusicClassifier, SpectrogramView};
+use crate::datasets::music::{self, Instrument, KEYS, Mode, Piece, PieceStyle, Tempo};
+use crate::datasets::shapes::Split;
+use crate::engine::spectrogram::{Spectrogram, SpectrogramPreset};
+
+/// Studio-preset spectrogram images of clips, on the CPU.
+pub struct MusicImages {
+    spectrogram: Spectrogram,
+    centres: Vec<f64>,
+}
+
+impl MusicImages {
+    pub fn new() -> anyhow::Result<Self> {
+        let preset = SpectrogramPreset::studio();
+        let centres = preset.mel_centres_hz();
+        Ok(Self { spectrogram: Spectrogram::new(preset, tch::Device::Cpu)?, centres })
+    }
+
+    /// The image of `samples` (16 kHz), its first [`music::FRAMES`] frames at most.
+    pub fn image(&self, samples: &[f32]) -> anyhow::Result<GrayImage> {
+        let mel = self.spectrogram.mel(samples)?;
+        let frames = mel.size()[1].min(music::FRAMES as i64);
+        Ok(self.spectrogram.image_from_mel(&mel.narrow(1, 0, frames))?)
+    }
+
+    /// What the classifier reads of a studio-preset image.
+    pub fn view(&self, image: &GrayImage) -> anyhow::Result<SpectrogramView> {
+        SpectrogramView::from_image(image, self.centres.clone()).map_err(anyhow::Error::msg)
+    }
+}
+
+/// Single-instrument dataset clips of `split` as (piece, image).
+pub fn dataset_clips(
+    images: &MusicImages,
+    seed: u64,
+    split: Split,
+    count: usize,
+) -> anyhow::Result<Vec<(Piece, GrayImage)>> {
+    (0..count)
+        .map(|index| {
+            let sample = music::sample_styled(seed, index as u64, split, PieceStyle { mixes: 0.0 });
+            Ok((sample.piece, images.image(&sample.samples)?))
+        })
+        .collect()
+}
+
+/// The classifier fitted on `count` single-instrument training clips.
+pub fn fit_classifier(images: &MusicImages, seed: u64, count: usize) -> anyhow::Result<MusicClassifier> {
+    let clips = dataset_clips(images, seed, Split::Train, count)?
+        .into_iter()
+        .map(|(piece, image)| {
+            Ok(LabelledClip {
+                view: images.view(&image)?,
+                instrument: piece.parts[0],
+                tempo: piece.tempo,
+                mode: piece.mode,
+                tonic: KEYS[piece.key].1 as usize,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    MusicClassifier::fit(&clips).map_err(anyhow::Error::msg)
+}
+
+/// How often the classifier reads clips as what their prompts asked for.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MusicScores {
+    pub clips: usize,
+    /// The prompted instrument recognised.
+    pub instrument_accuracy: f64,
+    /// Per instrument, in [`Instrument::ALL`]'s order.
+    pub instrument_accuracy_by_class: Vec<f64>,
+    /// The prompted tempo recognised (clips whose instrument was recognised, without pads,
+    /// whose tempo hardly shows).
+    pub tempo_accuracy: f64,
+    /// The prompted mode recognised from the pitch classes, given the prompted key and
+    /// instrument (tonal clips).
+    pub mode_accuracy: f64,
+}
+
+/// Tallies [`MusicScores`] over (asked-for piece, spectrogram) pairs.
+pub fn score(
+    classifier: &MusicClassifier,
+    images: &MusicImages,
+    clips: &[(Piece, GrayImage)],
+) -> anyhow::Result<MusicScores> {
+    let mut by_class = vec![(0usize, 0usize); Instrument::ALL.len()];
+    let (mut tempo, mut mode) = ((0usize, 0usize), (0usize, 0usize));
+    for (piece, image) in clips {
+        let view = images.view(image)?;
+        let asked = piece.parts[0];
+        let class = Instrument::ALL.iter().position(|i| *i == asked).unwrap_or(0);
+        by_class[class].1 += 1;
+        if let Some((instrument, heard_tempo)) = classifier.classify(&view)
+            && instrument == asked
+        {
+            by_class[class].0 += 1;
+            if asked != Instrument::Pad {
+                tempo.1 += 1;
+                tempo.0 += usize::from(heard_tempo == piece.tempo);
+            }
+        }
+        if asked.tonal() {
+            mode.1 += 1;
+            let tonic = KEYS[piece.key].1 as usize;
+            mode.0 += usize::from(classifier.mode(&view, asked, tonic) == Some(piece.mode));
+        }
+    }
+    let share = |(hit, all): (usize, usize)| if all == 0 { 0.0 } else { hit as f64 / all as f64 };
+    let (hits, all) = by_class.iter().fold((0, 0), |(h, a), (hit, n)| (h + hit, a + n));
+    Ok(MusicScores {
+        clips: clips.len(),
+        instrument_accuracy: share((hits, all)),
+        instrument_accuracy_by_class: by_class.into_iter().map(share).collect(),
+        tempo_accuracy: share(tempo),
+        mode_accuracy: share(mode),
+    })
+}
+
+/// Evaluation prompts: `count` single-instrument pieces, the instruments in turn, tempo, mode
+/// and key drawn from `seed`, the key always said (so that the mode can be checked).
+pub fn eval_pieces(seed: u64, count: usize) -> Vec<Piece> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6576_616c);
+    (0..count)
+        .map(|index| {
+            let instrument = Instrument::ALL[index % Instrument::ALL.len()];
+            let tempo = if rng.random_bool(0.5) { Tempo::Slow } else { Tempo::Fast };
+            let (low, high) = tempo.bpm_range();
+            Piece {
+                parts: vec![instrument],
+                tempo,
+                bpm: rng.random_range(low..high),
+                mode: if rng.random_bool(0.5) { Mode::Major } else { Mode::Minor },
+                key: rng.random_range(0..KEYS.len()),
+                says_key: true,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The classifier's ceiling: fitted on training clips, it reads held-out clips' instrument
+    /// (the bar for generated clips is 90%), tempo and mode.
+    #[test]
+    fn the_classifier_recognises_held_out_dataset_clips() -> anyhow::Result<()> {
+        let images = MusicImages::new()?;
+        let classifier = fit_classifier(&images, 0, 250)?;
+        let held_out = dataset_clips(&images, 0, Split::Eval, 150)?;
+        let scores = score(&classifier, &images, &held_out)?;
+        eprintln!("{scores:?}");
+        assert!(scores.instrument_accuracy >= 0.95, "{scores:?}");
+        assert!(scores.tempo_accuracy >= 0.85, "{scores:?}");
+        assert!(scores.mode_accuracy >= 0.85, "{scores:?}");
+        // and it can fail: clips labelled with the wrong instrument score low
+        let shuffled: Vec<(Piece, GrayImage)> = held_out
+            .iter()
+            .map(|(piece, image)| {
+                let next =
+                    Instrument::ALL[(Instrument::ALL.iter().position(|i| *i == piece.parts[0]).unwrap_or(0)
+                        + 1)
+                        % Instrument::ALL.len()];
+                (Piece { parts: vec![next], ..piece.clone() }, image.clone())
+            })
+            .collect();
+        assert!(score(&classifier, &images, &shuffled)?.instrument_accuracy < 0.2);
+        Ok(())
+    }
+}
