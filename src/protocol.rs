@@ -490,6 +490,9 @@ pub struct InpaintParams {
 pub enum AudioTask {
     /// Text to audio.
     Generate,
+    /// No generation: the source's spectrogram at the preset (what the studio shows of a WAV
+    /// file it opens); needs no model when a preset is given.
+    Analyse { source: Arc<Vec<f32>> },
     /// Audio to audio: img2img on the source's spectrogram (its first image's worth).
     Transform { source: Arc<Vec<f32>>, strength: f64 },
     /// Regenerate `start..end` seconds of the source (and only the `band` of frequencies, in
@@ -510,6 +513,7 @@ impl AudioTask {
     pub fn label(&self) -> &'static str {
         match self {
             AudioTask::Generate => "text to audio",
+            AudioTask::Analyse { .. } => "spectrogram",
             AudioTask::Transform { .. } => "audio to audio",
             AudioTask::Inpaint { .. } => "regenerate a range",
             AudioTask::Continue { .. } => "continue",
@@ -535,13 +539,15 @@ pub struct AudioParams {
 pub struct AudioClip {
     pub sample_rate: u32,
     pub samples: Arc<Vec<f32>>,
-    /// The spectrogram image(s) side by side (low frequencies at the bottom or top as the
-    /// preset draws them).
+    /// The whole clip's spectrogram at the preset: a column per hop (low frequencies at the
+    /// bottom or top as the preset draws them).
     pub spectrogram: ImageData,
     /// The preset's name.
     pub preset: String,
-    /// Seconds of `samples` the spectrogram's first column stands for.
-    pub spectrogram_start: f64,
+    /// Samples per spectrogram column.
+    pub hop: usize,
+    /// Each spectrogram row's centre frequency in Hz, top row first.
+    pub row_hz: Vec<f64>,
 }
 
 impl Job {

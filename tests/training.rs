@@ -370,7 +370,7 @@ fn a_music_run_exports_an_audio_model() {
         JobOutput::Audio(clip) => {
             assert_eq!(clip.preset, "studio");
             assert_eq!(clip.sample_rate, 16_000);
-            assert_eq!((clip.spectrogram.width, clip.spectrogram.height), (64, 128));
+            assert_eq!((clip.spectrogram.width, clip.spectrogram.height), (65, 128));
             assert_eq!(clip.samples.len(), 64 * 256);
         }
         other => panic!("expected audio, got {other:?}"),

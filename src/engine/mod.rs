@@ -450,6 +450,17 @@ impl JobRunner for TorchRunner {
                 methods::inversion::run(model, params, ctx)
                     .map(|inversion| JobOutput::Inversion(Box::new(inversion)))
             }
+            Job::Audio(params) if !params.preset.is_empty() => match &params.task {
+                // a spectrogram alone needs no model
+                crate::protocol::AudioTask::Analyse { source } => {
+                    methods::audio::analyse(&params.preset, source, self.device).map(JobOutput::Audio)
+                }
+                _ => {
+                    let base = &params.base;
+                    let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
+                    methods::audio::run(model, params, ctx).map(JobOutput::Audio)
+                }
+            },
             Job::Audio(params) => {
                 let base = &params.base;
                 let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;

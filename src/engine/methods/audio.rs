@@ -154,15 +154,47 @@ impl Audio<'_> {
         if self.preset().low_at_bottom { self.height - last..self.height - first } else { first..last }
     }
 
-    fn clip(&self, samples: Vec<f32>, spectrogram: ImageData, spectrogram_start: f64) -> AudioClip {
-        AudioClip {
-            sample_rate: self.preset().sample_rate,
-            samples: Arc::new(samples),
-            spectrogram,
-            preset: self.preset().name.to_string(),
-            spectrogram_start,
-        }
+    /// The result: `samples` with their whole spectrogram.
+    fn clip(&self, samples: Vec<f32>) -> Result<AudioClip, JobError> {
+        analysed(&self.spectrogram, samples)
     }
+}
+
+/// `samples` with their spectrogram at `spectrogram`'s preset.
+pub fn analysed(spectrogram: &Spectrogram, samples: Vec<f32>) -> Result<AudioClip, JobError> {
+    let preset = &spectrogram.preset;
+    let mut padded;
+    let source = if samples.len() < preset.n_fft {
+        padded = samples.clone();
+        padded.resize(preset.n_fft, 0.0);
+        &padded
+    } else {
+        &samples
+    };
+    let mel = spectrogram.mel(source)?;
+    let grey = spectrogram.image_from_mel(&mel)?;
+    let rgba = image::DynamicImage::ImageLuma8(grey).to_rgba8();
+    let mut row_hz = preset.mel_centres_hz();
+    if preset.low_at_bottom {
+        row_hz.reverse();
+    }
+    Ok(AudioClip {
+        sample_rate: preset.sample_rate,
+        samples: Arc::new(samples),
+        spectrogram: ImageData::from_rgba_image(&rgba),
+        preset: preset.name.to_string(),
+        hop: preset.hop,
+        row_hz,
+    })
+}
+
+/// The spectrogram of `source` at `preset` (no model): [`AudioTask::Analyse`].
+pub fn analyse(preset: &str, source: &[f32], device: tch::Device) -> Result<AudioClip, JobError> {
+    let preset = SpectrogramPreset::by_name(preset).map_err(JobError::Failed)?;
+    if source.is_empty() || source.iter().any(|s| !s.is_finite()) {
+        return Err(JobError::Failed("the clip is empty or holds samples that are not numbers".into()));
+    }
+    analysed(&Spectrogram::new(preset, device)?, source.to_vec())
 }
 
 /// The gain that best maps `generated` onto `source` over the samples where `weight` is 1
@@ -267,10 +299,14 @@ pub fn run(
         Ok(())
     };
     match &params.task {
+        AudioTask::Analyse { source } => {
+            check_source(source)?;
+            audio.clip(source.to_vec())
+        }
         AudioTask::Generate => {
             let image = audio.generate_image(&params.base, ctx)?;
             let samples = normalised(audio.samples_of(&image)?);
-            Ok(audio.clip(samples, image, 0.0))
+            audio.clip(samples)
         }
         AudioTask::Transform { source, strength } => {
             check_source(source)?;
@@ -278,7 +314,7 @@ pub fn run(
             let job = Img2ImgParams { base: audio.base(&params.base), image, strength: *strength };
             let image = super::img2img::run(model, &job, ctx)?;
             let samples = normalised(audio.samples_of(&image)?);
-            Ok(audio.clip(samples, image, 0.0))
+            audio.clip(samples)
         }
         AudioTask::Inpaint { source, start, end, band, strength } => {
             check_source(source)?;
@@ -324,7 +360,7 @@ pub fn run(
                 }
             }
             let samples = splice(source, &aligned, first, last, fade);
-            Ok(audio.clip(samples, image, window as f64 / rate))
+            audio.clip(samples)
         }
         AudioTask::Continue { source } => {
             check_source(source)?;
@@ -343,7 +379,7 @@ pub fn run(
             let junction = kept.saturating_sub(fade);
             let mut samples = source[..window + junction].to_vec();
             samples = crossfade_concat(&samples, &generated[junction.saturating_sub(fade)..span], fade);
-            Ok(audio.clip(normalised_like(source, samples), image, window as f64 / rate))
+            audio.clip(normalised_like(source, samples))
         }
         AudioTask::Loop { source } => {
             let image = match source {
@@ -371,7 +407,7 @@ pub fn run(
             let samples = audio.samples_of(&repaired)?;
             let used = (width as usize - 1) * audio.hop();
             let looped = loop_crossfade(&samples[..used], fade);
-            Ok(audio.clip(normalised(looped), repaired, 0.0))
+            audio.clip(normalised(looped))
         }
         AudioTask::Interpolate { to_prompt, to_seed, clips } => {
             if *clips < 2 || *clips > 64 {
@@ -393,7 +429,6 @@ pub fn run(
             let noise_b = model.seeded_latents(*to_seed, i64::from(height), i64::from(width), sigma)?;
             debug_assert_eq!(noise_a.size()[2..], [h, w]);
             let mut samples: Vec<f32> = Vec::new();
-            let mut images = Vec::new();
             for k in 0..*clips {
                 let t = k as f64 / (*clips - 1) as f64;
                 let text = text_a.f_mul_scalar(1.0 - t)?.f_add(&text_b.f_mul_scalar(t)?)?;
@@ -420,10 +455,8 @@ pub fn run(
                 } else {
                     crossfade_concat(&samples, clip, 4 * fade)
                 };
-                images.push(image);
             }
-            let strip = side_by_side(&images)?;
-            Ok(audio.clip(normalised(samples), strip, 0.0))
+            audio.clip(normalised(samples))
         }
     }
 }
@@ -458,20 +491,6 @@ pub fn loop_crossfade(samples: &[f32], fade: usize) -> Vec<f32> {
         out[i] = samples[n + i] * angle.cos() + samples[i] * angle.sin();
     }
     out
-}
-
-/// Images of one height side by side.
-fn side_by_side(images: &[ImageData]) -> Result<ImageData, JobError> {
-    let height = images.first().map_or(0, |i| i.height);
-    let width: u32 = images.iter().map(|i| i.width).sum();
-    let mut strip = image::RgbaImage::new(width, height);
-    let mut x = 0;
-    for image in images {
-        let rgba = image.to_rgba_image().ok_or_else(|| JobError::Failed("malformed image".into()))?;
-        image::imageops::replace(&mut strip, &rgba, i64::from(x), 0);
-        x += image.width;
-    }
-    Ok(ImageData::from_rgba_image(&strip))
 }
 
 #[cfg(test)]
