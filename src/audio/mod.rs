@@ -3,6 +3,7 @@
 //! default device exists but its configuration fails (see HEADLESS notes in README.md).
 
 pub mod playback;
+pub mod preset;
 pub mod wav;
 
 use cpal::traits::{DeviceTrait, HostTrait};

@@ -70,8 +70,11 @@ impl Clip {
             append(&mut out, resampler.process(&input, None).map_err(|e| error(e.to_string()))?);
             at += next;
         }
-        let rest: Vec<&[f32]> = self.channels.iter().map(|c| &c[at..]).collect();
-        append(&mut out, resampler.process_partial(Some(&rest), None).map_err(|e| error(e.to_string()))?);
+        if at < self.frames() {
+            // (rubato refuses an empty partial chunk: a clip a whole number of chunks long has none)
+            let rest: Vec<&[f32]> = self.channels.iter().map(|c| &c[at..]).collect();
+            append(&mut out, resampler.process_partial(Some(&rest), None).map_err(|e| error(e.to_string()))?);
+        }
         // the filter's delay: push zeros through until every wanted frame is out
         while out[0].len() < wanted + delay {
             append(
@@ -195,5 +198,13 @@ mod tests {
         let middle = &down.channels[0][2_000..14_000];
         let rms = (middle.iter().map(|s| s * s).sum::<f32>() / middle.len() as f32).sqrt();
         assert!((rms - 0.5 / 2f32.sqrt()).abs() < 0.01, "rms {rms}");
+    }
+
+    #[test]
+    fn clips_a_whole_number_of_chunks_long_resample_too() {
+        // 65536 frames: 64 chunks of 1024 and nothing left over (the bundled model's clips)
+        let clip = Clip { sample_rate: 16_000, channels: vec![vec![0.25; 65_536]] };
+        let up = clip.resampled(44_100).expect("resamples");
+        assert_eq!(up.frames(), (65_536.0f64 * 44_100.0 / 16_000.0).round() as usize);
     }
 }

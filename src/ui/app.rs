@@ -79,6 +79,31 @@ pub enum UiCommand {
     SetPrecision(String),
     /// Run the engine on this device from now on (restarts it and reloads the model).
     SetDevice(DeviceChoice),
+    /// Show the image room or the audio room.
+    SetRoom(Room),
+    /// Open a WAV file in the audio room (its spectrogram is made by the engine).
+    OpenAudio(PathBuf),
+    /// Write the audio room's shown clip as a WAV file.
+    ExportAudio(PathBuf),
+    /// Run the audio room's method.
+    RunAudio,
+}
+
+/// The studio's rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Room {
+    #[default]
+    Image,
+    Audio,
+}
+
+/// A label as a file name: letters, digits, '-' and '_' kept, the rest as '-'.
+fn safe_file_stem(label: &str) -> String {
+    let stem: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    if stem.trim_matches('-').is_empty() { "clip".into() } else { stem }
 }
 
 /// The settings a project keeps and a history entry restores.
@@ -127,11 +152,22 @@ pub enum Tool {
 
 /// What background file work reports back.
 enum IoResult {
+    /// A WAV file read for the audio room: mono samples at the preset's rate, and what was done
+    /// to it (mixed, resampled).
+    AudioOpened {
+        path: PathBuf,
+        result: Result<(Vec<f32>, String), String>,
+    },
     Opened {
         path: PathBuf,
         result: Result<image::RgbaImage, String>,
     },
     Saved {
+        path: PathBuf,
+        result: Result<(), String>,
+    },
+    /// The audio room's clip written as WAV.
+    Exported {
         path: PathBuf,
         result: Result<(), String>,
     },
@@ -261,12 +297,16 @@ pub struct StudioApp {
     repaint: Arc<dyn Fn() + Send + Sync>,
     /// The audio room.
     pub audio: crate::ui::audio_room::AudioRoom,
+    pub room: Room,
+    /// The model the audio room runs (the bundled music model unless another is chosen).
+    pub audio_model: PathBuf,
 }
 
 impl StudioApp {
     /// A finished audio job's clip goes to the audio room.
-    fn audio_result(&mut self, clip: crate::protocol::AudioClip) {
-        self.audio.set_result(clip);
+    fn audio_result(&mut self, clip: crate::protocol::AudioClip, label: &str) {
+        self.audio.set_result(clip, label);
+        self.room = Room::Audio;
     }
 
     /// Builds the studio around `engine`; installs the canvas renderer when eframe runs on wgpu.
@@ -274,6 +314,7 @@ impl StudioApp {
         let gpu_canvas = match cc.wgpu_render_state.as_ref() {
             Some(render_state) => {
                 CanvasRenderer::install(render_state);
+                crate::ui::spectrogram_view::SpectrogramRenderer::install(render_state);
                 true
             }
             None => false,
@@ -328,7 +369,13 @@ impl StudioApp {
             io_receiver,
             pending_io: 0,
             repaint: Arc::new(move || ctx.request_repaint()),
-            audio: Default::default(),
+            audio: {
+                let mut room = crate::ui::audio_room::AudioRoom::default();
+                room.gpu = gpu_canvas;
+                room
+            },
+            room: Room::Image,
+            audio_model: crate::catalog::bundled_music_model(),
         }
     }
 
@@ -456,7 +503,12 @@ impl StudioApp {
                 }
             }
             UiCommand::RunForwardNoise => self.run_forward_noise(),
+            UiCommand::RunMethod if self.room == Room::Audio => self.run_audio(),
             UiCommand::RunMethod => self.run_method(),
+            UiCommand::RunAudio => self.run_audio(),
+            UiCommand::SetRoom(room) => self.room = room,
+            UiCommand::OpenAudio(path) => self.open_audio(path),
+            UiCommand::ExportAudio(path) => self.export_audio(path),
             UiCommand::Repeat => {
                 if let Some((job, parameters, settings)) = self.last_job.clone() {
                     let label = job.label();
@@ -623,13 +675,25 @@ impl StudioApp {
     /// An image file dialog (save: with `suggested` as the name) on its own thread, so the UI
     /// keeps drawing; the chosen path becomes `then(path)`.
     fn spawn_dialog_for(&mut self, save: bool, suggested: &str, then: fn(PathBuf) -> UiCommand) {
+        const IMAGES: (&str, &[&str]) =
+            ("Images", &["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]);
+        self.spawn_dialog_filtered(save, suggested, IMAGES, then);
+    }
+
+    /// [`Self::spawn_dialog_for`] with a file filter (name, extensions).
+    fn spawn_dialog_filtered(
+        &mut self,
+        save: bool,
+        suggested: &str,
+        (name, extensions): (&'static str, &'static [&'static str]),
+        then: fn(PathBuf) -> UiCommand,
+    ) {
         if !self.dialogs_available() {
             return;
         }
         let suggested = suggested.to_string();
         self.spawn_io(move || {
-            let dialog = rfd::FileDialog::new()
-                .add_filter("Images", &["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]);
+            let dialog = rfd::FileDialog::new().add_filter(name, extensions);
             let chosen = if save { dialog.set_file_name(suggested).save_file() } else { dialog.pick_file() };
             IoResult::DialogChose(chosen.map(then))
         });
@@ -654,6 +718,9 @@ impl StudioApp {
 
     /// Reads and decodes `path` in the background; the canvas shows it when it arrives.
     pub fn open(&mut self, path: PathBuf) {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("wav")) {
+            return self.open_audio(path);
+        }
         self.status = format!("Opening {}…", path.display());
         self.spawn_io(move || {
             let result = document::read_image(&path).map_err(|error| error.to_string());
@@ -671,6 +738,111 @@ impl StudioApp {
         self.spawn_io(move || {
             let result = document::write_png_atomic(&image, &path).map_err(|error| error.to_string());
             IoResult::Saved { path, result }
+        });
+    }
+
+    /// The audio room's spectrogram preset: the settings', else the audio model's own, else
+    /// Riffusion's.
+    fn audio_preset(&self) -> String {
+        if !self.audio.settings.preset.is_empty() {
+            return self.audio.settings.preset.clone();
+        }
+        crate::catalog::spectrogram_preset(&self.audio_model).unwrap_or_else(|| "riffusion".into())
+    }
+
+    /// Runs the audio room's method on the audio model.
+    fn run_audio(&mut self) {
+        match self.audio.task() {
+            Ok(task) => {
+                let settings = self.audio.settings.clone();
+                self.submit_audio(task, settings);
+            }
+            Err(reason) => self.errors.push(reason),
+        }
+    }
+
+    fn submit_audio(
+        &mut self,
+        task: crate::protocol::AudioTask,
+        settings: crate::ui::audio_room::AudioSettings,
+    ) {
+        let model = self.audio_model.clone();
+        if !model.join("model_index.json").is_file() && !model.is_file() {
+            self.errors.push(format!(
+                "No audio model at {}: train the music model (see README) or open a Riffusion folder as the audio model.",
+                model.display()
+            ));
+            return;
+        }
+        let of = match &task {
+            crate::protocol::AudioTask::Interpolate { clips, .. } => settings.steps * clips,
+            _ => settings.steps,
+        };
+        let params = crate::protocol::AudioParams {
+            base: GenerateParams {
+                model,
+                model_options: Default::default(),
+                prompt: settings.prompt.clone(),
+                negative_prompt: settings.negative_prompt.clone(),
+                steps: settings.steps,
+                scheduler: "dpm++2m-karras".into(),
+                guidance_scale: settings.guidance,
+                guidance_rescale: 0.0,
+                clip_skip: 0,
+                seed: settings.seed,
+                width: 0,
+                height: 0,
+                precision: self.prefs.precision(),
+            },
+            preset: settings.preset.clone(),
+            task,
+            griffin_lim_iterations: settings.iterations,
+        };
+        let parameters = format!("{} (seed {})", settings.prompt, settings.seed);
+        let id = self.submit_tracked(Job::Audio(params), of, parameters, None);
+        self.status = format!("Queued {} ({id})", self.audio.settings.method.name());
+    }
+
+    /// Reads a WAV file in the background (mixed to mono, resampled to the preset's rate);
+    /// the engine then makes its spectrogram.
+    pub fn open_audio(&mut self, path: PathBuf) {
+        let preset = self.audio_preset();
+        let rate = crate::audio::preset::SpectrogramPreset::by_name(&preset).ok().map(|p| p.sample_rate);
+        self.status = format!("Opening {}…", path.display());
+        self.spawn_io(move || {
+            let result = (|| -> Result<(Vec<f32>, String), String> {
+                let clip = crate::audio::wav::read_wav(&path).map_err(|e| e.to_string())?;
+                let mut notes = Vec::new();
+                if clip.channels.len() > 1 {
+                    notes.push(format!("{} channels mixed to mono", clip.channels.len()));
+                }
+                let clip = match rate {
+                    Some(rate) if rate != clip.sample_rate => {
+                        notes.push(format!("resampled from {} Hz to {rate} Hz", clip.sample_rate));
+                        clip.resampled(rate).map_err(|e| e.to_string())?
+                    }
+                    _ => clip,
+                };
+                Ok((clip.mono(), notes.join(", ")))
+            })();
+            IoResult::AudioOpened { path, result }
+        });
+    }
+
+    /// Writes the shown clip as a 16-bit WAV file in the background.
+    pub fn export_audio(&mut self, path: PathBuf) {
+        let Some(shown) = self.audio.shown().cloned() else {
+            self.errors.push("Nothing to export: generate or open a clip first.".into());
+            return;
+        };
+        self.status = format!("Exporting {}…", path.display());
+        self.spawn_io(move || {
+            let clip = crate::audio::wav::Clip {
+                sample_rate: shown.clip.sample_rate,
+                channels: vec![shown.clip.samples.to_vec()],
+            };
+            let result = crate::audio::wav::write_wav(&path, &clip).map_err(|e| e.to_string());
+            IoResult::Exported { path, result }
         });
     }
 
@@ -1125,6 +1297,44 @@ impl StudioApp {
                 }
                 self.document.modified = false;
             }
+            IoResult::AudioOpened { path, result: Ok((samples, notes)) } => {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                self.status = if notes.is_empty() {
+                    format!("Opened {name}")
+                } else {
+                    format!("Opened {name}: {notes}")
+                };
+                let params = crate::protocol::AudioParams {
+                    base: GenerateParams {
+                        model: self.audio_model.clone(),
+                        model_options: Default::default(),
+                        prompt: String::new(),
+                        negative_prompt: String::new(),
+                        steps: 1,
+                        scheduler: "ddim".into(),
+                        guidance_scale: 1.0,
+                        guidance_rescale: 0.0,
+                        clip_skip: 0,
+                        seed: 0,
+                        width: 0,
+                        height: 0,
+                        precision: self.prefs.precision(),
+                    },
+                    preset: self.audio_preset(),
+                    task: crate::protocol::AudioTask::Analyse { source: Arc::new(samples) },
+                    griffin_lim_iterations: 1,
+                };
+                self.submit_tracked(Job::Audio(params), 1, name, None);
+                self.room = Room::Audio;
+            }
+            IoResult::AudioOpened { result: Err(message), .. }
+            | IoResult::Exported { result: Err(message), .. } => {
+                self.status = "Failed — see the message above".into();
+                self.errors.push(message);
+            }
+            IoResult::Exported { path, result: Ok(()) } => {
+                self.status = format!("Exported {}", path.display());
+            }
             IoResult::DialogChose(Some(command)) => self.execute(command),
             IoResult::DialogChose(None) => {}
             IoResult::ProjectSaved { folder, autosave, result } => {
@@ -1236,7 +1446,12 @@ impl StudioApp {
                             "{label} done ({job}): {:.2} s of audio",
                             clip.samples.len() as f64 / f64::from(clip.sample_rate.max(1))
                         );
-                        self.audio_result(clip);
+                        // a file's spectrogram is named after the file
+                        let name = match (&state, label) {
+                            (Some(state), "spectrogram") => state.parameters.clone(),
+                            _ => label.to_string(),
+                        };
+                        self.audio_result(clip, &name);
                         return;
                     }
                     JobOutput::Inversion(inversion) => {
@@ -1274,8 +1489,47 @@ impl StudioApp {
         }
     }
 
+    /// The audio room's inspector and views, and what they ask for.
+    fn audio_room_ui(&mut self, ui: &mut egui::Ui) {
+        use crate::ui::audio_room::AudioAction;
+        let mut actions = Vec::new();
+        let model =
+            self.audio_model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let busy = self.jobs.values().any(|job| job.label != "load model");
+        egui::Panel::right("audio inspector").default_size(270.0).show(ui, |ui| {
+            egui::ScrollArea::vertical()
+                .show(ui, |ui| self.audio.inspector_ui(ui, &model, busy, &mut actions));
+        });
+        egui::CentralPanel::default()
+            .frame(egui::Frame::new().fill(Color32::from_gray(32)).inner_margin(6.0))
+            .show(ui, |ui| self.audio.central_ui(ui, &mut actions));
+        for action in actions {
+            match action {
+                AudioAction::Run { task, settings } => self.submit_audio(task, *settings),
+                AudioAction::ShowOpenDialog => {
+                    self.spawn_dialog_filtered(false, "", ("WAV audio", &["wav"]), UiCommand::OpenAudio)
+                }
+                AudioAction::ShowExportDialog => {
+                    let name = self.audio.shown().map_or("clip".to_string(), |c| safe_file_stem(&c.label));
+                    self.spawn_dialog_filtered(
+                        true,
+                        &format!("{name}.wav"),
+                        ("WAV audio", &["wav"]),
+                        UiCommand::ExportAudio,
+                    )
+                }
+            }
+        }
+    }
+
     fn menu_ui(&self, ui: &mut egui::Ui, commands: &mut Vec<UiCommand>) {
         egui::MenuBar::new().ui(ui, |ui| {
+            for (room, name) in [(Room::Image, "Image"), (Room::Audio, "Audio")] {
+                if ui.selectable_label(self.room == room, name).clicked() {
+                    commands.push(UiCommand::SetRoom(room));
+                }
+            }
+            ui.separator();
             ui.menu_button("File", |ui| {
                 if ui.button("Open…").clicked() {
                     commands.push(UiCommand::ShowOpenDialog);
@@ -1625,14 +1879,16 @@ impl StudioApp {
                 ui.label(format!("{}×{}", layer.image.width(), layer.image.height()));
                 ui.separator();
             }
-            ui.label(format!("Zoom {:.0}%", self.view.zoom * 100.0));
-            if ui.small_button("Fit").on_hover_text("Show the whole image").clicked() {
-                commands.push(UiCommand::FitToView);
+            if self.room == Room::Image {
+                ui.label(format!("Zoom {:.0}%", self.view.zoom * 100.0));
+                if ui.small_button("Fit").on_hover_text("Show the whole image").clicked() {
+                    commands.push(UiCommand::FitToView);
+                }
+                if ui.small_button("100%").on_hover_text("One image pixel per screen pixel").clicked() {
+                    commands.push(UiCommand::ActualSize);
+                }
+                ui.separator();
             }
-            if ui.small_button("100%").on_hover_text("One image pixel per screen pixel").clicked() {
-                commands.push(UiCommand::ActualSize);
-            }
-            ui.separator();
             if let Some(((x, y), [r, g, b, a], mask)) = self.inspected {
                 ui.monospace(format!("{x},{y}: {r} {g} {b} {a}, mask {mask}"));
                 ui.separator();
@@ -1963,14 +2219,18 @@ impl eframe::App for StudioApp {
             }
         });
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui, &mut commands));
-        egui::Panel::bottom("history").show(ui, |ui| self.history_ui(ui, &mut commands));
-        egui::Panel::left("tools").default_size(190.0).show(ui, |ui| self.tools_ui(ui, &mut commands));
-        egui::Panel::right("inspector").default_size(270.0).show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| self.inspector_ui(ui, &mut commands));
-        });
-        egui::CentralPanel::default()
-            .frame(egui::Frame::new().fill(Color32::from_gray(32)))
-            .show(ui, |ui| self.canvas_ui(ui));
+        if self.room == Room::Audio {
+            self.audio_room_ui(ui);
+        } else {
+            egui::Panel::bottom("history").show(ui, |ui| self.history_ui(ui, &mut commands));
+            egui::Panel::left("tools").default_size(190.0).show(ui, |ui| self.tools_ui(ui, &mut commands));
+            egui::Panel::right("inspector").default_size(270.0).show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| self.inspector_ui(ui, &mut commands));
+            });
+            egui::CentralPanel::default()
+                .frame(egui::Frame::new().fill(Color32::from_gray(32)))
+                .show(ui, |ui| self.canvas_ui(ui));
+        }
         self.restore_offer_ui(ui.ctx(), &mut commands);
         self.settings_ui(ui.ctx(), &mut commands);
         for command in commands {

@@ -242,59 +242,12 @@ impl CanvasRenderer {
             label: Some("canvas.wgsl"),
             source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/canvas.wgsl").into()),
         });
-        let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("canvas"),
-            entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::VERTEX_FRAGMENT,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
-                texture_entry(1),
-                sampler_entry(2),
-                sampler_entry(3),
-                texture_entry(4),
-                texture_entry(5),
-            ],
-        });
-        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("canvas"),
-            bind_group_layouts: &[Some(&bind_group_layout)],
-            immediate_size: 0,
-        });
-        let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
-            label: Some("canvas"),
-            layout: Some(&layout),
-            vertex: wgpu::VertexState {
-                module: &shader,
-                entry_point: Some("vs_main"),
-                compilation_options: wgpu::PipelineCompilationOptions::default(),
-                buffers: &[],
-            },
-            primitive: wgpu::PrimitiveState {
-                topology: wgpu::PrimitiveTopology::TriangleStrip,
-                ..Default::default()
-            },
-            depth_stencil: None,
-            multisample: wgpu::MultisampleState::default(),
-            fragment: Some(wgpu::FragmentState {
-                module: &shader,
-                entry_point: Some("fs_main"),
-                compilation_options: wgpu::PipelineCompilationOptions::default(),
-                targets: &[Some(wgpu::ColorTargetState {
-                    format: target_format,
-                    blend: None,
-                    write_mask: wgpu::ColorWrites::ALL,
-                })],
-            }),
-            multiview_mask: None,
-            cache: None,
-        });
+        let bind_group_layout = uniform_and_textures_layout(
+            device,
+            "canvas",
+            &[texture_entry(1), sampler_entry(2), sampler_entry(3), texture_entry(4), texture_entry(5)],
+        );
+        let pipeline = quad_pipeline(device, "canvas", &shader, &bind_group_layout, target_format);
         let uniform_buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("canvas view"),
             size: std::mem::size_of::<ViewUniform>() as u64,
@@ -496,8 +449,84 @@ impl CanvasRenderer {
     }
 }
 
+/// A bind group layout: a uniform buffer at binding 0 (vertex and fragment), then `rest`.
+pub fn uniform_and_textures_layout(
+    device: &wgpu::Device,
+    label: &str,
+    rest: &[wgpu::BindGroupLayoutEntry],
+) -> wgpu::BindGroupLayout {
+    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::VERTEX_FRAGMENT,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }];
+    entries.extend_from_slice(rest);
+    device
+        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries })
+}
+
+/// The pipeline of a shader that draws one quad as a four-vertex triangle strip (`vs_main`,
+/// `fs_main`, no vertex buffers, no blending) into `target_format`.
+pub fn quad_pipeline(
+    device: &wgpu::Device,
+    label: &str,
+    shader: &wgpu::ShaderModule,
+    bind_group_layout: &wgpu::BindGroupLayout,
+    target_format: wgpu::TextureFormat,
+) -> wgpu::RenderPipeline {
+    let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(bind_group_layout)],
+        immediate_size: 0,
+    });
+    device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+        label: Some(label),
+        layout: Some(&layout),
+        vertex: wgpu::VertexState {
+            module: shader,
+            entry_point: Some("vs_main"),
+            compilation_options: wgpu::PipelineCompilationOptions::default(),
+            buffers: &[],
+        },
+        primitive: wgpu::PrimitiveState {
+            topology: wgpu::PrimitiveTopology::TriangleStrip,
+            ..Default::default()
+        },
+        depth_stencil: None,
+        multisample: wgpu::MultisampleState::default(),
+        fragment: Some(wgpu::FragmentState {
+            module: shader,
+            entry_point: Some("fs_main"),
+            compilation_options: wgpu::PipelineCompilationOptions::default(),
+            targets: &[Some(wgpu::ColorTargetState {
+                format: target_format,
+                blend: None,
+                write_mask: wgpu::ColorWrites::ALL,
+            })],
+        }),
+        multiview_mask: None,
+        cache: None,
+    })
+}
+
+/// Draws the quad of a [`quad_pipeline`] with its bind group.
+pub fn draw_quad(
+    render_pass: &mut wgpu::RenderPass<'static>,
+    pipeline: &wgpu::RenderPipeline,
+    group: &wgpu::BindGroup,
+) {
+    render_pass.set_pipeline(pipeline);
+    render_pass.set_bind_group(0, group, &[]);
+    render_pass.draw(0..4, 0..1);
+}
+
 /// Writes `bytes` (rows of `bytes_per_row`) over the whole of `texture`.
-fn write_whole(
+pub fn write_whole(
     queue: &wgpu::Queue,
     texture: &wgpu::Texture,
     bytes: &[u8],
@@ -522,7 +551,7 @@ fn write_whole(
 }
 
 /// A one-channel 8-bit texture the shader samples and the queue writes (mask, heat map).
-fn r8_texture(device: &wgpu::Device, label: &str, size: wgpu::Extent3d) -> wgpu::Texture {
+pub fn r8_texture(device: &wgpu::Device, label: &str, size: wgpu::Extent3d) -> wgpu::Texture {
     device.create_texture(&wgpu::TextureDescriptor {
         label: Some(label),
         size,
@@ -536,7 +565,7 @@ fn r8_texture(device: &wgpu::Device, label: &str, size: wgpu::Extent3d) -> wgpu:
 }
 
 /// A filterable 2D float texture read by the fragment shader.
-fn texture_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+pub fn texture_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::FRAGMENT,
@@ -550,7 +579,7 @@ fn texture_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
 }
 
 /// A filtering sampler read by the fragment shader.
-fn sampler_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+pub fn sampler_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::FRAGMENT,
@@ -657,10 +686,9 @@ impl egui_wgpu::CallbackTrait for CanvasCallback {
         resources: &egui_wgpu::CallbackResources,
     ) {
         let Some(renderer) = resources.get::<CanvasRenderer>() else { return };
-        let Some(bind_group) = renderer.bind_group.as_ref() else { return };
-        render_pass.set_pipeline(&renderer.pipeline);
-        render_pass.set_bind_group(0, bind_group, &[]);
-        render_pass.draw(0..4, 0..1);
+        if let Some(bind_group) = renderer.bind_group.as_ref() {
+            draw_quad(render_pass, &renderer.pipeline, bind_group);
+        }
     }
 }
 

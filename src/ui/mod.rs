@@ -5,6 +5,7 @@ pub mod audio_room;
 pub mod canvas;
 pub mod inspector;
 pub mod prefs;
+pub mod spectrogram_view;
 pub mod widgets;
 pub mod word_editor;
 
@@ -48,6 +49,7 @@ pub fn run_studio(device: DeviceChoice, open: Option<std::path::PathBuf>) -> any
             let engine = EngineHandle::spawn(device, waker.clone());
             let mut app = StudioApp::new(cc, engine);
             app.respawn = Some(Box::new(move |device| EngineHandle::spawn(device, waker.clone())));
+            app.audio.set_output_factory(audio_room::AudioRoom::studio_output());
             app.autosave = crate::document::project::autosave_folder();
             app.check_autosave();
             app.prefs_path = prefs_path;
