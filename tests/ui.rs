@@ -954,3 +954,124 @@ fn escape_and_the_cancel_button_cancel_the_running_job_and_keep_the_document() {
         seen.lock().map(|s| s.iter().map(|(p, ..)| p.clone()).collect()).unwrap_or_default();
     assert_eq!(prompts, ["cancelled by escape", "cancelled by the button"]);
 }
+
+/// The audio room's null output, shared with the test so that it can pull buffers as a sound
+/// card's callback would.
+struct PulledOutput(Arc<Mutex<diffusion_studio::audio::playback::NullOutput>>);
+
+impl diffusion_studio::audio::playback::AudioOutput for PulledOutput {
+    fn sample_rate(&self) -> u32 {
+        self.0.lock().map_or(0, |output| output.sample_rate())
+    }
+
+    fn describe(&self) -> String {
+        "test output".into()
+    }
+}
+
+/// The audio room end to end on the tiny fixture model with the studio preset: generate, seek
+/// by a click, select by a drag, regenerate the selection (the rest kept), compare A and B,
+/// play, export, and a broken WAV named in an error.
+#[test]
+fn the_audio_room_generates_selects_regenerates_compares_plays_and_exports() {
+    use diffusion_studio::audio::playback::{self, NullOutput};
+    use diffusion_studio::ui::app::{Room, UiCommand};
+    use diffusion_studio::ui::audio_room::AudioMethod;
+    let mut harness = studio();
+    let output: Arc<Mutex<Option<Arc<Mutex<NullOutput>>>>> = Arc::new(Mutex::new(None));
+    let handed = Arc::clone(&output);
+    {
+        let app = harness.state_mut();
+        app.audio_model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_sd_pipeline");
+        app.audio.settings.preset = "studio".into();
+        app.audio.settings.steps = 2;
+        app.audio.settings.iterations = 2;
+        app.audio.set_output_factory(Box::new(move || {
+            let (player, transport) = playback::player();
+            let null = Arc::new(Mutex::new(NullOutput::new(player, 16_000, "test")));
+            if let Ok(mut slot) = handed.lock() {
+                *slot = Some(Arc::clone(&null));
+            }
+            (transport, Box::new(PulledOutput(null)))
+        }));
+    }
+    let pull = |frames: usize| {
+        if let Some(null) = output.lock().ok().and_then(|slot| slot.clone())
+            && let Ok(mut null) = null.lock()
+        {
+            null.pull(frames, 1);
+        }
+    };
+    press(&mut harness, "Audio");
+    harness.run_steps(2);
+    assert_eq!(harness.state().room, Room::Audio);
+    // 1. text to audio
+    press(&mut harness, "Run");
+    settle(&mut harness, |app| app.audio.clip.is_some() && app.jobs.is_empty());
+    let first = harness.state().audio.clip.as_ref().map(|c| Arc::clone(&c.clip.samples)).expect("a clip");
+    assert_eq!(
+        first.len(),
+        256 * 256,
+        "one image of the studio preset (the model's size is not used: 256 frames)"
+    );
+    harness.run_steps(2);
+    let rect = harness.state().audio.spectrogram_rect;
+    assert!(rect.width() > 100.0 && rect.height() > 50.0, "the spectrogram is drawn: {rect:?}");
+    // 2. a click seeks: the middle of the view is the middle of the clip
+    let middle = rect.center();
+    stroke(&mut harness, middle, middle, egui::Modifiers::NONE);
+    pull(1);
+    let (seconds, playing) = harness.state().audio.playhead().expect("a playhead");
+    assert!((seconds - 2.048).abs() < 0.05 && !playing, "playhead at {seconds} s");
+    assert!(harness.state().audio.selection.is_none(), "a click selects nothing");
+    // 3. a drag selects a stretch; Shift also a band
+    let at = |share: f32| egui::pos2(rect.min.x + rect.width() * share, rect.center().y);
+    let band_end = egui::pos2(rect.min.x + rect.width() * 0.5, rect.min.y + rect.height() * 0.25);
+    stroke(&mut harness, at(0.25), band_end, egui::Modifiers::SHIFT);
+    let selection = harness.state().audio.selection.expect("a selection");
+    let (low, high) = selection.band.expect("a band");
+    assert!(low < high && high > 1000.0, "{selection:?}");
+    stroke(&mut harness, at(0.25), at(0.5), egui::Modifiers::NONE);
+    let selection = harness.state().audio.selection.expect("a selection");
+    assert!((selection.start - 1.024).abs() < 0.05 && (selection.end - 2.048).abs() < 0.05, "{selection:?}");
+    assert!(selection.band.is_none());
+    // 4. regenerate the selection: outside it (and its crossfade) every sample is kept
+    harness.state_mut().audio.settings.method = AudioMethod::Regenerate;
+    harness.run_steps(2);
+    press(&mut harness, "Run");
+    settle(&mut harness, |app| app.audio.previous.is_some() && app.jobs.is_empty());
+    let second = harness.state().audio.clip.as_ref().map(|c| Arc::clone(&c.clip.samples)).expect("a clip");
+    assert_eq!(second.len(), first.len());
+    let (start, end) = ((selection.start * 16_000.0) as usize, (selection.end * 16_000.0) as usize);
+    assert!((0..start - 800).chain(end + 800..first.len()).all(|i| first[i] == second[i]), "kept outside");
+    assert!((start..end).filter(|&i| first[i] != second[i]).count() > (end - start) / 2, "changed inside");
+    // 5. A/B: the clip before is shown and played
+    press(&mut harness, "A/B: before");
+    harness.run_steps(2);
+    assert!(harness.state().audio.showing_previous);
+    let shown = harness.state().audio.shown().map(|c| Arc::clone(&c.clip.samples)).expect("shown");
+    assert!(Arc::ptr_eq(&shown, &first));
+    // 6. space plays; the playhead moves as the output pulls
+    harness.key_press(egui::Key::Space);
+    harness.run_steps(2);
+    let before = harness.state().audio.playhead().map_or(0.0, |(s, _)| s);
+    pull(1600);
+    let (after, playing) = harness.state().audio.playhead().expect("a playhead");
+    assert!(playing && (after - before - 0.1).abs() < 1e-3, "{before} → {after}");
+    // 7. export writes the shown clip
+    let path = std::env::temp_dir().join(format!("ds-ui-audio-{}.wav", std::process::id()));
+    harness.state_mut().execute(UiCommand::ExportAudio(path.clone()));
+    settle(&mut harness, |app| app.pending_io == 0);
+    let reader = hound::WavReader::open(&path).expect("a WAV file");
+    assert_eq!((reader.spec().sample_rate, reader.len() as usize), (16_000, first.len()));
+    let _ = std::fs::remove_file(&path);
+    // 8. a broken WAV is named, and the room keeps its clips
+    let broken = std::env::temp_dir().join(format!("ds-ui-broken-{}.wav", std::process::id()));
+    std::fs::write(&broken, b"RIFF not really").expect("writes");
+    harness.state_mut().open(broken.clone());
+    settle(&mut harness, |app| app.pending_io == 0 && !app.errors.is_empty());
+    let error = harness.state().errors.last().cloned().unwrap_or_default();
+    assert!(error.contains("ds-ui-broken"), "{error}");
+    assert!(harness.state().audio.clip.is_some() && harness.state().audio.previous.is_some());
+    let _ = std::fs::remove_file(&broken);
+}

@@ -439,7 +439,7 @@ impl AudioRoom {
         }
         ui.separator();
         let task = self.task();
-        let run = ui.add_enabled(task.is_ok(), egui::Button::new(RichText::new(method.name()).strong()));
+        let run = ui.add_enabled(task.is_ok(), egui::Button::new(RichText::new("Run").strong()));
         let run = match &task {
             Err(reason) => run.on_disabled_hover_text(reason.as_str()),
             Ok(_) => run.on_hover_text("Ctrl+Enter"),
@@ -554,8 +554,9 @@ impl AudioRoom {
         {
             self.seek(self.view.seconds_at(at.x, spectrogram).clamp(0.0, duration));
         }
+        // a drag starts where the button went down, not where it was noticed
         if response.drag_started()
-            && let Some(at) = response.interact_pointer_pos()
+            && let Some(at) = ui.input(|i| i.pointer.press_origin()).or(response.interact_pointer_pos())
         {
             let shift = ui.input(|i| i.modifiers.shift);
             let hz = (shift && spectrogram.contains(at))
@@ -581,6 +582,12 @@ impl AudioRoom {
             }
         }
         if response.drag_stopped() {
+            // a press held without moving is a click: it seeks
+            if let (Some((from, _)), Some(at)) = (self.drag_from, response.interact_pointer_pos())
+                && (self.view.seconds_at(at.x, spectrogram).clamp(0.0, duration) - from).abs() <= 0.01
+            {
+                self.seek(from);
+            }
             self.drag_from = None;
         }
         // the playhead follows playback
