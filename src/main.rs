@@ -524,6 +524,29 @@ enum AudioCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Measure the bundled music model (or one trained like it): a spectral-feature classifier,
+    /// fitted on training clips, reads generated clips' instrument, tempo and mode.
+    Eval {
+        /// The model folder (default: the bundled music model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        clips: usize,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 4.0)]
+        guidance: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 32)]
+        iterations: usize,
+        /// Write the generated clips (WAV, spectrogram) here.
+        #[arg(long)]
+        samples: Option<PathBuf>,
+        /// Write the report (JSON) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write clips of the bundled music model's procedural dataset: WAV, studio spectrogram PNG
     /// and caption (captions.txt), to listen to and look at what the model learns.
     Dataset {
@@ -668,6 +691,37 @@ fn audio_command(device: DeviceChoice, command: AudioCommand) -> anyhow::Result<
                 rgba.height(),
                 clip.seconds()
             );
+            Ok(())
+        }
+        AudioCommand::Eval { model, clips, steps, guidance, seed, iterations, samples, out } => {
+            use diffusion_studio::eval::music_metrics::{MusicEvalOptions, evaluate};
+            let model = model.unwrap_or_else(catalog::bundled_music_model);
+            anyhow::ensure!(
+                model.join("model_index.json").is_file(),
+                "{} is not a diffusers folder (no model_index.json); give --model",
+                model.display()
+            );
+            anyhow::ensure!(clips >= 2, "--clips must be at least 2");
+            let options = MusicEvalOptions {
+                model,
+                device,
+                clips,
+                steps,
+                guidance,
+                seed,
+                iterations,
+                fit_clips: 300,
+                held_out_clips: 150,
+                samples,
+            };
+            let report = evaluate(&options, &mut |line| eprintln!("{line}"))?;
+            let json = serde_json::to_string_pretty(&report)?;
+            println!("{json}");
+            eprintln!("{}", report.markdown());
+            if let Some(out) = out {
+                std::fs::write(&out, format!("{json}\n"))
+                    .with_context(|| format!("could not write {}", out.display()))?;
+            }
             Ok(())
         }
         AudioCommand::Generate { job } => run_audio(device, job, |_| Ok(AudioTask::Generate)),

@@ -146,6 +146,144 @@ pub fn eval_pieces(seed: u64, count: usize) -> Vec<Piece> {
         .collect()
 }
 
+/// What `audio eval` measures, and how much.
+#[derive(Debug, Clone)]
+pub struct MusicEvalOptions {
+    pub model: std::path::PathBuf,
+    pub device: crate::protocol::DeviceChoice,
+    /// Generated clips (the instruments in turn).
+    pub clips: usize,
+    pub steps: usize,
+    pub guidance: f64,
+    pub seed: u64,
+    /// Griffin-Lim iterations of the generated clips.
+    pub iterations: usize,
+    /// Training clips the classifier is fitted on, and held-out clips it is checked on.
+    pub fit_clips: usize,
+    pub held_out_clips: usize,
+    /// Write the generated clips (WAV and spectrogram PNG) here.
+    pub samples: Option<std::path::PathBuf>,
+}
+
+/// The numbers (`audio eval --out`; MODEL_CARD.md and BENCHMARKS.md quote them).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MusicEvalReport {
+    /// The classifier on held-out dataset clips: its ceiling.
+    pub dataset: MusicScores,
+    /// The classifier on generated clips, after Griffin-Lim and a fresh spectrogram of the audio.
+    pub generated: MusicScores,
+    /// Seconds from submitting a clip's job to its audio (generation, decoding, Griffin-Lim).
+    pub seconds_per_clip: f64,
+    pub steps: usize,
+    pub guidance: f64,
+}
+
+impl MusicEvalReport {
+    pub fn markdown(&self) -> String {
+        let row = |name: &str, s: &MusicScores| {
+            let by: Vec<String> = Instrument::ALL
+                .iter()
+                .zip(&s.instrument_accuracy_by_class)
+                .map(|(i, a)| format!("{} {:.0}%", i.name(), a * 100.0))
+                .collect();
+            format!(
+                "| {name} | {} | {:.1}% ({}) | {:.1}% | {:.1}% |\n",
+                s.clips,
+                s.instrument_accuracy * 100.0,
+                by.join(", "),
+                s.tempo_accuracy * 100.0,
+                s.mode_accuracy * 100.0
+            )
+        };
+        let mut text = String::from(
+            "| clips | n | instrument recognised | tempo | mode (key given) |\n|---|---|---|---|---|\n",
+        );
+        text.push_str(&row("held-out dataset clips (the classifier's ceiling)", &self.dataset));
+        text.push_str(&row("generated, heard (Griffin-Lim, then analysed again)", &self.generated));
+        text.push_str(&format!(
+            "\n{:.3} s per generated clip from submitting the job to its audio ({} steps, guidance {}).\n",
+            self.seconds_per_clip, self.steps, self.guidance
+        ));
+        text
+    }
+}
+
+/// Fits the classifier, checks it on held-out clips, then generates clips from single-instrument
+/// prompts and reads them back.
+pub fn evaluate(
+    options: &MusicEvalOptions,
+    on_progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<MusicEvalReport> {
+    use crate::protocol::{AudioParams, AudioTask, GenerateParams, Job, JobOutput};
+    let images = MusicImages::new()?;
+    on_progress(&format!("fitting the classifier on {} training clips", options.fit_clips));
+    let classifier = fit_classifier(&images, options.seed, options.fit_clips)?;
+    let held_out = dataset_clips(&images, options.seed, Split::Eval, options.held_out_clips)?;
+    let dataset = score(&classifier, &images, &held_out)?;
+    on_progress(&format!("held-out dataset clips: instrument {:.1}%", dataset.instrument_accuracy * 100.0));
+    let runner = super::shapes_metrics::Runner {
+        engine: crate::engine::EngineHandle::spawn(options.device, std::sync::Arc::new(|| {})),
+    };
+    if let Some(folder) = &options.samples {
+        std::fs::create_dir_all(folder)?;
+    }
+    let mut generated = Vec::new();
+    let mut seconds = 0.0;
+    for (index, piece) in eval_pieces(options.seed, options.clips).into_iter().enumerate() {
+        let caption = piece.caption();
+        let params = AudioParams {
+            base: GenerateParams {
+                model: options.model.clone(),
+                model_options: Default::default(),
+                prompt: caption.clone(),
+                negative_prompt: String::new(),
+                steps: options.steps,
+                scheduler: "dpm++2m-karras".into(),
+                guidance_scale: options.guidance,
+                guidance_rescale: 0.0,
+                clip_skip: 0,
+                seed: options.seed.wrapping_add(index as u64),
+                width: 0,
+                height: 0,
+                precision: Default::default(),
+            },
+            preset: String::new(),
+            task: AudioTask::Generate,
+            griffin_lim_iterations: options.iterations,
+        };
+        let clock = std::time::Instant::now();
+        let JobOutput::Audio(clip) = runner.run(Job::Audio(params))? else {
+            anyhow::bail!("the engine returned no audio for \"{caption}\"");
+        };
+        if index > 0 {
+            // the first clip also loads the model
+            seconds += clock.elapsed().as_secs_f64();
+        }
+        let image = images.image(&clip.samples)?;
+        if let Some(folder) = &options.samples {
+            let name = format!("{index:03}-{}", caption.replace(' ', "-"));
+            let wav = crate::audio::wav::Clip {
+                sample_rate: clip.sample_rate,
+                channels: vec![clip.samples.to_vec()],
+            };
+            crate::audio::wav::write_wav(&folder.join(format!("{name}.wav")), &wav)?;
+            image.save(folder.join(format!("{name}.png")))?;
+        }
+        generated.push((piece, image));
+        if (index + 1) % 10 == 0 {
+            on_progress(&format!("generated {} of {} clips", index + 1, options.clips));
+        }
+    }
+    let generated_scores = score(&classifier, &images, &generated)?;
+    Ok(MusicEvalReport {
+        dataset,
+        generated: generated_scores,
+        seconds_per_clip: seconds / (options.clips.saturating_sub(1)).max(1) as f64,
+        steps: options.steps,
+        guidance: options.guidance,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -206,12 +206,13 @@ impl EvalReport {
     }
 }
 
-struct Runner {
-    engine: EngineHandle,
+/// Runs jobs one after the other on an engine, waiting for each.
+pub(crate) struct Runner {
+    pub(crate) engine: EngineHandle,
 }
 
 impl Runner {
-    fn run(&self, job: Job) -> anyhow::Result<JobOutput> {
+    pub(crate) fn run(&self, job: Job) -> anyhow::Result<JobOutput> {
         let id = self.engine.submit(job);
         loop {
             match self.engine.events().recv_timeout(Duration::from_secs(3600))? {
