@@ -616,6 +616,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Text-to-audio jobs as the audio room's Generate sends them (DPM++ 2M Karras, CFG 4,
+    /// 32 Griffin-Lim iterations), after a warm-up job: seconds from submitting to the clip's
+    /// samples, median and slowest.
+    AudioGenerate {
+        /// Default: the bundled music model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// Text-to-image jobs on a diffusers folder, after a warm-up job; prints seconds per job.
     Generate {
         #[arg(long)]
@@ -910,6 +922,17 @@ fn main() -> ExitCode {
         Some(Command::Bench(BenchCommand::GriffinLim { preset, iterations, runs })) => {
             diffusion_studio::engine::bench::griffin_lim_runs(cli.device, &preset, iterations, runs).map(|seconds| {
                 println!("griffin-lim {preset} {iterations} iterations: {seconds:.4} s per run ({runs} runs after 1 warm-up)");
+            })
+        }
+        Some(Command::Bench(BenchCommand::AudioGenerate { model, steps, runs })) => {
+            let model = model.unwrap_or_else(catalog::bundled_music_model);
+            diffusion_studio::engine::bench::audio_generate_runs(cli.device, &model, steps, runs).map(|times| {
+                println!(
+                    "audio-generate {} {steps} steps: {:.4} s median, {:.4} s slowest per clip ({runs} runs after 1 warm-up)",
+                    model.display(),
+                    times.0,
+                    times.1
+                );
             })
         }
         Some(Command::Bench(BenchCommand::Generate { model, steps, size, scheduler, runs })) => {

@@ -94,6 +94,55 @@ pub fn generate_runs(
     Ok(start.elapsed().as_secs_f64() / runs.max(1) as f64)
 }
 
+/// Median and slowest seconds from submitting a text-to-audio job (the audio room's Generate:
+/// `steps` DPM++ 2M Karras steps, CFG 4, 32 Griffin-Lim iterations) to its clip, after one
+/// warm-up job that also loads the model.
+pub fn audio_generate_runs(
+    choice: DeviceChoice,
+    model: &std::path::Path,
+    steps: usize,
+    runs: usize,
+) -> anyhow::Result<(f64, f64)> {
+    use crate::engine::EngineHandle;
+    use crate::protocol::{AudioParams, AudioTask, EngineEvent, GenerateParams, Job};
+    let engine = EngineHandle::spawn(choice, std::sync::Arc::new(|| {}));
+    let run_one = |seed: u64| -> anyhow::Result<f64> {
+        let params = AudioParams {
+            base: GenerateParams {
+                model: model.into(),
+                model_options: Default::default(),
+                prompt: "a fast drum beat".into(),
+                negative_prompt: String::new(),
+                steps,
+                scheduler: "dpm++2m-karras".into(),
+                guidance_scale: 4.0,
+                guidance_rescale: 0.0,
+                clip_skip: 0,
+                seed,
+                width: 0,
+                height: 0,
+                precision: crate::protocol::Precision::F32,
+            },
+            preset: String::new(),
+            task: AudioTask::Generate,
+            griffin_lim_iterations: 32,
+        };
+        let start = Instant::now();
+        let id = engine.submit(Job::Audio(params));
+        loop {
+            match engine.events().recv()? {
+                EngineEvent::Done { job, .. } if job == id => return Ok(start.elapsed().as_secs_f64()),
+                EngineEvent::Failed { job, message } if job == id => anyhow::bail!(message),
+                _ => {}
+            }
+        }
+    };
+    run_one(0)?;
+    let mut times = (1..=runs.max(1) as u64).map(run_one).collect::<anyhow::Result<Vec<f64>>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[times.len() - 1]))
+}
+
 /// Seconds per 512-class text-to-image run of a release-shaped model with random weights
 /// (`preset` sd_v1_5 or sd_v2_1): text encoding, `steps` DPM++ 2M Karras steps with CFG (UNet
 /// batch 2) in `precision`, and the VAE decode — the GPU target's workload. One warm-up run.
