@@ -546,6 +546,9 @@ enum AudioCommand {
         /// Write the report (JSON) here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write MODEL_CARD.md into the model folder.
+        #[arg(long)]
+        card: bool,
     },
     /// Write clips of the bundled music model's procedural dataset: WAV, studio spectrogram PNG
     /// and caption (captions.txt), to listen to and look at what the model learns.
@@ -705,7 +708,7 @@ fn audio_command(device: DeviceChoice, command: AudioCommand) -> anyhow::Result<
             );
             Ok(())
         }
-        AudioCommand::Eval { model, clips, steps, guidance, seed, iterations, samples, out } => {
+        AudioCommand::Eval { model, clips, steps, guidance, seed, iterations, samples, out, card } => {
             use diffusion_studio::eval::music_metrics::{MusicEvalOptions, evaluate};
             let model = model.unwrap_or_else(catalog::bundled_music_model);
             anyhow::ensure!(
@@ -733,6 +736,12 @@ fn audio_command(device: DeviceChoice, command: AudioCommand) -> anyhow::Result<
             if let Some(out) = out {
                 std::fs::write(&out, format!("{json}\n"))
                     .with_context(|| format!("could not write {}", out.display()))?;
+            }
+            if card {
+                let text = diffusion_studio::eval::card::music_card(&options.model, &report, &options)?;
+                let path = options.model.join("MODEL_CARD.md");
+                std::fs::write(&path, text).with_context(|| format!("could not write {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
             }
             Ok(())
         }

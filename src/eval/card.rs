@@ -78,10 +78,34 @@ pub fn model_card(model: &Path, report: &EvalReport, options: &EvalOptions) -> a
          green background\" (sizes and the background phrase are said only sometimes). One \
          caption in eight (by a hash of its text) is held out of training; every number below is \
          measured on held-out captions and images.\n\n\
-         ## Parts\n\n| part | parameters | file size | configuration |\n|---|---|---|---|\n",
+         ",
         shapes.join(", "),
         colours.join(", ")
     );
+    text.push_str(&parts_and_training(model)?);
+    text.push_str(&format!(
+        "## Evaluation\n\nMeasured by `diffusion-studio eval --captions {} --edits {} --inversions {} --steps {} \
+         --guidance {} --seed {}` with the analytic detectors of src/eval/detect.rs (colour \
+         segmentation, connected components, template shape classification; 0.99 attribute \
+         accuracy on clean dataset images):\n\n",
+        options.captions, options.edits, options.inversions, options.steps, options.guidance, options.seed
+    ));
+    text.push_str(&report.markdown(options));
+    text.push_str(
+        "\n## Limits\n\nIt knows only the words of its grammar (other words become letter tokens it never saw in \
+         training) and \
+         draws flat shapes; it is there so that the methods can be used and tested without \
+         weights, not for pictures. Larger models (SD 1.x/2.x) load from diffusers folders or \
+         single checkpoints.\n",
+    );
+    Ok(text)
+}
+
+/// The card's parts table (parameters, file sizes, configurations read from the folder) and the
+/// training record the trainer left there.
+fn parts_and_training(model: &Path) -> anyhow::Result<String> {
+    let mut text =
+        String::from("## Parts\n\n| part | parameters | file size | configuration |\n|---|---|---|---|\n");
     let (mut total_parameters, mut total_bytes) = (0usize, 0u64);
     for part in ["text_encoder", "unet", "vae", "taesd"] {
         let folder = model.join(part);
@@ -110,20 +134,64 @@ pub fn model_card(model: &Path, report: &EvalReport, options: &EvalOptions) -> a
         }
         Err(_) => text.push_str("## Training\n\nNo TRAINING.md beside the weights.\n\n"),
     }
+    Ok(text)
+}
+
+/// The bundled music model's card: its data, parts, training record and `audio eval`'s numbers.
+pub fn music_card(
+    model: &Path,
+    report: &super::music_metrics::MusicEvalReport,
+    options: &super::music_metrics::MusicEvalOptions,
+) -> anyhow::Result<String> {
+    use crate::datasets::music;
+    let instruments: Vec<&str> = music::Instrument::ALL.iter().map(|i| i.name()).collect();
+    let keys: Vec<String> = music::KEYS.iter().map(|(k, _)| k.to_uppercase()).collect();
+    let (slow, fast) = (music::Tempo::Slow.bpm_range(), music::Tempo::Fast.bpm_range());
+    let mut text = format!(
+        "# Model card: the bundled music model\n\n\
+         A small Stable-Diffusion-family text-to-spectrogram model (AutoencoderKL, CLIP text \
+         encoder, UNet2DConditionModel{}, TAESD-style preview decoder) trained from scratch on CPU by this project's trainer \
+         (`diffusion-studio train --dataset music`), so that the studio's audio room works with \
+         no download. Its images are studio-preset mel spectrograms (`spectrogram.json`: 16 kHz, \
+         n_fft 1024, hop 256, 128 HTK mels to 8 kHz, Riffusion's power-law image), {} frames \
+         (4.1 s) wide; sound comes back through the mel pseudo-inverse and Griffin-Lim. \
+         It is a diffusers folder.\n\n\
+         ## Data\n\n\
+         Procedural clips from `src/datasets/music.rs` (seeded; nothing downloaded), rendered by a \
+         small additive synthesiser: {} — alone, or two together (three in ten) — slow ({:.0}–{:.0} \
+         bpm) or fast ({:.0}–{:.0} bpm), major or minor, in {}, with a random start within the \
+         bar and chord progressions of four chords. Captions from a small grammar: \
+         \"a fast drum beat\", \"slow minor chords in d\", \"a slow minor bass line with a pad\" \
+         (the key is said half the time). Evaluation clips come from a separate random stream.\n\n",
+        if config_summary(&model.join("unet")).contains("addition_embed_type \"text\"") {
+            " with the pooled prompt added to its time embedding"
+        } else {
+            ""
+        },
+        music::FRAMES,
+        instruments.join(", "),
+        slow.0,
+        slow.1,
+        fast.0,
+        fast.1,
+        keys.join(", ")
+    );
+    text.push_str(&parts_and_training(model)?);
     text.push_str(&format!(
-        "## Evaluation\n\nMeasured by `diffusion-studio eval --captions {} --edits {} --inversions {} --steps {} \
-         --guidance {} --seed {}` with the analytic detectors of src/eval/detect.rs (colour \
-         segmentation, connected components, template shape classification; 0.99 attribute \
-         accuracy on clean dataset images):\n\n",
-        options.captions, options.edits, options.inversions, options.steps, options.guidance, options.seed
+        "## Evaluation\n\nMeasured by `diffusion-studio audio eval --clips {} --steps {} --guidance {} --seed {} \
+         --iterations {}`: a spectral-feature classifier (src/eval/music_features.rs: onset \
+         strength, spectral flatness, centroid, band shares, peaks per frame, stationarity, \
+         pitch-class concentration; Gaussian naive Bayes fitted on {} training clips) reads each \
+         generated clip's instrument, tempo and mode after Griffin-Lim and a fresh spectrogram of \
+         the audio; prompts name one instrument, the tempo, the mode and the key.\n\n",
+        options.clips, options.steps, options.guidance, options.seed, options.iterations, options.fit_clips
     ));
-    text.push_str(&report.markdown(options));
+    text.push_str(&report.markdown());
     text.push_str(
-        "\n## Limits\n\nIt knows only the words of its grammar (other words become letter tokens it never saw in \
-         training) and \
-         draws flat shapes; it is there so that the methods can be used and tested without \
-         weights, not for pictures. Larger models (SD 1.x/2.x) load from diffusers folders or \
-         single checkpoints.\n",
+        "\n## Limits\n\nIt knows only its grammar's words and its synthesiser's five instruments; \
+         Griffin-Lim's phases make its clips sound grainy. It is there so that the audio methods \
+         can be used and tested without weights; Riffusion (an SD 1.5 fine-tune) loads from a \
+         diffusers folder and gets the riffusion preset.\n",
     );
     Ok(text)
 }
