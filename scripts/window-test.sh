@@ -11,7 +11,9 @@
 #      "green") runs on the bundled model and lands on the canvas; hovering the swapped word's
 #      chip draws its attention map over the canvas;
 #   7. the autosave holds the results and the mask; after the studio is killed (a crash) and
-#      started again, it offers to restore them.
+#      started again, it offers to restore them;
+#   8. given a WAV file, the studio opens in the audio room and draws its spectrogram in colour
+#      (the WGSL colormap) with the waveform below.
 # Usage: scripts/window-test.sh [BINARY]
 set -euo pipefail
 BIN=${1:-target/release/diffusion-studio}
@@ -45,10 +47,10 @@ export DISPLAY=":$display_number" XDG_RUNTIME_DIR="$runtime"
 # the studio's autosave and settings go to a scratch folder, not the person's own
 export DIFFUSION_STUDIO_AUTOSAVE="$runtime/autosave" DIFFUSION_STUDIO_CONFIG="$runtime/settings.json"
 
-# start_studio LOG: opens the studio on the sample and waits (60 s at most) for its window;
-# sets app_pid and window.
+# start_studio LOG [FILE]: opens the studio on FILE (the sample image) and waits (60 s at most)
+# for its window; sets app_pid and window.
 start_studio() {
-  "$BIN" assets/samples/shapes.png >"$1" 2>&1 &
+  "$BIN" "${2:-assets/samples/shapes.png}" >"$1" 2>&1 &
   app_pid=$!
   window=""
   for _ in $(seq 1 120); do
@@ -178,4 +180,17 @@ echo "window-test: after a crash and a restart, $offer pixels differ from a fres
 awk -v c="${offer%% *}" 'BEGIN { exit !(c > 5000) }' || fail "no restore offer after the restart"
 
 kill -0 "$app_pid" 2>/dev/null || fail "the studio died: $(cat "$OUT/studio.log")"
+
+# The audio room: the sample clip (a fast drum beat with an arpeggio) opens there, its
+# spectrogram coloured by the shader: the middle of the window is saturated colour, not grey.
+kill "$app_pid"
+wait "$app_pid" 2>/dev/null || true
+rm -rf "$DIFFUSION_STUDIO_AUTOSAVE"
+start_studio "$OUT/studio-audio.log" assets/samples/music.wav
+sleep 3 # the engine makes the spectrogram
+import -window "$window" "$OUT/studio-audio.png"
+saturation=$(convert "$OUT/studio-audio.png" -crop 600x300+$((width / 2 - 400))+$((height / 2 - 200)) +repage \
+  -colorspace HSL -channel G -separate -format "%[fx:mean]" info:)
+echo "window-test: the audio room's spectrogram, mean saturation $saturation"
+awk -v s="$saturation" 'BEGIN { exit !(s > 0.3) }' || fail "the audio room shows no coloured spectrogram"
 echo "window-test: ok — screenshots in $OUT/"
