@@ -982,7 +982,13 @@ fn the_audio_room_generates_selects_regenerates_compares_plays_and_exports() {
     let handed = Arc::clone(&output);
     {
         let app = harness.state_mut();
-        app.audio_model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_sd_pipeline");
+        // a folder that is no model is refused by name; a diffusers folder becomes the audio model
+        app.execute(UiCommand::SetAudioModel(std::env::temp_dir()));
+        assert!(app.errors.last().is_some_and(|e| e.contains("not a diffusers folder")), "{:?}", app.errors);
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_sd_pipeline");
+        app.execute(UiCommand::SetAudioModel(fixture.clone()));
+        assert_eq!(app.audio_model, fixture);
+        app.errors.clear();
         app.audio.settings.preset = "studio".into();
         app.audio.settings.steps = 2;
         app.audio.settings.iterations = 2;

@@ -87,6 +87,10 @@ pub enum UiCommand {
     ExportAudio(PathBuf),
     /// Run the audio room's method.
     RunAudio,
+    /// Pick the audio room's model folder (a dialog).
+    ShowAudioModelDialog,
+    /// Run the audio room on this model folder (the bundled music model, Riffusion, …).
+    SetAudioModel(PathBuf),
 }
 
 /// The studio's rooms.
@@ -506,6 +510,29 @@ impl StudioApp {
             UiCommand::RunMethod if self.room == Room::Audio => self.run_audio(),
             UiCommand::RunMethod => self.run_method(),
             UiCommand::RunAudio => self.run_audio(),
+            UiCommand::ShowAudioModelDialog => {
+                if self.dialogs_available() {
+                    self.spawn_io(move || {
+                        let chosen = rfd::FileDialog::new().set_title("Audio model folder").pick_folder();
+                        IoResult::DialogChose(chosen.map(UiCommand::SetAudioModel))
+                    });
+                }
+            }
+            UiCommand::SetAudioModel(path) => {
+                if path.join("model_index.json").is_file() {
+                    self.status = format!(
+                        "Audio model: {} ({} preset)",
+                        path.display(),
+                        crate::catalog::spectrogram_preset(&path).unwrap_or_else(|| "riffusion".into())
+                    );
+                    self.audio_model = path;
+                } else {
+                    self.errors.push(format!(
+                        "{} is not a diffusers folder (no model_index.json); choose the folder that holds it",
+                        path.display()
+                    ));
+                }
+            }
             UiCommand::SetRoom(room) => self.room = room,
             UiCommand::OpenAudio(path) => self.open_audio(path),
             UiCommand::ExportAudio(path) => self.export_audio(path),
@@ -1495,10 +1522,10 @@ impl StudioApp {
         let mut actions = Vec::new();
         let model =
             self.audio_model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let busy = self.jobs.values().any(|job| job.label != "load model");
+        let progress = self.jobs.values().find(|job| job.label != "load model").map(|job| (job.step, job.of));
         egui::Panel::right("audio inspector").default_size(270.0).show(ui, |ui| {
             egui::ScrollArea::vertical()
-                .show(ui, |ui| self.audio.inspector_ui(ui, &model, busy, &mut actions));
+                .show(ui, |ui| self.audio.inspector_ui(ui, &model, progress, &mut actions));
         });
         egui::CentralPanel::default()
             .frame(egui::Frame::new().fill(Color32::from_gray(32)).inner_margin(6.0))
@@ -1506,6 +1533,7 @@ impl StudioApp {
         for action in actions {
             match action {
                 AudioAction::Run { task, settings } => self.submit_audio(task, *settings),
+                AudioAction::ShowModelDialog => self.execute(UiCommand::ShowAudioModelDialog),
                 AudioAction::ShowOpenDialog => {
                     self.spawn_dialog_filtered(false, "", ("WAV audio", &["wav"]), UiCommand::OpenAudio)
                 }

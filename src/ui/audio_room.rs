@@ -127,6 +127,8 @@ pub enum AudioAction {
     },
     ShowOpenDialog,
     ShowExportDialog,
+    /// Choose another audio model folder.
+    ShowModelDialog,
 }
 
 /// Makes the playback output and its transport (cpal in the studio; the tests' null output).
@@ -366,15 +368,25 @@ impl AudioRoom {
     }
 
     /// The inspector: method, prompts, sampler, Run.
+    /// `progress`: the running job's step and steps, if one runs.
     pub fn inspector_ui(
         &mut self,
         ui: &mut egui::Ui,
         model: &str,
-        busy: bool,
+        progress: Option<(usize, usize)>,
         actions: &mut Vec<AudioAction>,
     ) {
         ui.heading("Audio");
-        ui.label(format!("Model: {model}"));
+        ui.horizontal(|ui| {
+            ui.label(format!("Model: {model}"));
+            if ui
+                .small_button("Change…")
+                .on_hover_text("A diffusers folder: the music model, Riffusion, …")
+                .clicked()
+            {
+                actions.push(AudioAction::ShowModelDialog);
+            }
+        });
         ui.separator();
         let label = ui.label("Method");
         egui::ComboBox::from_id_salt("audio method")
@@ -444,8 +456,9 @@ impl AudioRoom {
             Err(reason) => run.on_disabled_hover_text(reason.as_str()),
             Ok(_) => run.on_hover_text("Ctrl+Enter"),
         };
-        if busy {
-            ui.label("Running… (Esc cancels)");
+        if let Some((step, of)) = progress {
+            let share = if of == 0 { 0.0 } else { step as f32 / of as f32 };
+            ui.add(egui::ProgressBar::new(share).text(format!("step {step} of {of} (Esc cancels)")));
         }
         if run.clicked()
             && let Ok(task) = task

@@ -231,7 +231,9 @@ pub fn splice(source: &[f32], new: &[f32], start: usize, end: usize, fade: usize
         } else if i >= end {
             (to - i) as f32 / (to - end + 1) as f32
         } else {
-            1.0
+            // inside the range: the new samples exactly (cos(π/2) is not 0 in floating point)
+            out[i] = new[i];
+            continue;
         };
         let angle = weight * std::f32::consts::FRAC_PI_2;
         out[i] = source[i] * angle.cos() + new[i] * angle.sin();
