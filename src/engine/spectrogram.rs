@@ -186,6 +186,18 @@ impl Spectrogram {
         self.griffin_lim(&magnitude, iterations, 0.99, seed, self.preset.samples_for(frames as usize))
     }
 
+    /// A preset's machinery on the CPU (for code outside the engine, which names no device).
+    pub fn on_cpu(preset: SpectrogramPreset) -> Result<Self, tch::TchError> {
+        Self::new(preset, Device::Cpu)
+    }
+
+    /// The image of mono `samples`, its first `max_frames` frames at most.
+    pub fn image_of(&self, samples: &[f32], max_frames: usize) -> Result<image::GrayImage, tch::TchError> {
+        let mel = self.mel(samples)?;
+        let frames = mel.size()[1].min(max_frames as i64);
+        self.image_from_mel(&mel.f_narrow(1, 0, frames)?)
+    }
+
     /// The spectrogram image: grey, `n_mels` rows, one column per frame.
     pub fn image_from_mel(&self, mel: &Tensor) -> Result<image::GrayImage, tch::TchError> {
         let (mels, frames) = mel.size2()?;

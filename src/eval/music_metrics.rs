@@ -22,14 +22,12 @@ impl MusicImages {
     pub fn new() -> anyhow::Result<Self> {
         let preset = SpectrogramPreset::studio();
         let centres = preset.mel_centres_hz();
-        Ok(Self { spectrogram: Spectrogram::new(preset, tch::Device::Cpu)?, centres })
+        Ok(Self { spectrogram: Spectrogram::on_cpu(preset)?, centres })
     }
 
     /// The image of `samples` (16 kHz), its first [`music::FRAMES`] frames at most.
     pub fn image(&self, samples: &[f32]) -> anyhow::Result<GrayImage> {
-        let mel = self.spectrogram.mel(samples)?;
-        let frames = mel.size()[1].min(music::FRAMES as i64);
-        Ok(self.spectrogram.image_from_mel(&mel.narrow(1, 0, frames))?)
+        Ok(self.spectrogram.image_of(samples, music::FRAMES)?)
     }
 
     /// What the classifier reads of a studio-preset image.
