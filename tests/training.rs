@@ -62,6 +62,14 @@ fn tiny() -> TrainOptions {
     }
 }
 
+/// Training draws from libtorch's one global generator: the runs of this file take turns, or a
+/// run in parallel would take draws from another's seeded stream.
+static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_run_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_RUN_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Stops once at each (stage, step) listed.
 struct StopAt {
     stops: Vec<(Stage, usize)>,
@@ -103,6 +111,7 @@ fn exported_tensors(folder: &Path) -> BTreeMap<String, Tensor> {
 
 #[test]
 fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model() {
+    let _turn = one_run_at_a_time();
     let dir = std::env::temp_dir().join(format!("ds-train-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // 1. straight through
@@ -314,6 +323,7 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
 /// an exported folder that says its preset and plays as audio.
 #[test]
 fn a_music_run_exports_an_audio_model() {
+    let _turn = one_run_at_a_time();
     let dir = std::env::temp_dir().join(format!("ds-train-music-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let options = TrainOptions {
