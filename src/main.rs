@@ -80,7 +80,7 @@ fn parse_word_window(text: &str) -> Result<(String, (f64, f64)), String> {
 }
 
 /// Which model, and how to load it.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 struct ModelArgs {
     /// A diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
     /// scheduler/) or a single-file .safetensors checkpoint in the original layout. Default: the
@@ -104,7 +104,7 @@ struct ModelArgs {
 }
 
 /// Prompts and the sampler.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 struct SamplingArgs {
     /// The prompt (for `edit`: the source prompt).
     #[arg(long, visible_alias = "source-prompt")]
@@ -795,7 +795,11 @@ fn audio_command(device: DeviceChoice, command: AudioCommand) -> anyhow::Result<
         AudioCommand::Dataset { count, seed, eval, out } => {
             use diffusion_studio::datasets::{music, shapes::Split};
             std::fs::create_dir_all(&out).with_context(|| format!("could not create {}", out.display()))?;
-            let preset = SpectrogramPreset::studio();
+            // one spectrogram machine for every clip (its pseudo-inverse is computed once)
+            let studio = spectrogram::Spectrogram::new(
+                SpectrogramPreset::studio(),
+                device::select(device).map_err(anyhow::Error::msg)?,
+            )?;
             let split = if eval { Split::Eval } else { Split::Train };
             let mut captions = String::new();
             for index in 0..count {
@@ -804,9 +808,7 @@ fn audio_command(device: DeviceChoice, command: AudioCommand) -> anyhow::Result<
                 let wav_clip =
                     wav::Clip { sample_rate: music::SAMPLE_RATE, channels: vec![clip.samples.clone()] };
                 wav::write_wav(&out.join(format!("{name}.wav")), &wav_clip)?;
-                let image = spectrogram::image_of_samples(&preset, &clip.samples, device)?;
-                let image =
-                    image::imageops::crop_imm(&image, 0, 0, music::FRAMES as u32, image.height()).to_image();
+                let image = studio.image_of(&clip.samples, music::FRAMES)?;
                 let rgba = image::DynamicImage::ImageLuma8(image).to_rgba8();
                 let text = format!("Spectrogram preset: studio, caption: {}", clip.caption);
                 document::write_png_with_text_atomic(
@@ -1527,24 +1529,7 @@ fn audio_params(
         .or_else(|| catalog::spectrogram_preset(&path))
         .unwrap_or_else(|| "riffusion".to_string());
     let preset = SpectrogramPreset::by_name(&preset_name).map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
-    let model = ModelArgs {
-        model: job.model.model.clone(),
-        model_type: job.model.model_type,
-        prediction_type: job.model.prediction_type,
-        model_config: job.model.model_config.clone(),
-        dtype: job.model.dtype,
-    };
-    let sampling = SamplingArgs {
-        prompt: job.sampling.prompt.clone(),
-        negative_prompt: job.sampling.negative_prompt.clone(),
-        steps: job.sampling.steps,
-        scheduler: job.sampling.scheduler.clone(),
-        guidance: job.sampling.guidance,
-        guidance_rescale: job.sampling.guidance_rescale,
-        seed: job.sampling.seed,
-        clip_skip: job.sampling.clip_skip,
-    };
-    let base = base_params(model, sampling, job.frames.unwrap_or(0), 0)?;
+    let base = base_params(job.model.clone(), job.sampling.clone(), job.frames.unwrap_or(0), 0)?;
     Ok(protocol::AudioParams {
         base,
         preset: job.preset.clone().unwrap_or_default(),

@@ -450,17 +450,14 @@ impl JobRunner for TorchRunner {
                 methods::inversion::run(model, params, ctx)
                     .map(|inversion| JobOutput::Inversion(Box::new(inversion)))
             }
-            Job::Audio(params) if !params.preset.is_empty() => match &params.task {
-                // a spectrogram alone needs no model
-                crate::protocol::AudioTask::Analyse { source } => {
-                    methods::audio::analyse(&params.preset, source, self.device).map(JobOutput::Audio)
-                }
-                _ => {
-                    let base = &params.base;
-                    let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
-                    methods::audio::run(model, params, ctx).map(JobOutput::Audio)
-                }
-            },
+            // a spectrogram alone, of a named preset, needs no model
+            Job::Audio(crate::protocol::AudioParams {
+                preset,
+                task: crate::protocol::AudioTask::Analyse { source },
+                ..
+            }) if !preset.is_empty() => {
+                methods::audio::analyse(preset, source, self.device).map(JobOutput::Audio)
+            }
             Job::Audio(params) => {
                 let base = &params.base;
                 let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;

@@ -83,8 +83,7 @@ impl Audio<'_> {
         let mut window = vec![0f32; self.image_samples()];
         let available = samples.len().saturating_sub(start).min(window.len());
         window[..available].copy_from_slice(&samples[start..start + available]);
-        let mel = self.spectrogram.mel(&window)?.f_narrow(1, 0, i64::from(self.width))?;
-        let grey = self.spectrogram.image_from_mel(&mel)?;
+        let grey = self.spectrogram.image_of(&window, self.width as usize)?;
         let rgba = image::DynamicImage::ImageLuma8(grey).to_rgba8();
         Ok(ImageData::from_rgba_image(&rgba))
     }

@@ -194,8 +194,7 @@ pub fn render_music_set(request: SetRequest, style: music::PieceStyle) -> anyhow
     let mut grey = Vec::with_capacity(count * w * h);
     let mut captions = Vec::with_capacity(count);
     for clip in clips.into_iter().flatten() {
-        let mel = spectrogram.mel(&clip.samples)?.narrow(1, 0, w as i64);
-        let image = spectrogram.image_from_mel(&mel)?;
+        let image = spectrogram.image_of(&clip.samples, w)?;
         grey.extend_from_slice(image.as_raw());
         captions.push(clip.caption);
     }
