@@ -39,7 +39,7 @@ bench: build
 
 # Regenerates tests/fixtures/ with diffusers as the oracle (pinned versions, into the same venv).
 fixtures: setup
-	$(VENV)/bin/python -m pip install --quiet diffusers==0.42.1 transformers==5.23.0 ftfy regex
+	$(VENV)/bin/python -m pip install --quiet diffusers==0.42.1 transformers==5.23.0 ftfy regex librosa==0.11.0
 	$(VENV)/bin/python tests/fixtures/make_fixtures.py
 
 clean:

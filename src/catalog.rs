@@ -88,11 +88,31 @@ fn bundled_model(name: &str) -> PathBuf {
     if relative.join("model_index.json").is_file() { relative } else { built_from }
 }
 
-/// The spectrogram preset an audio model's folder names (`spectrogram.json`), if any.
+/// The spectrogram preset an audio model's folder names (`spectrogram.json`, or an
+/// audio-diffusion model's `mel/mel_config.json`), if any.
 pub fn spectrogram_preset(model: &Path) -> Option<String> {
+    model_spectrogram(model).map(|preset| preset.name.to_string())
+}
+
+/// An audio model's own spectrogram: an audio-diffusion model's mel config, or the preset its
+/// `spectrogram.json` names. None for image models (Riffusion takes its preset by name).
+pub fn model_spectrogram(model: &Path) -> Option<crate::audio::preset::SpectrogramPreset> {
+    use crate::audio::preset::{MelConfig, SpectrogramPreset};
+    let mel = model.join("mel/mel_config.json");
+    if mel.is_file() {
+        return MelConfig::from_file(&mel).ok().map(|config| SpectrogramPreset::of_mel_config(&config));
+    }
     let text = std::fs::read_to_string(model.join("spectrogram.json")).ok()?;
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value["preset"].as_str().map(str::to_string)
+    SpectrogramPreset::by_name(value["preset"].as_str()?).ok()
+}
+
+/// Whether `model` is an audio-diffusion pipeline folder (`AudioDiffusionPipeline` in its
+/// `model_index.json`): an unconditional mel-spectrogram model, which makes audio only.
+pub fn is_audio_diffusion(model: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(model.join("model_index.json")) else { return false };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .is_ok_and(|index| index["_class_name"] == "AudioDiffusionPipeline")
 }
 
 /// A diffusers folder's native image side: its UNet's `sample_size` times the VAE's factor

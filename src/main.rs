@@ -397,8 +397,10 @@ struct EditArgs {
     out: PathBuf,
 }
 
-/// What every audio generation job shares.
+/// What every audio generation job shares. The prompt may be left out for audio-diffusion
+/// models, which are unconditional.
 #[derive(clap::Args, Debug)]
+#[command(mut_arg("prompt", |arg| arg.required(false).default_value("")))]
 struct AudioJobArgs {
     /// A diffusers folder or single file (default: the bundled music model, assets/models/music;
     /// a Riffusion model gets the riffusion preset).
@@ -1523,13 +1525,19 @@ fn audio_params(
         job.model.model = Some(bundled);
     }
     let path = job.model.model.clone().unwrap_or_default();
-    let preset_name = job
-        .preset
-        .clone()
-        .or_else(|| catalog::spectrogram_preset(&path))
-        .unwrap_or_else(|| "riffusion".to_string());
-    let preset = SpectrogramPreset::by_name(&preset_name).map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
+    // the sample rate sources are resampled to: the asked-for preset's, else the model's own
+    let preset = match &job.preset {
+        Some(name) => SpectrogramPreset::by_name(name).map_err(|e| anyhow::anyhow!("--preset: {e}"))?,
+        None => catalog::model_spectrogram(&path).unwrap_or_else(SpectrogramPreset::riffusion),
+    };
     let base = base_params(job.model.clone(), job.sampling.clone(), job.frames.unwrap_or(0), 0)?;
+    if catalog::is_audio_diffusion(&path) {
+        if !base.prompt.is_empty() {
+            eprintln!("note: audio-diffusion models are unconditional; the prompt is not used (the seed is)");
+        }
+    } else if base.prompt.is_empty() {
+        bail!("--prompt is needed: {} is a text-conditioned model", path.display());
+    }
     Ok(protocol::AudioParams {
         base,
         preset: job.preset.clone().unwrap_or_default(),

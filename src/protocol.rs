@@ -521,6 +521,18 @@ impl AudioTask {
             AudioTask::Interpolate { .. } => "interpolate",
         }
     }
+
+    /// The source clip, for the tasks that take one.
+    pub fn source_mut(&mut self) -> Option<&mut Arc<Vec<f32>>> {
+        match self {
+            AudioTask::Analyse { source }
+            | AudioTask::Transform { source, .. }
+            | AudioTask::Inpaint { source, .. }
+            | AudioTask::Continue { source } => Some(source),
+            AudioTask::Loop { source } => source.as_mut(),
+            AudioTask::Generate | AudioTask::Interpolate { .. } => None,
+        }
+    }
 }
 
 /// An audio job: `base.width` × `base.height` is one spectrogram image (frames × mel rows; 0

@@ -1081,3 +1081,48 @@ fn the_audio_room_generates_selects_regenerates_compares_plays_and_exports() {
     assert!(harness.state().audio.clip.is_some() && harness.state().audio.previous.is_some());
     let _ = std::fs::remove_file(&broken);
 }
+
+#[test]
+fn an_audio_diffusion_model_greys_out_the_prompts_and_takes_clips_of_another_rate() {
+    use diffusion_studio::audio::wav;
+    use diffusion_studio::ui::app::{Room, UiCommand};
+    use diffusion_studio::ui::audio_room::{AudioMethod, Selection};
+    let mut harness = studio();
+    // a 1 s tone, opened at the audio-diffusion preset's 22.05 kHz
+    let path = std::env::temp_dir().join(format!("ds-ui-tone-{}.wav", std::process::id()));
+    let tone: Vec<f32> = (0..22_050).map(|i| 0.3 * (i as f32 * 0.05).sin()).collect();
+    wav::write_wav(&path, &wav::Clip { sample_rate: 22_050, channels: vec![tone] }).expect("a WAV");
+    {
+        let app = harness.state_mut();
+        app.execute(UiCommand::SetRoom(Room::Audio));
+        app.audio.settings.preset = "audio-diffusion".into();
+        app.open_audio(path.clone());
+    }
+    settle(&mut harness, |app| app.pending_io == 0 && app.audio.clip.is_some() && app.jobs.is_empty());
+    assert_eq!(harness.state().audio.clip.as_ref().map(|c| c.clip.sample_rate), Some(22_050));
+    // the tiny audio-diffusion fixture works at 16 kHz with its own mel settings
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_audio_diffusion");
+    {
+        let app = harness.state_mut();
+        app.execute(UiCommand::SetAudioModel(fixture));
+        assert!(app.audio.unconditional, "{}", app.status);
+        app.audio.settings.preset = String::new();
+        app.audio.settings.steps = 3;
+        app.audio.settings.iterations = 2;
+        app.audio.settings.method = AudioMethod::Regenerate;
+        app.audio.selection = Some(Selection { start: 0.4, end: 0.6, band: None });
+    }
+    harness.run_steps(2);
+    harness.get_by_label_contains("An unconditional model");
+    use egui_kittest::kittest::NodeT as _;
+    assert!(harness.get_by_label("Prompt").accesskit_node().is_disabled(), "the prompt is greyed out");
+    press(&mut harness, "Run");
+    settle(&mut harness, |app| app.pending_io == 0 && app.audio.previous.is_some() && app.jobs.is_empty());
+    let app = harness.state();
+    assert!(app.errors.is_empty(), "{:?}", app.errors);
+    let clip = &app.audio.clip.as_ref().expect("the regenerated clip").clip;
+    // resampled to the model's rate before the job, the clip keeps its duration
+    assert_eq!(clip.sample_rate, 16_000);
+    assert!((clip.samples.len() as i64 - 16_000).abs() <= 2, "{} samples", clip.samples.len());
+    let _ = std::fs::remove_file(&path);
+}

@@ -137,6 +137,22 @@ impl SpectrogramPreset {
         }
     }
 
+    /// The spectrogram of an audio-diffusion model's `mel_config.json`: the audio-diffusion
+    /// preset (librosa's defaults) at the config's rate, FFT, hop, size and dB range.
+    pub fn of_mel_config(mel: &MelConfig) -> Self {
+        Self {
+            sample_rate: mel.sample_rate,
+            n_fft: mel.n_fft,
+            win_length: mel.n_fft,
+            hop: mel.hop_length,
+            n_mels: mel.y_res,
+            f_max: f64::from(mel.sample_rate) / 2.0,
+            image: ImageScale::Decibels { top_db: mel.top_db },
+            width: mel.x_res,
+            ..Self::audio_diffusion()
+        }
+    }
+
     /// Every preset, by name.
     pub fn all() -> [Self; 3] {
         [Self::riffusion(), Self::audio_diffusion(), Self::studio()]
@@ -222,5 +238,74 @@ impl SpectrogramPreset {
             }
         }
         filters
+    }
+}
+
+/// diffusers' `Mel` (`mel/mel_config.json` of an audio-diffusion pipeline, Robinson 2022): the
+/// spectrogram image's size and the STFT that makes it. Missing fields take `Mel`'s defaults.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(default)]
+pub struct MelConfig {
+    /// Frames (the image's width).
+    pub x_res: usize,
+    /// Mel bins (the image's height).
+    pub y_res: usize,
+    pub sample_rate: u32,
+    pub n_fft: usize,
+    pub hop_length: usize,
+    /// The dB range mapped to 0…255.
+    pub top_db: f64,
+    /// Griffin-Lim iterations the reference inverts with.
+    pub n_iter: usize,
+}
+
+impl Default for MelConfig {
+    fn default() -> Self {
+        Self {
+            x_res: 256,
+            y_res: 256,
+            sample_rate: 22_050,
+            n_fft: 2_048,
+            hop_length: 512,
+            top_db: 80.0,
+            n_iter: 32,
+        }
+    }
+}
+
+impl MelConfig {
+    /// Reads and checks `path`; errors name the file and the field.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("could not read {}: {error}", path.display()))?;
+        Self::from_json(&text).map_err(|reason| format!("{}: {reason}", path.display()))
+    }
+
+    /// Parses and checks a `mel_config.json`'s text; errors name the field.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let config: Self = serde_json::from_str(text).map_err(|error| error.to_string())?;
+        let bad = |field: &str, why: &str| Err(format!("{field} {why}"));
+        if config.x_res < 8 || config.x_res > 4096 {
+            return bad("x_res", "must be 8 to 4096 frames");
+        }
+        if config.y_res < 8 || config.y_res > 1024 {
+            return bad("y_res", "must be 8 to 1024 mel bins");
+        }
+        if !(1_000..=192_000).contains(&config.sample_rate) {
+            return bad("sample_rate", "must be 1000 to 192000 Hz");
+        }
+        if config.n_fft < 16 || config.n_fft > 65_536 {
+            return bad("n_fft", "must be 16 to 65536");
+        }
+        if config.y_res > config.n_fft / 2 + 1 {
+            return bad("y_res", "is more mel bins than the FFT has frequencies (n_fft / 2 + 1)");
+        }
+        if config.hop_length == 0 || config.hop_length > config.n_fft {
+            return bad("hop_length", "must be 1 to n_fft");
+        }
+        if !(config.top_db.is_finite() && config.top_db > 0.0) {
+            return bad("top_db", "must be a positive number of decibels");
+        }
+        Ok(config)
     }
 }

@@ -3,6 +3,7 @@
 //! a panic inside a job is caught and reported, and the thread goes on serving.
 
 pub mod attention_control;
+pub mod audio_diffusion;
 pub mod bench;
 pub mod device;
 pub mod image_tensor;
@@ -371,7 +372,30 @@ pub fn default_generator_lock() -> std::sync::MutexGuard<'static, ()> {
 /// Runs jobs with libtorch on one device, keeping the last model loaded.
 pub struct TorchRunner {
     device: tch::Device,
-    model: Option<pipeline::StableDiffusion>,
+    model: Option<Loaded>,
+}
+
+/// A loaded model: a Stable Diffusion pipeline (every method), or an audio-diffusion one (audio
+/// jobs only).
+enum Loaded {
+    StableDiffusion(Box<pipeline::StableDiffusion>),
+    AudioDiffusion(Box<audio_diffusion::AudioDiffusion>),
+}
+
+impl Loaded {
+    fn is(
+        &self,
+        path: &std::path::Path,
+        options: &crate::protocol::ModelOptions,
+        precision: crate::protocol::Precision,
+    ) -> bool {
+        match self {
+            Loaded::StableDiffusion(model) => {
+                model.source == path && model.options == *options && model.precision == precision
+            }
+            Loaded::AudioDiffusion(model) => model.source == path && model.precision == precision,
+        }
+    }
 }
 
 impl TorchRunner {
@@ -390,6 +414,33 @@ impl TorchRunner {
 impl TorchRunner {
     /// The model at `path` (folder or single file) with `options` in `precision`, loading it
     /// unless it is the one already loaded.
+    fn load(
+        &mut self,
+        path: &std::path::Path,
+        options: &crate::protocol::ModelOptions,
+        precision: crate::protocol::Precision,
+        ctx: &JobContext<'_>,
+    ) -> Result<&Loaded, JobError> {
+        if !self.model.as_ref().is_some_and(|model| model.is(path, options, precision)) {
+            self.model = None; // free the old one first
+            let failed = |error: loading::LoadError| JobError::Failed(error.to_string());
+            let model = if crate::catalog::is_audio_diffusion(path) {
+                let model = audio_diffusion::AudioDiffusion::from_folder(path, self.device, precision)
+                    .map_err(failed)?;
+                ctx.model_loaded(model.describe(), model.native_size());
+                Loaded::AudioDiffusion(Box::new(model))
+            } else {
+                let model =
+                    pipeline::StableDiffusion::load(path, options, self.device, precision).map_err(failed)?;
+                ctx.model_loaded(model.describe(), model.native_size());
+                Loaded::StableDiffusion(Box::new(model))
+            };
+            self.model = Some(model);
+        }
+        self.model.as_ref().ok_or_else(|| JobError::Failed("the model did not stay loaded".into()))
+    }
+
+    /// [`Self::load`] for the image methods, which need a Stable Diffusion model.
     fn load_model(
         &mut self,
         path: &std::path::Path,
@@ -397,17 +448,14 @@ impl TorchRunner {
         precision: crate::protocol::Precision,
         ctx: &JobContext<'_>,
     ) -> Result<&pipeline::StableDiffusion, JobError> {
-        let loaded = |model: &pipeline::StableDiffusion| {
-            model.source == path && model.options == *options && model.precision == precision
-        };
-        if !self.model.as_ref().is_some_and(loaded) {
-            self.model = None; // free the old one first
-            let model = pipeline::StableDiffusion::load(path, options, self.device, precision)
-                .map_err(|error| JobError::Failed(error.to_string()))?;
-            ctx.model_loaded(model.describe(), model.native_size());
-            self.model = Some(model);
+        match self.load(path, options, precision, ctx)? {
+            Loaded::StableDiffusion(model) => Ok(model),
+            Loaded::AudioDiffusion(_) => Err(JobError::Failed(format!(
+                "{} is an audio-diffusion model (unconditional mel spectrograms): it makes audio only; \
+                 use it from the audio room or `audio` commands, and a Stable Diffusion model for images",
+                path.display()
+            ))),
         }
-        self.model.as_ref().ok_or_else(|| JobError::Failed("the model did not stay loaded".into()))
     }
 }
 
@@ -460,7 +508,11 @@ impl JobRunner for TorchRunner {
             }
             Job::Audio(params) => {
                 let base = &params.base;
-                let model = self.load_model(&base.model, &base.model_options, base.precision, ctx)?;
+                let model: &dyn methods::audio::SpectrogramModel =
+                    match self.load(&base.model, &base.model_options, base.precision, ctx)? {
+                        Loaded::StableDiffusion(model) => model.as_ref(),
+                        Loaded::AudioDiffusion(model) => model.as_ref(),
+                    };
                 methods::audio::run(model, params, ctx).map(JobOutput::Audio)
             }
             Job::DiffEdit(params) => {
@@ -484,8 +536,10 @@ impl JobRunner for TorchRunner {
                 methods::instruct_pix2pix::run(model, params, ctx).map(JobOutput::Image)
             }
             Job::LoadModel(model) => {
-                let loaded = self.load_model(&model.path, &model.options, model.precision, ctx)?;
-                Ok(JobOutput::Loaded(loaded.describe()))
+                Ok(JobOutput::Loaded(match self.load(&model.path, &model.options, model.precision, ctx)? {
+                    Loaded::StableDiffusion(model) => model.describe(),
+                    Loaded::AudioDiffusion(model) => model.describe(),
+                }))
             }
             Job::PromptToPrompt(params) => {
                 let base = &params.base;

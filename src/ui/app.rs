@@ -170,6 +170,10 @@ enum IoResult {
         path: PathBuf,
         result: Result<(), String>,
     },
+    /// An audio job's source resampled to the audio model's rate, ready to submit.
+    AudioResampled {
+        result: Result<(crate::protocol::AudioTask, Box<crate::ui::audio_room::AudioSettings>), String>,
+    },
     /// The audio room's clip written as WAV.
     Exported {
         path: PathBuf,
@@ -525,6 +529,7 @@ impl StudioApp {
                         path.display(),
                         crate::catalog::spectrogram_preset(&path).unwrap_or_else(|| "riffusion".into())
                     );
+                    self.audio.unconditional = crate::catalog::is_audio_diffusion(&path);
                     self.audio_model = path;
                 } else {
                     self.errors.push(format!(
@@ -770,11 +775,22 @@ impl StudioApp {
 
     /// The audio room's spectrogram preset: the settings', else the audio model's own, else
     /// Riffusion's.
-    fn audio_preset(&self) -> String {
-        if !self.audio.settings.preset.is_empty() {
-            return self.audio.settings.preset.clone();
+    fn audio_preset(&self) -> crate::audio::preset::SpectrogramPreset {
+        use crate::audio::preset::SpectrogramPreset;
+        if let Ok(preset) = SpectrogramPreset::by_name(&self.audio.settings.preset) {
+            return preset;
         }
-        crate::catalog::spectrogram_preset(&self.audio_model).unwrap_or_else(|| "riffusion".into())
+        crate::catalog::model_spectrogram(&self.audio_model).unwrap_or_else(SpectrogramPreset::riffusion)
+    }
+
+    /// The preset an Analyse job names: none for an audio-diffusion model whose own mel settings
+    /// are not a named preset's (the engine then reads the model's).
+    fn audio_preset_name(&self) -> String {
+        let preset = self.audio_preset();
+        match crate::audio::preset::SpectrogramPreset::by_name(preset.name) {
+            Ok(named) if named == preset => preset.name.to_string(),
+            _ => String::new(),
+        }
     }
 
     /// Runs the audio room's method on the audio model.
@@ -789,6 +805,32 @@ impl StudioApp {
     }
 
     fn submit_audio(
+        &mut self,
+        mut task: crate::protocol::AudioTask,
+        settings: crate::ui::audio_room::AudioSettings,
+    ) {
+        // a clip made at another model's rate is resampled (in the background) first
+        let rate = self.audio_preset().sample_rate;
+        let clip_rate = self.audio.shown().map(|shown| shown.clip.sample_rate);
+        if let Some(from) = clip_rate.filter(|from| *from != rate)
+            && task.source_mut().is_some()
+        {
+            self.status = format!("Resampling the clip from {from} Hz to {rate} Hz for this model…");
+            self.spawn_io(move || {
+                let result = (|| {
+                    let Some(source) = task.source_mut() else { return Err("no source clip".to_string()) };
+                    let clip = crate::audio::wav::Clip { sample_rate: from, channels: vec![source.to_vec()] };
+                    *source = Arc::new(clip.resampled(rate).map_err(|e| e.to_string())?.mono());
+                    Ok((task, Box::new(settings)))
+                })();
+                IoResult::AudioResampled { result }
+            });
+            return;
+        }
+        self.submit_audio_now(task, settings);
+    }
+
+    fn submit_audio_now(
         &mut self,
         task: crate::protocol::AudioTask,
         settings: crate::ui::audio_room::AudioSettings,
@@ -833,8 +875,7 @@ impl StudioApp {
     /// Reads a WAV file in the background (mixed to mono, resampled to the preset's rate);
     /// the engine then makes its spectrogram.
     pub fn open_audio(&mut self, path: PathBuf) {
-        let preset = self.audio_preset();
-        let rate = crate::audio::preset::SpectrogramPreset::by_name(&preset).ok().map(|p| p.sample_rate);
+        let rate = Some(self.audio_preset().sample_rate);
         self.status = format!("Opening {}…", path.display());
         self.spawn_io(move || {
             let result = (|| -> Result<(Vec<f32>, String), String> {
@@ -1324,6 +1365,13 @@ impl StudioApp {
                 }
                 self.document.modified = false;
             }
+            IoResult::AudioResampled { result: Ok((task, settings)) } => {
+                self.submit_audio_now(task, *settings)
+            }
+            IoResult::AudioResampled { result: Err(message) } => {
+                self.status = "Failed — see the message above".into();
+                self.errors.push(format!("Could not resample the clip for this model: {message}"));
+            }
             IoResult::AudioOpened { path, result: Ok((samples, notes)) } => {
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 self.status = if notes.is_empty() {
@@ -1347,7 +1395,7 @@ impl StudioApp {
                         height: 0,
                         precision: self.prefs.precision(),
                     },
-                    preset: self.audio_preset(),
+                    preset: self.audio_preset_name(),
                     task: crate::protocol::AudioTask::Analyse { source: Arc::new(samples) },
                     griffin_lim_iterations: 1,
                 };

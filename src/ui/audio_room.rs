@@ -167,6 +167,8 @@ pub struct AudioRoom {
     /// Where the spectrogram was drawn last frame (screen points).
     pub spectrogram_rect: Rect,
     pub waveform_rect: Rect,
+    /// The audio model takes no text (audio-diffusion): the prompts are greyed out.
+    pub unconditional: bool,
 }
 
 impl Default for AudioRoom {
@@ -195,6 +197,7 @@ impl AudioRoom {
             gpu: false,
             spectrogram_rect: Rect::NOTHING,
             waveform_rect: Rect::NOTHING,
+            unconditional: false,
         }
     }
 
@@ -398,10 +401,16 @@ impl AudioRoom {
             })
             .response
             .labelled_by(label.id);
+        let text = !self.unconditional;
+        if !text {
+            ui.label("An unconditional model: the seed (and the source clip) decide what plays; prompts are not used.");
+        }
         let label = ui.label("Prompt");
-        ui.add(egui::TextEdit::multiline(&mut self.settings.prompt).desired_rows(2)).labelled_by(label.id);
+        ui.add_enabled(text, egui::TextEdit::multiline(&mut self.settings.prompt).desired_rows(2))
+            .labelled_by(label.id);
         let label = ui.label("Negative prompt");
-        ui.add(egui::TextEdit::singleline(&mut self.settings.negative_prompt)).labelled_by(label.id);
+        ui.add_enabled(text, egui::TextEdit::singleline(&mut self.settings.negative_prompt))
+            .labelled_by(label.id);
         let method = self.settings.method;
         if matches!(method, AudioMethod::Transform | AudioMethod::Regenerate) {
             let label = ui.label("Strength");
@@ -409,7 +418,8 @@ impl AudioRoom {
         }
         if method == AudioMethod::Interpolate {
             let label = ui.label("To prompt");
-            ui.add(egui::TextEdit::singleline(&mut self.settings.to_prompt)).labelled_by(label.id);
+            ui.add_enabled(text, egui::TextEdit::singleline(&mut self.settings.to_prompt))
+                .labelled_by(label.id);
             ui.horizontal(|ui| {
                 let label = ui.label("To seed");
                 ui.add(egui::DragValue::new(&mut self.settings.to_seed)).labelled_by(label.id);

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use tch::Tensor;
 
-use crate::engine::methods::img2img::prepare;
+use crate::engine::audio_diffusion::{AudioDiffusion, Blend};
+use crate::engine::methods::img2img::{prepare, start_index};
 use crate::engine::pipeline::StableDiffusion;
 use crate::engine::sampler::{Conditioning, Hooks};
 use crate::engine::spectrogram::{Spectrogram, SpectrogramPreset};
@@ -20,22 +21,53 @@ use crate::protocol::{
 /// Seconds of crossfade where regenerated audio meets the source.
 pub const CROSSFADE_SECONDS: f64 = 0.05;
 
+/// What the audio methods need of a model: spectrogram images from a prompt, from an image
+/// (img2img), from an image and a mask (inpainting), and along an interpolation. Stable
+/// Diffusion models (Riffusion, the bundled music model) and audio-diffusion models have it.
+pub trait SpectrogramModel {
+    fn device(&self) -> tch::Device;
+    /// The model's own spectrogram and image width, when it has one.
+    fn own_spectrogram(&self) -> Option<(SpectrogramPreset, u32)>;
+    /// Whether another preset may be asked for (an audio-diffusion model knows only its own).
+    fn takes_any_preset(&self) -> bool;
+    /// Image sides must be multiples of this.
+    fn grid(&self) -> u32;
+    fn generate(&self, params: &GenerateParams, ctx: &mut JobContext<'_>) -> Result<ImageData, JobError>;
+    fn img2img(&self, params: &Img2ImgParams, ctx: &mut JobContext<'_>) -> Result<ImageData, JobError>;
+    fn inpaint(&self, params: &InpaintParams, ctx: &mut JobContext<'_>) -> Result<ImageData, JobError>;
+    /// `clips` images from `base` (t = 0) to `to_prompt` and `to_seed` (t = 1).
+    fn interpolation(
+        &self,
+        base: &GenerateParams,
+        to_prompt: &str,
+        to_seed: u64,
+        clips: usize,
+        ctx: &mut JobContext<'_>,
+    ) -> Result<Vec<ImageData>, JobError>;
+}
+
 /// The spectrogram preset and image size a job uses: asked for, else the model's own
-/// (`spectrogram.json`), else Riffusion's for a Stable Diffusion model.
+/// (`spectrogram.json`, `mel_config.json`), else Riffusion's for a Stable Diffusion model.
 pub fn preset_for(
-    model: &StableDiffusion,
+    model: &dyn SpectrogramModel,
     params: &AudioParams,
 ) -> Result<(SpectrogramPreset, u32, u32), JobError> {
-    let own = model.spectrogram.as_ref();
-    let name = if !params.preset.is_empty() {
-        params.preset.clone()
-    } else {
-        own.map_or_else(|| "riffusion".to_string(), |info| info.preset.clone())
+    let own = model.own_spectrogram();
+    let preset = match (&own, params.preset.as_str()) {
+        (Some((own, _)), "") => own.clone(),
+        (Some((own, _)), asked) if !model.takes_any_preset() && asked != own.name => {
+            return Err(JobError::Failed(format!(
+                "this model makes its own {} spectrograms; leave the preset out (asked for {asked})",
+                own.name
+            )));
+        }
+        (Some((own, _)), _) if !model.takes_any_preset() => own.clone(),
+        (None, "") => SpectrogramPreset::riffusion(),
+        (_, asked) => SpectrogramPreset::by_name(asked).map_err(JobError::Failed)?,
     };
-    let preset = SpectrogramPreset::by_name(&name).map_err(JobError::Failed)?;
-    let width = match (params.base.width, own) {
-        (0, Some(info)) => info.width,
-        (0, None) => preset.width as u32,
+    let width = match (params.base.width, &own) {
+        (0, Some((own, width))) if own.name == preset.name => *width,
+        (0, _) => preset.width as u32,
         (width, _) => width,
     };
     let height = preset.n_mels as u32;
@@ -45,10 +77,10 @@ pub fn preset_for(
             preset.name, params.base.height
         )));
     }
-    let factor = model.vae_scale_factor as u32;
+    let factor = model.grid();
     if !width.is_multiple_of(factor) || width < factor || !height.is_multiple_of(factor) {
         return Err(JobError::Failed(format!(
-            "a {width}×{height} spectrogram does not fit this model's {factor}-pixel latent grid"
+            "a {width}×{height} spectrogram does not fit this model's {factor}-pixel grid"
         )));
     }
     Ok((preset, width, height))
@@ -56,7 +88,7 @@ pub fn preset_for(
 
 /// One job's spectrogram machinery.
 struct Audio<'a> {
-    model: &'a StableDiffusion,
+    model: &'a dyn SpectrogramModel,
     spectrogram: Spectrogram,
     width: u32,
     height: u32,
@@ -140,7 +172,7 @@ impl Audio<'_> {
             mask_options: MaskOptions { dilate: 0, feather: 2.0, invert: false },
             composite: true,
         };
-        super::inpaint::run(self.model, &params, ctx)
+        self.model.inpaint(&params, ctx)
     }
 
     /// The image rows (top = 0) a frequency band covers; all rows without one.
@@ -267,7 +299,7 @@ fn slerp(a: &Tensor, b: &Tensor, t: f64) -> Result<Tensor, tch::TchError> {
 
 /// Runs an audio job.
 pub fn run(
-    model: &StableDiffusion,
+    model: &dyn SpectrogramModel,
     params: &AudioParams,
     ctx: &mut JobContext<'_>,
 ) -> Result<AudioClip, JobError> {
@@ -277,7 +309,7 @@ pub fn run(
     }
     let audio = Audio {
         model,
-        spectrogram: Spectrogram::new(preset, model.device)?,
+        spectrogram: Spectrogram::new(preset, model.device())?,
         width,
         height,
         iterations: params.griffin_lim_iterations,
@@ -313,7 +345,7 @@ pub fn run(
             check_source(source)?;
             let image = audio.image_of(source, 0)?;
             let job = Img2ImgParams { base: audio.base(&params.base), image, strength: *strength };
-            let image = super::img2img::run(model, &job, ctx)?;
+            let image = model.img2img(&job, ctx)?;
             let samples = normalised(audio.samples_of(&image)?);
             audio.clip(samples)
         }
@@ -415,41 +447,10 @@ pub fn run(
                 return Err(JobError::Failed(format!("interpolation makes 2 to 64 clips, not {clips}")));
             }
             let base = audio.base(&params.base);
-            let (text_a, negative, mut scheduler) = prepare(model, &base)?;
-            let other = GenerateParams { prompt: to_prompt.clone(), ..base.clone() };
-            let (text_b, _, _) = prepare(model, &other)?;
-            if text_a.size() != text_b.size() {
-                return Err(JobError::Failed(
-                    "the two prompts encode to different lengths (one is over 75 tokens); shorten it".into(),
-                ));
-            }
-            let factor = model.vae_scale_factor;
-            let (h, w) = (i64::from(height) / factor, i64::from(width) / factor);
-            let sigma = scheduler.init_noise_sigma();
-            let noise_a = model.seeded_latents(base.seed, i64::from(height), i64::from(width), sigma)?;
-            let noise_b = model.seeded_latents(*to_seed, i64::from(height), i64::from(width), sigma)?;
-            debug_assert_eq!(noise_a.size()[2..], [h, w]);
+            let images = model.interpolation(&base, to_prompt, *to_seed, *clips, ctx)?;
             let mut samples: Vec<f32> = Vec::new();
-            for k in 0..*clips {
-                let t = k as f64 / (*clips - 1) as f64;
-                let text = text_a.f_mul_scalar(1.0 - t)?.f_add(&text_b.f_mul_scalar(t)?)?;
-                let latents = slerp(&noise_a, &noise_b, t)?;
-                scheduler.set_timesteps(base.steps)?;
-                let conditioning = Conditioning::guided(&text, &negative, &base);
-                let latents = crate::engine::sampler::denoise_with(
-                    &model.unet,
-                    scheduler.as_mut(),
-                    latents,
-                    &conditioning,
-                    &mut crate::engine::schedulers::CpuGeneratorNoise,
-                    Hooks::default(),
-                    |step, of, latents| {
-                        ctx.progress(k * of + step, clips * of, model.paced_preview(step, latents));
-                        ctx.checkpoint()
-                    },
-                )?;
-                let image = model.decode_to_image(&latents)?;
-                let clip = audio.samples_of(&image)?;
+            for image in &images {
+                let clip = audio.samples_of(image)?;
                 let clip = &clip[..(width as usize - 1) * audio.hop()];
                 samples = if samples.is_empty() {
                     clip.to_vec()
@@ -459,6 +460,213 @@ pub fn run(
             }
             audio.clip(normalised(samples))
         }
+    }
+}
+
+impl SpectrogramModel for StableDiffusion {
+    fn device(&self) -> tch::Device {
+        self.device
+    }
+
+    fn own_spectrogram(&self) -> Option<(SpectrogramPreset, u32)> {
+        let info = self.spectrogram.as_ref()?;
+        Some((SpectrogramPreset::by_name(&info.preset).ok()?, info.width))
+    }
+
+    fn takes_any_preset(&self) -> bool {
+        true
+    }
+
+    fn grid(&self) -> u32 {
+        self.vae_scale_factor as u32
+    }
+
+    fn generate(&self, params: &GenerateParams, ctx: &mut JobContext<'_>) -> Result<ImageData, JobError> {
+        StableDiffusion::generate(self, params, ctx)
+    }
+
+    fn img2img(&self, params: &Img2ImgParams, ctx: &mut JobContext<'_>) -> Result<ImageData, JobError> {
+        super::img2img::run(self, params, ctx)
+    }
+
+    fn inpaint(&self, params: &InpaintParams, ctx: &mut JobContext<'_>) -> Result<ImageData, JobError> {
+        super::inpaint::run(self, params, ctx)
+    }
+
+    /// Riffusion's interpolation: the text embeddings mixed linearly, the seeds' noise by slerp.
+    fn interpolation(
+        &self,
+        base: &GenerateParams,
+        to_prompt: &str,
+        to_seed: u64,
+        clips: usize,
+        ctx: &mut JobContext<'_>,
+    ) -> Result<Vec<ImageData>, JobError> {
+        let (text_a, negative, mut scheduler) = prepare(self, base)?;
+        let other = GenerateParams { prompt: to_prompt.to_string(), ..base.clone() };
+        let (text_b, _, _) = prepare(self, &other)?;
+        if text_a.size() != text_b.size() {
+            return Err(JobError::Failed(
+                "the two prompts encode to different lengths (one is over 75 tokens); shorten it".into(),
+            ));
+        }
+        let (height, width) = (i64::from(base.height), i64::from(base.width));
+        let sigma = scheduler.init_noise_sigma();
+        let noise_a = self.seeded_latents(base.seed, height, width, sigma)?;
+        let noise_b = self.seeded_latents(to_seed, height, width, sigma)?;
+        let mut images = Vec::with_capacity(clips);
+        for k in 0..clips {
+            let t = k as f64 / (clips - 1) as f64;
+            let text = text_a.f_mul_scalar(1.0 - t)?.f_add(&text_b.f_mul_scalar(t)?)?;
+            let latents = slerp(&noise_a, &noise_b, t)?;
+            scheduler.set_timesteps(base.steps)?;
+            let conditioning = Conditioning::guided(&text, &negative, base);
+            let latents = crate::engine::sampler::denoise_with(
+                &self.unet,
+                scheduler.as_mut(),
+                latents,
+                &conditioning,
+                &mut crate::engine::schedulers::CpuGeneratorNoise,
+                Hooks::default(),
+                |step, of, latents| {
+                    ctx.progress(k * of + step, clips * of, self.paced_preview(step, latents));
+                    ctx.checkpoint()
+                },
+            )?;
+            images.push(self.decode_to_image(&latents)?);
+        }
+        Ok(images)
+    }
+}
+
+/// audio-diffusion models are unconditional: prompts (and guidance) do nothing; the seed and
+/// the source clip say what comes out.
+impl SpectrogramModel for AudioDiffusion {
+    fn device(&self) -> tch::Device {
+        self.device
+    }
+
+    fn own_spectrogram(&self) -> Option<(SpectrogramPreset, u32)> {
+        Some((self.preset(), self.mel.x_res as u32))
+    }
+
+    fn takes_any_preset(&self) -> bool {
+        false
+    }
+
+    fn grid(&self) -> u32 {
+        AudioDiffusion::grid(self)
+    }
+
+    fn generate(&self, params: &GenerateParams, ctx: &mut JobContext<'_>) -> Result<ImageData, JobError> {
+        AudioDiffusion::generate(
+            self,
+            params.seed,
+            params.steps,
+            &params.scheduler,
+            (params.width, params.height),
+            ctx,
+        )
+    }
+
+    /// SDEdit: the source's latents (a VQ-VAE sample, drawn first) noised to the step that
+    /// `strength` picks, then denoised.
+    fn img2img(&self, params: &Img2ImgParams, ctx: &mut JobContext<'_>) -> Result<ImageData, JobError> {
+        let base = &params.base;
+        let (source, noise, mut scheduler, start) = self.edit_start(base, &params.image, params.strength)?;
+        let latents = scheduler.add_noise(&source, &noise, start)?;
+        let latents = self.denoise(scheduler.as_mut(), latents, start, None, |step, of| {
+            ctx.progress(step, of, None);
+            ctx.checkpoint()
+        })?;
+        self.decode(&latents)
+    }
+
+    /// Blended inpainting (Avrahami et al. 2022): outside the mask the source, noised to each
+    /// step's level, replaces the sample; the unmasked pixels are composited back exactly.
+    fn inpaint(&self, params: &InpaintParams, ctx: &mut JobContext<'_>) -> Result<ImageData, JobError> {
+        let base = &params.base;
+        if (params.mask.width, params.mask.height) != (params.image.width, params.image.height) {
+            return Err(JobError::Failed("the mask's size differs from the spectrogram's".into()));
+        }
+        let pixel_mask = super::inpaint::prepare_mask(&params.mask, &params.mask_options)?;
+        let (source, noise, mut scheduler, start) = self.edit_start(base, &params.image, params.strength)?;
+        let size = source.size();
+        let mask = pixel_mask.f_adaptive_avg_pool2d([size[2], size[3]])?.f_to_device(self.device)?;
+        let latents = if params.strength >= 1.0 {
+            noise.f_mul_scalar(scheduler.init_noise_sigma())?
+        } else {
+            scheduler.add_noise(&source, &noise, start)?
+        };
+        let blend = Blend { source: &source, noise: &noise, mask: &mask };
+        let latents = self.denoise(scheduler.as_mut(), latents, start, Some(blend), |step, of| {
+            ctx.progress(step, of, None);
+            ctx.checkpoint()
+        })?;
+        let generated = self.decode(&latents)?;
+        if !params.composite {
+            return Ok(generated);
+        }
+        super::inpaint::composite(&params.image, &generated, &pixel_mask)
+    }
+
+    /// The seeds' noise by slerp (the reference pipeline's `slerp`); there is no text to mix.
+    fn interpolation(
+        &self,
+        base: &GenerateParams,
+        _to_prompt: &str,
+        to_seed: u64,
+        clips: usize,
+        ctx: &mut JobContext<'_>,
+    ) -> Result<Vec<ImageData>, JobError> {
+        let shape = self.latent_shape(base.width, base.height);
+        tch::manual_seed(base.seed as i64);
+        let noise_a = self.cpu_randn(&shape)?;
+        tch::manual_seed(to_seed as i64);
+        let noise_b = self.cpu_randn(&shape)?;
+        let mut images = Vec::with_capacity(clips);
+        for k in 0..clips {
+            let t = k as f64 / (clips - 1) as f64;
+            let noise = slerp(&noise_a, &noise_b, t)?;
+            let size = (base.width, base.height);
+            let latents =
+                self.denoised(base.seed, base.steps, &base.scheduler, size, Some(noise), |step, of| {
+                    ctx.progress(k * of + step, clips * of, None);
+                    ctx.checkpoint()
+                })?;
+            images.push(self.decode(&latents)?);
+        }
+        Ok(images)
+    }
+}
+
+impl AudioDiffusion {
+    /// An edit's start, in the reference's draw order from the seeded generator: the source's
+    /// latents (a VAE posterior sample for latent models), then the noise; and the scheduler
+    /// with the first step that `strength` runs.
+    #[allow(clippy::type_complexity)]
+    fn edit_start(
+        &self,
+        base: &GenerateParams,
+        image: &ImageData,
+        strength: f64,
+    ) -> Result<(Tensor, Tensor, Box<dyn crate::engine::schedulers::Scheduler>, usize), JobError> {
+        if (image.width, image.height) != (base.width, base.height) {
+            return Err(JobError::Failed(format!(
+                "the spectrogram is {}×{}, the job asks for {}×{}",
+                image.width, image.height, base.width, base.height
+            )));
+        }
+        if base.steps == 0 {
+            return Err(JobError::Failed("steps must be at least 1".into()));
+        }
+        let mut scheduler = self.scheduler(&base.scheduler)?;
+        scheduler.set_timesteps(base.steps)?;
+        let start = start_index(base.steps, strength, scheduler.order())?;
+        tch::manual_seed(base.seed as i64);
+        let source = self.encode(image)?;
+        let noise = self.cpu_randn(&source.size())?;
+        Ok((source, noise, scheduler, start))
     }
 }
 

@@ -174,6 +174,12 @@ impl UNet2DModel {
         }
     }
 
+    /// Converts the weights to `kind` (f16/bf16 halve memory; inputs are cast on entry).
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.vs.set_kind(kind);
+        self.vs.freeze();
+    }
+
     /// Loads a diffusers `unet/` folder of a `UNet2DModel`.
     pub fn from_folder(folder: &Path, device: tch::Device) -> Result<Self, LoadError> {
         let config = UNet2DConfig::from_file(&folder.join("config.json"))?;
