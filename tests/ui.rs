@@ -1126,3 +1126,52 @@ fn an_audio_diffusion_model_greys_out_the_prompts_and_takes_clips_of_another_rat
     assert!((clip.samples.len() as i64 - 16_000).abs() <= 2, "{} samples", clip.samples.len());
     let _ = std::fs::remove_file(&path);
 }
+
+/// A long clip (a minute at 16 kHz) for a 48 kHz output is resampled on another thread: the room
+/// answers at once, keeps the seek and Play asked for meanwhile, and plays the clip at the right
+/// pitch once it arrives.
+#[test]
+fn a_long_clip_is_resampled_for_playback_off_the_ui_thread() {
+    use diffusion_studio::audio::playback::{self, NullOutput};
+    use diffusion_studio::protocol::{AudioClip, ImageData};
+    use diffusion_studio::ui::audio_room::AudioRoom;
+    let output: Arc<Mutex<Option<Arc<Mutex<NullOutput>>>>> = Arc::new(Mutex::new(None));
+    let handed = Arc::clone(&output);
+    let mut room = AudioRoom::new(None);
+    room.set_output_factory(Box::new(move || {
+        let (player, transport) = playback::player();
+        let null = Arc::new(Mutex::new(NullOutput::new(player, 48_000, "test")));
+        if let Ok(mut slot) = handed.lock() {
+            *slot = Some(Arc::clone(&null));
+        }
+        (transport, Box::new(PulledOutput(null)))
+    }));
+    let tone: Vec<f32> = (0..60 * 16_000)
+        .map(|i| 0.5 * (i as f32 * std::f32::consts::TAU * 1000.0 / 16_000.0).sin())
+        .collect();
+    let clip = AudioClip {
+        sample_rate: 16_000,
+        samples: Arc::new(tone),
+        spectrogram: ImageData::new(1, 1, vec![0, 0, 0, 255]).expect("an image"),
+        preset: "studio".into(),
+        hop: 256,
+        row_hz: vec![1000.0],
+    };
+    room.set_result(clip, "a minute");
+    assert_eq!(room.playhead(), Some((0.0, false)), "on its way: the playhead waits at the start");
+    room.seek(10.0);
+    room.toggle_play();
+    assert_eq!(room.playhead(), Some((10.0, true)));
+    let start = Instant::now();
+    while room.poll_pending() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the resampled clip never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let null = output.lock().ok().and_then(|slot| slot.clone()).expect("an output");
+    let pulled = null.lock().map(|mut null| null.pull(4_800, 1)).expect("pulled");
+    // 0.1 s of a 1 kHz tone at 48 kHz: about 200 zero crossings (600 if it were not resampled)
+    let crossings = pulled.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count();
+    assert!((195..=205).contains(&crossings), "{crossings} zero crossings");
+    let (seconds, playing) = room.playhead().expect("a playhead");
+    assert!(playing && (10.0..10.2).contains(&seconds), "{seconds} s, playing {playing}");
+}

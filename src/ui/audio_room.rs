@@ -139,6 +139,29 @@ struct Playback {
     output: Box<dyn AudioOutput>,
     /// The id of the clip loaded into the player, and whether it is the A side.
     loaded: Option<(u64, bool)>,
+    /// A long clip being resampled to the output's rate on another thread.
+    pending: Option<PendingLoad>,
+}
+
+/// A clip on its way to the player: where to start and whether to play once it arrives.
+struct PendingLoad {
+    key: (u64, bool),
+    samples: std::sync::mpsc::Receiver<Vec<f32>>,
+    seconds: f64,
+    play: bool,
+}
+
+/// Clips longer than this (seconds) are resampled for playback off the UI thread; shorter ones
+/// (a few milliseconds of work) load at once.
+const RESAMPLE_IN_BACKGROUND: f64 = 20.0;
+
+/// `samples` at `from` Hz as mono samples at `to` Hz (the clip as it is if resampling fails).
+fn for_output(samples: &[f32], from: u32, to: u32) -> Vec<f32> {
+    let clip = crate::audio::wav::Clip { sample_rate: from, channels: vec![samples.to_vec()] };
+    match clip.resampled(to) {
+        Ok(clip) => clip.mono(),
+        Err(_) => samples.to_vec(),
+    }
 }
 
 /// What the audio room holds.
@@ -252,7 +275,7 @@ impl AudioRoom {
             let factory = self.output_factory.as_mut()?;
             let (transport, output) = factory();
             self.output_status = output.describe();
-            self.playback = Some(Playback { transport, output, loaded: None });
+            self.playback = Some(Playback { transport, output, loaded: None, pending: None });
         }
         self.playback.as_mut()
     }
@@ -265,27 +288,63 @@ impl AudioRoom {
         let looping = self.looping;
         let selection = self.selection;
         let Some(playback) = self.playback() else { return };
-        if playback.loaded == Some(key) {
+        if playback.loaded == Some(key) || playback.pending.as_ref().is_some_and(|p| p.key == key) {
             return;
         }
         let rate = playback.output.sample_rate();
-        let seconds = playback.loaded.map(|_| position_seconds(playback, rate)).unwrap_or(0.0);
-        let clip = crate::audio::wav::Clip {
-            sample_rate: shown.clip.sample_rate,
-            channels: vec![shown.clip.samples.to_vec()],
+        let (seconds, play) = match &playback.pending {
+            Some(pending) => (pending.seconds, pending.play),
+            None => (
+                playback.loaded.map(|_| position_seconds(playback, rate)).unwrap_or(0.0),
+                playback.transport.playing(),
+            ),
         };
-        let samples = match clip.resampled(rate) {
-            Ok(clip) => clip.mono(),
-            Err(_) => shown.clip.samples.to_vec(),
-        };
-        let was_playing = playback.transport.playing();
+        let from = shown.clip.sample_rate;
+        if from != rate && shown.seconds() > RESAMPLE_IN_BACKGROUND {
+            // a long clip: the old one stops, the new one plays from here once it is resampled
+            playback.transport.send(Command::Pause);
+            let (sender, receiver) = std::sync::mpsc::channel();
+            let source = Arc::clone(&shown.clip.samples);
+            std::thread::spawn(move || {
+                let _ = sender.send(for_output(&source, from, rate));
+            });
+            playback.pending = Some(PendingLoad { key, samples: receiver, seconds, play });
+            return;
+        }
+        let samples = for_output(&shown.clip.samples, from, rate);
+        playback.pending = None;
+        Self::load(playback, key, samples, seconds, play);
+        self.send_loop(looping, selection);
+    }
+
+    fn load(playback: &mut Playback, key: (u64, bool), samples: Vec<f32>, seconds: f64, play: bool) {
+        let rate = playback.output.sample_rate();
         playback.transport.send(Command::Load(samples.into()));
         playback.transport.send(Command::Seek((seconds * f64::from(rate)) as u64));
-        if was_playing {
+        if play {
             playback.transport.send(Command::Play);
         }
         playback.loaded = Some(key);
-        self.send_loop(looping, selection);
+    }
+
+    /// Loads a clip resampled in the background once it is ready; true while one is on its way.
+    pub fn poll_pending(&mut self) -> bool {
+        let Some(playback) = self.playback.as_mut() else { return false };
+        let Some(pending) = &playback.pending else { return false };
+        match pending.samples.try_recv() {
+            Ok(samples) => {
+                let (key, seconds, play) = (pending.key, pending.seconds, pending.play);
+                playback.pending = None;
+                Self::load(playback, key, samples, seconds, play);
+                self.send_loop(self.looping, self.selection);
+                false
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => true,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                playback.pending = None;
+                false
+            }
+        }
     }
 
     fn send_loop(&mut self, looping: bool, selection: Option<Selection>) {
@@ -303,6 +362,10 @@ impl AudioRoom {
     pub fn toggle_play(&mut self) {
         self.sync_player();
         let Some(playback) = self.playback() else { return };
+        if let Some(pending) = &mut playback.pending {
+            pending.play = !pending.play;
+            return;
+        }
         let command = if playback.transport.playing() { Command::Pause } else { Command::Play };
         playback.transport.send(command);
     }
@@ -311,6 +374,10 @@ impl AudioRoom {
     pub fn seek(&mut self, seconds: f64) {
         self.sync_player();
         let Some(playback) = self.playback() else { return };
+        if let Some(pending) = &mut playback.pending {
+            pending.seconds = seconds.max(0.0);
+            return;
+        }
         let rate = f64::from(playback.output.sample_rate());
         playback.transport.send(Command::Seek((seconds.max(0.0) * rate) as u64));
     }
@@ -318,6 +385,9 @@ impl AudioRoom {
     /// The playhead, in seconds, and whether it plays.
     pub fn playhead(&self) -> Option<(f64, bool)> {
         let playback = self.playback.as_ref()?;
+        if let Some(pending) = &playback.pending {
+            return Some((pending.seconds, pending.play));
+        }
         playback.loaded?;
         let rate = playback.output.sample_rate();
         Some((position_seconds(playback, rate), playback.transport.playing()))
@@ -482,6 +552,9 @@ impl AudioRoom {
 
     /// The toolbar, rulers, spectrogram and waveform.
     pub fn central_ui(&mut self, ui: &mut egui::Ui, actions: &mut Vec<AudioAction>) {
+        if self.poll_pending() {
+            ui.ctx().request_repaint_after(std::time::Duration::from_millis(20));
+        }
         // keys: space plays and pauses (outside text fields)
         let typing = ui.ctx().egui_wants_keyboard_input();
         if !typing && ui.input(|i| i.key_pressed(egui::Key::Space)) && self.shown().is_some() {
