@@ -30,6 +30,14 @@ impl MusicImages {
         Ok(self.spectrogram.image_of(samples, music::FRAMES)?)
     }
 
+    /// `image` heard: the mel pseudo-inverse and Griffin-Lim (as the engine makes a generated
+    /// clip's audio, from the red channel), then a fresh image of the audio.
+    pub fn heard(&self, image: &image::RgbImage, iterations: usize, seed: u64) -> anyhow::Result<GrayImage> {
+        let mel = self.spectrogram.mel_from_image(image)?;
+        let samples = self.spectrogram.audio_from_mel(&mel, iterations, seed)?;
+        self.image(&samples)
+    }
+
     /// What the classifier reads of a studio-preset image.
     pub fn view(&self, image: &GrayImage) -> anyhow::Result<SpectrogramView> {
         SpectrogramView::from_image(image, self.centres.clone()).map_err(anyhow::Error::msg)
@@ -168,6 +176,12 @@ pub struct MusicEvalOptions {
 pub struct MusicEvalReport {
     /// The classifier on held-out dataset clips: its ceiling.
     pub dataset: MusicScores,
+    /// The same clips' images heard (pseudo-inverse, Griffin-Lim) and analysed again: what the
+    /// inversion keeps.
+    pub dataset_heard: MusicScores,
+    /// The same clips' images through the model's VAE (posterior mean), then heard: what the
+    /// latent space keeps.
+    pub dataset_vae_heard: MusicScores,
     /// The classifier on generated clips, after Griffin-Lim and a fresh spectrogram of the audio.
     pub generated: MusicScores,
     /// Seconds from submitting a clip's job to its audio (generation, decoding, Griffin-Lim).
@@ -197,6 +211,8 @@ impl MusicEvalReport {
             "| clips | n | instrument recognised | tempo | mode (key given) |\n|---|---|---|---|---|\n",
         );
         text.push_str(&row("held-out dataset clips (the classifier's ceiling)", &self.dataset));
+        text.push_str(&row("the same, heard (Griffin-Lim, then analysed again)", &self.dataset_heard));
+        text.push_str(&row("the same, through the model's VAE, then heard", &self.dataset_vae_heard));
         text.push_str(&row("generated, heard (Griffin-Lim, then analysed again)", &self.generated));
         text.push_str(&format!(
             "\n{:.3} s per generated clip from submitting the job to its audio ({} steps, guidance {}).\n",
@@ -219,6 +235,27 @@ pub fn evaluate(
     let held_out = dataset_clips(&images, options.seed, Split::Eval, options.held_out_clips)?;
     let dataset = score(&classifier, &images, &held_out)?;
     on_progress(&format!("held-out dataset clips: instrument {:.1}%", dataset.instrument_accuracy * 100.0));
+    // where the generated clips' losses can come from: the inversion, and the VAE's latent space
+    let vae = crate::engine::vae_round_trip::VaeRoundTrip::load(&options.model, options.device)?;
+    let (mut heard, mut vae_heard) = (Vec::new(), Vec::new());
+    for (index, (piece, image)) in held_out.iter().enumerate() {
+        let seed = options.seed.wrapping_add(index as u64);
+        let rgb = image::DynamicImage::ImageLuma8(image.clone()).to_rgb8();
+        heard.push((piece.clone(), images.heard(&rgb, options.iterations, seed)?));
+        let rgba = image::DynamicImage::ImageRgb8(rgb).to_rgba8();
+        let decoded = vae.run(&crate::protocol::ImageData::from_rgba_image(&rgba))?;
+        let decoded =
+            decoded.to_rgba_image().ok_or_else(|| anyhow::anyhow!("the VAE returned a malformed image"))?;
+        let rgb = image::DynamicImage::ImageRgba8(decoded).to_rgb8();
+        vae_heard.push((piece.clone(), images.heard(&rgb, options.iterations, seed)?));
+    }
+    let dataset_heard = score(&classifier, &images, &heard)?;
+    let dataset_vae_heard = score(&classifier, &images, &vae_heard)?;
+    on_progress(&format!(
+        "held-out clips heard: mode {:.1}%; through the VAE: mode {:.1}%",
+        dataset_heard.mode_accuracy * 100.0,
+        dataset_vae_heard.mode_accuracy * 100.0
+    ));
     let runner = super::shapes_metrics::Runner {
         engine: crate::engine::EngineHandle::spawn(options.device, std::sync::Arc::new(|| {})),
     };
@@ -275,6 +312,8 @@ pub fn evaluate(
     let generated_scores = score(&classifier, &images, &generated)?;
     Ok(MusicEvalReport {
         dataset,
+        dataset_heard,
+        dataset_vae_heard,
         generated: generated_scores,
         seconds_per_clip: seconds / (options.clips.saturating_sub(1)).max(1) as f64,
         steps: options.steps,

@@ -641,9 +641,9 @@ impl SpectrogramModel for AudioDiffusion {
 }
 
 impl AudioDiffusion {
-    /// An edit's start, in the reference's draw order from the seeded generator: the source's
-    /// latents (a VAE posterior sample for latent models), then the noise; and the scheduler
-    /// with the first step that `strength` runs.
+    /// An edit's start from the seeded generator: the source's latents (a VAE posterior sample
+    /// for latent models, drawn first, as the image methods draw it), then the noise; and the
+    /// scheduler with the first step that `strength` runs.
     #[allow(clippy::type_complexity)]
     fn edit_start(
         &self,
