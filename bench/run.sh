@@ -122,6 +122,16 @@ Griffin-Lim, 32 iterations, momentum 0.99, from random phases (\`bench griffin-l
 | Riffusion preset, one 512 × 512 image (5.11 s of 44.1 kHz) | $gl_ours | $gl_theirs | $(awk -v a="$gl_ours" -v b="$gl_theirs" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "—" }') | ≤ 0.3 s |
 | studio preset, one 256 × 128 image (4.1 s of 16 kHz) | $gl_studio | — | — | |
 
+Why the Riffusion row misses its target: that preset's frames are 17640 samples (n_fft), 512 of
+them per image, and each of the 32 iterations runs one inverse and one forward STFT. A real FFT
+of N points costs about 2.5 N log2 N floating-point operations, so the run is about
+2 × 512 × 32 × 2.5 × 17640 × log2(17640) ≈ 20.4 GFLOP of FFT alone: $(awk -v a="$gl_ours" 'BEGIN { if (a > 0) printf "%.1f", 20.4 / a; else print "—" }') GFLOP/s for
+ours and $(awk -v b="$gl_theirs" 'BEGIN { if (b > 0) printf "%.1f", 20.4 / b; else print "—" }') for torchaudio (both on libtorch's CPU FFT); 0.3 s would need about 68 GFLOP/s of
+17640-point FFTs from $(nproc) cores. Shorter frames change what is reconstructed: the same
+Griffin-Lim on frames of half the length converges to 0.1184 against 0.1125 (spectral
+convergence, unit test \`griffin_lim_on_half_padded_frames_costs_little\`). The GPU row awaits a
+session with a GPU: \`diffusion-studio --device cuda bench griffin-lim --preset riffusion\`.
+
 The bundled music model: a clip ready to play after Generate (\`bench audio-generate\`: the audio
 room's job — 20 DPM++ 2M Karras steps with CFG at 256 × 128, VAE decode, the mel pseudo-inverse
 and 32 Griffin-Lim iterations — from submitting it to its samples; the studio shows it the next
