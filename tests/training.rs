@@ -46,6 +46,7 @@ fn tiny() -> TrainOptions {
         text_lr_scale: 2.0,
         ground_weight: 0.5,
         unet_edge_weight: 3.0,
+        shape_contrast: 0.5,
         max_objects: 2,
         object_scale: 1.2,
         warmup: 2,
@@ -170,6 +171,11 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     bad.unet_edge_weight = -2.0;
     let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();
     assert!(error.contains("--unet-edge-weight"), "{error}");
+    assert!(!dir.join("bad").exists(), "nothing written for refused options");
+    let mut bad = tiny();
+    bad.shape_contrast = -1.0;
+    let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();
+    assert!(error.contains("--shape-contrast"), "{error}");
     assert!(!dir.join("bad").exists(), "nothing written for refused options");
     let mut bad = tiny();
     bad.max_objects = 5;
@@ -332,11 +338,13 @@ fn a_music_run_exports_an_audio_model() {
         vae_edge_weight: 0.0,
         ground_weight: 0.0,
         unet_edge_weight: 0.0,
+        shape_contrast: 0.0,
         ..tiny()
     };
     // the shapes-only options are refused by name, and so are buckets of another height
     for bad in [
         TrainOptions { ground_weight: 0.5, ..options.clone() },
+        TrainOptions { shape_contrast: 0.5, ..options.clone() },
         TrainOptions { buckets: "64x64".into(), ..options.clone() },
     ] {
         let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();

@@ -17,6 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
+use super::contrast;
 use super::data::{self, Bucket, LatentSet};
 use super::grounding::{AttentionCollector, grounding_loss};
 use super::noise::{NoiseDistribution, Target, TrainingSchedule, training_noise};
@@ -126,6 +127,14 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = 0.0)]
     #[serde(default)]
     pub unet_edge_weight: f64,
+    /// Weight of the shape-contrast loss: on the noisier half of the schedule, the UNet's loss
+    /// with one object's shape word swapped for another shape is pushed above its loss with the
+    /// true caption by a margin, so that the prediction has to depend on the shape word the way
+    /// the image does (it cannot tell a wrong shape word from x_t there); 0 turns it off. Each
+    /// step then also runs the UNet on those rows with the swapped captions.
+    #[arg(long, default_value_t = 0.0)]
+    #[serde(default)]
+    pub shape_contrast: f64,
     /// The UNet stage's scenes hold at most this many objects (1 to 3; the evaluation always
     /// uses the shipped data's 1 to 3): for curricula and diagnostics.
     #[arg(long, default_value_t = 3)]
@@ -344,6 +353,7 @@ impl Run {
             ("--text-lr-scale", options.text_lr_scale, "freezes the text encoder"),
             ("--ground-weight", options.ground_weight, "turns grounding off"),
             ("--unet-edge-weight", options.unet_edge_weight, "weighs every latent cell the same"),
+            ("--shape-contrast", options.shape_contrast, "turns the shape contrast off"),
         ] {
             anyhow::ensure!(
                 value >= 0.0 && value.is_finite(),
@@ -354,8 +364,9 @@ impl Run {
             anyhow::ensure!(
                 options.ground_weight == 0.0
                     && options.unet_edge_weight == 0.0
-                    && options.vae_edge_weight == 0.0,
-                "--ground-weight, --unet-edge-weight and --vae-edge-weight need the shapes' object masks; the music dataset has none"
+                    && options.vae_edge_weight == 0.0
+                    && options.shape_contrast == 0.0,
+                "--ground-weight, --unet-edge-weight, --vae-edge-weight and --shape-contrast need the shapes' objects; the music dataset has none"
             );
             for bucket in Bucket::parse_list(&options.buckets)? {
                 anyhow::ensure!(
@@ -759,6 +770,8 @@ impl Run {
         let collector = AttentionCollector::default();
         let grounding = (options.ground_weight > 0.0).then_some(&collector);
         let mut ground_losses = LossWindow::default();
+        let shape_ids =
+            if options.shape_contrast > 0.0 { contrast::shape_token_ids(&tokenizer)? } else { Vec::new() };
         let report = self.run_steps(
             stage,
             &folder,
@@ -808,15 +821,47 @@ impl Run {
                     None
                 };
                 let squared = prediction.f_sub(&target)?.f_square()?;
-                let per_sample = match &masks {
-                    Some(masks) if options.unet_edge_weight > 0.0 => {
-                        let (_, _, height, width) = squared.size4()?;
-                        let cells = outline_weights(masks, (height, width), options.unet_edge_weight)?;
-                        weighted_mean(&squared, &cells)?
+                let edge_weight = options.unet_edge_weight;
+                let per_sample =
+                    sample_losses(&squared, masks.as_ref().filter(|_| edge_weight > 0.0), edge_weight)?;
+                let mut loss = per_sample.f_mul(&weights)?.f_mean(Kind::Float)?;
+                if options.shape_contrast > 0.0 {
+                    let width = ids.size()[1];
+                    let flat = Vec::<i64>::try_from(&ids.f_flatten(0, -1)?)?;
+                    let swapped = contrast::swap_shape_words(
+                        &flat,
+                        width as usize,
+                        &dropped,
+                        &timesteps,
+                        &shape_ids,
+                        &mut rng,
+                    );
+                    if let Some(swapped) = swapped {
+                        let rows = Tensor::f_from_slice(&swapped.rows)?.f_to_device(self.device)?;
+                        let swapped_ids = Tensor::f_from_slice(&swapped.ids)?.f_view([-1, width])?;
+                        let context =
+                            text_encoder.forward_train(&swapped_ids.f_to_device(self.device)?, 0)?;
+                        let prediction = unet.forward_train(
+                            &noisy.f_index_select(0, &rows)?,
+                            &t.f_index_select(0, &rows)?,
+                            &context,
+                            None,
+                        )?;
+                        let squared = prediction.f_sub(&target.f_index_select(0, &rows)?)?.f_square()?;
+                        let masks = match &masks {
+                            Some(masks) if edge_weight > 0.0 => Some(masks.f_index_select(0, &rows)?),
+                            _ => None,
+                        };
+                        let swapped_loss = sample_losses(&squared, masks.as_ref(), edge_weight)?;
+                        let hinge = contrast::hinge(&per_sample.f_index_select(0, &rows)?, &swapped_loss)?
+                            .f_mul(&weights.f_index_select(0, &rows)?)?;
+                        // summed over the rows, averaged over the whole batch: the loss's scale
+                        let batch = options.unet_batch as f64;
+                        loss = loss.f_add(
+                            &hinge.f_sum(Kind::Float)?.f_mul_scalar(options.shape_contrast / batch)?,
+                        )?;
                     }
-                    _ => squared.f_mean_dim(&[1i64, 2, 3][..], false, Kind::Float)?,
-                };
-                let loss = per_sample.f_mul(&weights)?.f_mean(Kind::Float)?;
+                }
                 let Some(collector) = grounding else { return Ok(loss) };
                 // the regions of the dropped captions' tokens are gone with their words
                 let kept: Vec<u8> = dropped.iter().map(|drop| u8::from(!drop)).collect();
@@ -1050,6 +1095,18 @@ fn edge_map(images: &Tensor) -> Result<Tensor, tch::TchError> {
 
 /// The options a run folder was started with, as JSON, with the values of options added
 /// since then filled in as the folder's run was built (the serde defaults).
+/// Each sample's mean of `squared` (batch, c, h, w): weighted 1 + `edge_weight` along the objects'
+/// outlines when `masks` (the batch's object masks) are given, plain otherwise.
+fn sample_losses(squared: &Tensor, masks: Option<&Tensor>, edge_weight: f64) -> anyhow::Result<Tensor> {
+    Ok(match masks {
+        Some(masks) => {
+            let (_, _, height, width) = squared.size4()?;
+            weighted_mean(squared, &outline_weights(masks, (height, width), edge_weight)?)?
+        }
+        None => squared.f_mean_dim(&[1i64, 2, 3][..], false, Kind::Float)?,
+    })
+}
+
 fn read_options(folder: &Path) -> anyhow::Result<serde_json::Value> {
     let path = folder.join("options.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
