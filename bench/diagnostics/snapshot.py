@@ -6,9 +6,12 @@ checkpoint, so that the checkpoint can be exported and measured while the run go
 
 The copy shares the run's autoencoder stages and tokenizer (copied), and its UNet stage is the
 checkpoint's EMA weights (the text encoder's own weights when it has no EMA: a frozen encoder),
-with a done.json that says which step they are from. Nothing in RUN is changed.
+with a done.json that says which step they are from. Nothing in RUN is changed. RAW=1 takes the
+raw weights instead of the EMA (early in a run, an EMA of decay 0.999 is still a third the
+initialisation at step 1000).
 """
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -30,7 +33,7 @@ step, seconds = int(tensors["step"].item()), float(tensors["seconds"].item())
 for part in ["unet", "text_encoder"]:
     ema = {k[len(part) + 5:]: v for k, v in tensors.items() if k.startswith(f"{part}.ema.")}
     raw = {k[len(part) + 9:]: v for k, v in tensors.items() if k.startswith(f"{part}.weights.")}
-    weights = ema or raw
+    weights = raw if os.environ.get("RAW") else (ema or raw)
     if not weights:
         sys.exit(f"{checkpoint} has no weights of {part}")
     (copy / "unet" / part).mkdir(parents=True, exist_ok=True)
