@@ -11,6 +11,14 @@
 //! where the outline is hidden by the noise: there a prediction can only be worse under a wrong
 //! shape word by depending on the word the way the image does; at low noise the model could
 //! instead learn to spot a caption that does not match what it sees.
+//!
+//! Measured (bench/ablations/shapes-f4.md, 2026-11-24): with W = 1 on the f = 8, 8-channel
+//! autoencoder, the shape word was still unused after 1500 steps (+0.07% loss with it swapped),
+//! and colour and background were learnt more slowly than without the hinge. While the UNet
+//! ignores the shape word, the prediction under a swapped word is the prediction under the true
+//! one, so the hinge's gradient (raise the swapped loss) is minus the main loss's gradient on
+//! the same rows: it cancels their learning rather than adding a signal. Kept as an option for
+//! a model that already uses the word a little (fine-tuning), where the two gradients differ.
 
 use rand::Rng;
 use tch::Tensor;
