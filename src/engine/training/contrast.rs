@@ -72,9 +72,12 @@ pub fn swap_shape_words(
     shape_ids: &[i64],
     rng: &mut impl Rng,
 ) -> Option<Swapped> {
+    if shape_ids.len() < 2 {
+        return None;
+    }
     let (mut rows, mut swapped) = (Vec::new(), Vec::new());
     for (row, caption) in ids.chunks_exact(width).enumerate() {
-        if dropped[row] || timesteps[row] < FROM_TIMESTEP || shape_ids.len() < 2 {
+        if dropped[row] || timesteps[row] < FROM_TIMESTEP {
             continue;
         }
         let positions: Vec<usize> =

@@ -822,8 +822,8 @@ impl Run {
                 };
                 let squared = prediction.f_sub(&target)?.f_square()?;
                 let edge_weight = options.unet_edge_weight;
-                let per_sample =
-                    sample_losses(&squared, masks.as_ref().filter(|_| edge_weight > 0.0), edge_weight)?;
+                let outline_masks = masks.as_ref().filter(|_| edge_weight > 0.0);
+                let per_sample = sample_losses(&squared, outline_masks, edge_weight)?;
                 let mut loss = per_sample.f_mul(&weights)?.f_mean(Kind::Float)?;
                 if options.shape_contrast > 0.0 {
                     let width = ids.size()[1];
@@ -848,10 +848,7 @@ impl Run {
                             None,
                         )?;
                         let squared = prediction.f_sub(&target.f_index_select(0, &rows)?)?.f_square()?;
-                        let masks = match &masks {
-                            Some(masks) if edge_weight > 0.0 => Some(masks.f_index_select(0, &rows)?),
-                            _ => None,
-                        };
+                        let masks = outline_masks.map(|masks| masks.f_index_select(0, &rows)).transpose()?;
                         let swapped_loss = sample_losses(&squared, masks.as_ref(), edge_weight)?;
                         let hinge = contrast::hinge(&per_sample.f_index_select(0, &rows)?, &swapped_loss)?
                             .f_mul(&weights.f_index_select(0, &rows)?)?;
@@ -1093,8 +1090,6 @@ fn edge_map(images: &Tensor) -> Result<Tensor, tch::TchError> {
     edges.f_max_pool2d(&[3i64, 3][..], &[1i64, 1][..], &[1i64, 1][..], &[1i64, 1][..], false)
 }
 
-/// The options a run folder was started with, as JSON, with the values of options added
-/// since then filled in as the folder's run was built (the serde defaults).
 /// Each sample's mean of `squared` (batch, c, h, w): weighted 1 + `edge_weight` along the objects'
 /// outlines when `masks` (the batch's object masks) are given, plain otherwise.
 fn sample_losses(squared: &Tensor, masks: Option<&Tensor>, edge_weight: f64) -> anyhow::Result<Tensor> {
@@ -1107,6 +1102,8 @@ fn sample_losses(squared: &Tensor, masks: Option<&Tensor>, edge_weight: f64) -> 
     })
 }
 
+/// The options a run folder was started with, as JSON, with the values of options added
+/// since then filled in as the folder's run was built (the serde defaults).
 fn read_options(folder: &Path) -> anyhow::Result<serde_json::Value> {
     let path = folder.join("options.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
