@@ -355,6 +355,13 @@ struct EditArgs {
     /// diffedit: noise samples averaged for the mask.
     #[arg(long, default_value_t = 10)]
     mask_samples: usize,
+    /// diffedit: how far down the schedule the image is noised to estimate the mask (0–1].
+    #[arg(long, default_value_t = diffusion_studio::protocol::DIFFEDIT_MASK_STRENGTH)]
+    mask_strength: f64,
+    /// diffedit: the mask is where the prompts disagree by more than this share of their
+    /// largest disagreement (0–1).
+    #[arg(long, default_value_t = diffusion_studio::protocol::DIFFEDIT_MASK_THRESHOLD)]
+    mask_threshold: f64,
     /// diffedit: use this mask (white = edit) instead of estimating one.
     #[arg(long)]
     mask: Option<PathBuf>,
@@ -1283,6 +1290,8 @@ fn edit(device: DeviceChoice, args: EditArgs) -> anyhow::Result<()> {
         pww_strength,
         encode_ratio,
         mask_samples,
+        mask_strength,
+        mask_threshold,
         mask,
         mask_out,
         width,
@@ -1350,8 +1359,13 @@ fn edit(device: DeviceChoice, args: EditArgs) -> anyhow::Result<()> {
             };
             let source_prompt =
                 std::mem::replace(&mut base.prompt, text_argument("--target-prompt", target_prompt)?);
+            let mask_used = if mask.is_some() {
+                "given".to_string()
+            } else {
+                format!("estimated at strength {mask_strength}, threshold {mask_threshold}")
+            };
             let infotext = format!(
-                "{}, DiffEdit from: {source_prompt}, encode ratio {encode_ratio}",
+                "{}, DiffEdit from: {source_prompt}, encode ratio {encode_ratio}, mask {mask_used}",
                 base.to_infotext()
             );
             let steps = base.steps;
@@ -1361,6 +1375,8 @@ fn edit(device: DeviceChoice, args: EditArgs) -> anyhow::Result<()> {
                 image: ImageData::from_rgba_image(&image),
                 strength: encode_ratio,
                 mask_samples,
+                mask_strength,
+                mask_threshold,
                 mask,
             };
             let outputs = [("image", Some(out.as_path())), ("mask", mask_out.as_deref())];

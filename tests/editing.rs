@@ -403,6 +403,8 @@ fn diffedit_masks_where_the_prompts_disagree_and_keeps_the_rest_exactly() {
         image: source.clone(),
         strength: 0.8,
         mask_samples: 4,
+        mask_strength: diffusion_studio::protocol::DIFFEDIT_MASK_STRENGTH,
+        mask_threshold: diffusion_studio::protocol::DIFFEDIT_MASK_THRESHOLD,
         mask,
     };
     let outputs =
@@ -438,6 +440,37 @@ fn diffedit_masks_where_the_prompts_disagree_and_keeps_the_rest_exactly() {
     let everywhere = outputs(edit("a green square on a blue background", Some(white)));
     assert!(everywhere[1].image.rgba.chunks(4).all(|p| p[0] == 255));
     assert_ne!(everywhere[0].image.rgba, source.rgba);
+    // a given mask is used pixel for pixel, not rounded to the latent grid: a 3×5 patch that
+    // straddles latent cells comes back as it was, and every pixel outside it is the source's
+    let mut patch = vec![0u8; 16 * 16 * 4];
+    for (i, pixel) in patch.chunks_mut(4).enumerate() {
+        let (x, y) = (i % 16, i / 16);
+        let inside = (5..8).contains(&x) && (6..11).contains(&y);
+        pixel.copy_from_slice(&if inside { [255, 255, 255, 255] } else { [0, 0, 0, 255] });
+    }
+    let patch = ImageData::new(16, 16, patch).expect("mask");
+    let patched = outputs(edit("a green square on a blue background", Some(patch.clone())));
+    assert_eq!(patched[1].image.rgba, patch.rgba, "the mask comes back as given");
+    let mut changed_inside = false;
+    for (i, pixel) in patch.rgba.chunks(4).enumerate() {
+        let (out, src) = (&patched[0].image.rgba[i * 4..i * 4 + 4], &source.rgba[i * 4..i * 4 + 4]);
+        if pixel[0] == 0 {
+            assert_eq!(out, src, "pixel {i} outside the given mask");
+        } else {
+            changed_inside |= out != src;
+        }
+    }
+    assert!(changed_inside, "the pixels inside the given mask are repainted");
+    // the mask's noise level and threshold are checked, naming the field
+    for (strength, threshold, field) in [(0.0, 0.5, "mask strength"), (0.25, 1.0, "mask threshold")] {
+        let params = DiffEditParams {
+            mask_strength: strength,
+            mask_threshold: threshold,
+            ..edit("a green square on a blue background", None)
+        };
+        let message = common::run_output(&engine, Job::DiffEdit(params)).expect_err("refused");
+        assert!(message.contains(field), "{message}");
+    }
     let small = ImageData::new(8, 8, [255; 256].to_vec()).expect("mask");
     let message =
         common::run_output(&engine, Job::DiffEdit(edit("a green square", Some(small)))).expect_err("size");

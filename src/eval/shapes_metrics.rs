@@ -415,6 +415,8 @@ pub fn evaluate(options: &EvalOptions, on_progress: &mut dyn FnMut(&str)) -> any
             image: image_of(&sample),
             strength: 0.8,
             mask_samples: 10,
+            mask_strength: crate::protocol::DIFFEDIT_MASK_STRENGTH,
+            mask_threshold: crate::protocol::DIFFEDIT_MASK_THRESHOLD,
             mask: None,
         };
         let images = runner.images(Job::DiffEdit(params))?;

@@ -1109,6 +1109,8 @@ impl StudioApp {
             image,
             strength: 0.8,
             mask_samples: 10,
+            mask_strength: crate::protocol::DIFFEDIT_MASK_STRENGTH,
+            mask_threshold: crate::protocol::DIFFEDIT_MASK_THRESHOLD,
             mask,
         });
         self.submit_method(job, parameters);
