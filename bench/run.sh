@@ -40,10 +40,14 @@ SHAPES=assets/models/shapes
 if [ -f "$SHAPES/model_index.json" ]; then
   ours_shapes=$("$BIN" --device cpu bench generate --model "$SHAPES" --size 128 --steps 20 --scheduler ddim --runs "$RUNS" | sed -E 's/.*: ([0-9.]+) s per image.*/\1/')
   theirs_shapes=$(HF_HUB_OFFLINE=1 "$PY" bench/diffusers_side.py generate "$SHAPES" 20 "$RUNS" 128 ddim 2>/dev/null | tail -1)
+  # its UNet alone, batch 2 as under guidance: one batched pass, and the halves on two threads
+  # (what the engine does for small UNets on the CPU: src/engine/models/branch_parallel.rs)
+  unet_batched=$("$BIN" --device cpu bench unet --preset "$SHAPES/unet/config.json" --latent 16 --passes 200 | sed -E 's/.*: ([0-9.]+) s per pass.*/\1/')
+  unet_split=$("$BIN" --device cpu bench unet --preset "$SHAPES/unet/config.json" --latent 16 --passes 200 --split-branches | sed -E 's/.*: ([0-9.]+) s per pass.*/\1/')
   # and what it can do: every metric of issue 5 on held-out captions and images
   shapes_eval=$("$BIN" --device cpu eval --model "$SHAPES" --captions 200 --edits 50 --inversions 20 2>&1 >/dev/null | grep -E '^(\||Generation took)')
 else
-  ours_shapes=missing theirs_shapes=missing shapes_eval="(no bundled model)"
+  ours_shapes=missing theirs_shapes=missing shapes_eval="(no bundled model)" unet_batched=missing unet_split=missing
 fi
 
 # the bundled music model: a clip ready to play after Generate (issue 7: ≤ 1 s), and what it can
@@ -68,6 +72,15 @@ table=$(cat <<TABLE
 | tiny pipeline, 20 steps, 16×16, CFG (s per image) | $ours_generate | $theirs_generate | $(ratio "$ours_generate" "$theirs_generate") | ≤ 0.8 |
 | SD 1.5-sized UNet, batch 2, 64×64 latents (s per pass) | $ours_unet | $theirs_unet | $(ratio "$ours_unet" "$theirs_unet") | ≤ 1.05 |
 | bundled shapes model, 20 DDIM steps, 128×128, CFG (s per image) | $ours_shapes | $theirs_shapes | $(ratio "$ours_shapes" "$theirs_shapes") | ours ≤ 0.3 s |
+
+Classifier-free guidance on two threads: the bundled shapes UNet (batch 2 at 16 × 16 latents)
+as one batched pass with libtorch's intra-op threads, against the batch's halves on two threads
+of one intra-op thread each, as the engine runs UNets of at most 50 M weights on the CPU (the
+shapes row above includes it):
+
+| work | one batched pass (s) | halves on two threads (s) | ratio (split / batched) |
+|---|---|---|---|
+| bundled shapes UNet, one guided pass | $unet_batched | $unet_split | $(ratio "$unet_split" "$unet_batched") |
 
 ## Editing on the CPU ($(nproc) cores), $(date -u +%Y-%m-%d)
 

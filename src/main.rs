@@ -604,6 +604,10 @@ enum BenchCommand {
         latent: i64,
         #[arg(long, default_value_t = 3)]
         passes: usize,
+        /// Run the batch's two halves on two threads, as the engine does for small UNets on the
+        /// CPU (ignored where it would not: see `engine/models/branch_parallel.rs`).
+        #[arg(long)]
+        split_branches: bool,
     },
     /// Plain generation and a prompt-to-prompt word swap at equal steps (DDIM, CFG); prints
     /// seconds for each and their ratio.
@@ -909,10 +913,13 @@ fn main() -> ExitCode {
             };
             eval(&options, out.as_deref(), card)
         }
-        Some(Command::Bench(BenchCommand::Unet { preset, latent, passes })) => {
-            diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes).map(|seconds| {
-                println!("unet {preset} latent {latent}x{latent} batch 2: {seconds:.4} s per pass ({passes} passes after 1 warm-up)");
-            })
+        Some(Command::Bench(BenchCommand::Unet { preset, latent, passes, split_branches })) => {
+            diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes, split_branches).map(
+                |(seconds, split)| {
+                    let how = if split { ", halves on two threads" } else { "" };
+                    println!("unet {preset} latent {latent}x{latent} batch 2{how}: {seconds:.4} s per pass ({passes} passes after 1 warm-up)");
+                },
+            )
         }
         Some(Command::Bench(BenchCommand::Pipeline { preset, size, steps, dtype, runs })) => {
             diffusion_studio::engine::bench::random_pipeline_runs(cli.device, &preset, size, steps, dtype, runs).map(

@@ -197,6 +197,56 @@ fn unets_match_diffusers_for_sd1_sd2_inpainting_and_text_time_shapes() {
 }
 
 #[test]
+fn a_batch_split_over_two_threads_matches_diffusers_and_survives_a_failed_pass() {
+    use diffusion_studio::engine::models::unet_2d_condition::UNet2DConditionModel;
+    let record = record("unet.json");
+    let case = &record["tiny_unet_sd1"];
+    let mut unet = UNet2DConditionModel::from_folder(&fixture("tiny_unet_sd1"), Device::Cpu).expect("loads");
+    let shape: Vec<i64> =
+        case["sample_shape"].as_array().expect("shape").iter().map(|v| v.as_i64().expect("dim")).collect();
+    assert!(shape[0] >= 2, "the fixture is a batch of {}", shape[0]);
+    let sample = tensor(&case["sample"], &shape);
+    let context = tensor(&case["context"], &[shape[0], 77, 32]);
+    let timestep = case["timestep"].as_f64().expect("t");
+    let threads = tch::get_num_threads();
+    let split = unet.enable_branch_parallel();
+    // a small float UNet on a CPU with two or more threads splits; with one thread it does not
+    assert_eq!(split, threads >= 2, "{threads} threads");
+    for _ in 0..3 {
+        let output = unet.forward(&sample, timestep, &context).expect("forward");
+        let error = max_relative_error(&output, &numbers(&case["output"]));
+        assert!(error < 1e-4, "split output differs by {error:e}");
+    }
+    // a context of the wrong width fails on both threads (the attention's projection panics, as
+    // it does without the split; the engine catches a job's panic); the next pass is right, not
+    // the failed pass's leftover
+    let wrong = Tensor::zeros([shape[0], 77, 7], (tch::Kind::Float, Device::Cpu));
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        unet.forward(&sample, timestep, &wrong).map(drop)
+    }));
+    assert!(!matches!(failed, Ok(Ok(()))), "a wrong context is refused");
+    assert_eq!(tch::get_num_threads(), threads, "the thread count is restored");
+    let output = unet.forward(&sample, timestep, &context).expect("forward after a failure");
+    assert!(max_relative_error(&output, &numbers(&case["output"])) < 1e-4);
+    // the weights are shared, not copied: a change to them is seen by both halves
+    let before = unet.forward(&sample, timestep, &context).expect("forward");
+    tch::no_grad(|| {
+        for (_, mut weight) in unet.var_store().variables() {
+            let _ = weight.f_mul_scalar_(1.01);
+        }
+    });
+    let after = unet.forward(&sample, timestep, &context).expect("forward");
+    let half = shape[0] / 2;
+    for rows in [(0, half), (half, shape[0] - half)] {
+        let (a, b) = (before.narrow(0, rows.0, rows.1), after.narrow(0, rows.0, rows.1));
+        assert!(a.ne_tensor(&b).any().int64_value(&[]) == 1, "rows {rows:?} did not see the new weights");
+    }
+    unet.disable_branch_parallel();
+    let alone = unet.forward(&sample, timestep, &context).expect("forward");
+    assert!(alone.allclose(&after, 1e-4, 1e-5, false), "one thread and two agree");
+}
+
+#[test]
 fn a_sharded_checkpoint_loads_like_a_single_file() {
     use diffusion_studio::engine::models::unet_2d_condition::UNet2DConditionModel;
     let source = fixture("tiny_unet_sd1");

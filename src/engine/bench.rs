@@ -28,7 +28,15 @@ fn time_runs(device: Device, runs: usize, work: &dyn Fn() -> anyhow::Result<()>)
 
 /// Seconds per forward pass of a random-weight UNet from `preset` on (2, in_channels, latent, latent)
 /// latents and a (2, 77, cross_attention_dim) context, after one warm-up pass.
-pub fn unet_passes(choice: DeviceChoice, preset: &str, latent: i64, passes: usize) -> anyhow::Result<f64> {
+/// With `split_branches`, the batch's halves run on two threads where the engine would do so;
+/// returns the seconds per pass and whether they did.
+pub fn unet_passes(
+    choice: DeviceChoice,
+    preset: &str,
+    latent: i64,
+    passes: usize,
+    split_branches: bool,
+) -> anyhow::Result<(f64, bool)> {
     let device = device::select(choice).map_err(anyhow::Error::msg)?;
     let config = match preset {
         "sd_v1_5" => UNet2DConditionConfig::sd_v1_5(),
@@ -40,13 +48,15 @@ pub fn unet_passes(choice: DeviceChoice, preset: &str, latent: i64, passes: usiz
         other => anyhow::bail!("unknown preset {other}: use sd_v1_5, sd_v2_1 or a UNet config.json"),
     };
     let (context_dim, channels) = (config.cross_attention_dim, config.in_channels);
-    let unet = UNet2DConditionModel::new(config, device);
+    let mut unet = UNet2DConditionModel::new(config, device);
+    let split = split_branches && unet.enable_branch_parallel();
     tch::manual_seed(0);
     let sample = Tensor::f_randn([2, channels, latent, latent], (Kind::Float, device))?;
     let context = Tensor::f_randn([2, 77, context_dim], (Kind::Float, device))?;
-    time_runs(device, passes, &|| {
+    let seconds = time_runs(device, passes, &|| {
         unet.forward(&sample, 500.0, &context).map(drop).map_err(anyhow::Error::from)
-    })
+    })?;
+    Ok((seconds, split))
 }
 
 /// Seconds per text-to-image job on the engine (model loaded by a warm-up job first), at

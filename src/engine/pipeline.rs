@@ -345,6 +345,8 @@ impl StableDiffusion {
             Precision::F16 => unet.set_kind(Kind::Half),
             Precision::Bf16 => unet.set_kind(Kind::BFloat16),
         }
+        // small UNets on the CPU run guidance's two branches side by side (branch_parallel.rs)
+        unet.enable_branch_parallel();
         let vae_scale_factor = 1i64 << (vae.config.block_out_channels.len() - 1);
         let device = unet.var_store().device();
         Ok(Self {

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod blocks;
+pub mod branch_parallel;
 pub mod clip;
 pub mod embeddings;
 pub mod taesd;

@@ -229,6 +229,8 @@ pub struct UNet2DConditionModel {
     conv_out: nn::Conv2D,
     pub config: UNet2DConditionConfig,
     vs: nn::VarStore,
+    /// Runs half of each inference batch on a second thread ([`Self::enable_branch_parallel`]).
+    branches: Option<super::branch_parallel::BranchWorker>,
 }
 
 impl UNet2DConditionModel {
@@ -289,6 +291,7 @@ impl UNet2DConditionModel {
             conv_out: conv2d(&root / "conv_out", channels[0], config.out_channels, 3, 1, 1),
             config,
             vs,
+            branches: None,
         };
         // inference only: no gradients for the weights (null-text inversion differentiates
         // through the UNet to its inputs)
@@ -321,7 +324,8 @@ impl UNet2DConditionModel {
         self.forward_controlled(sample, timestep, context, None)
     }
 
-    /// [`Self::forward`] with `control` called by every attention layer.
+    /// [`Self::forward`] with `control` called by every attention layer. Without a control, a
+    /// batch of two or more is split between this thread and the branch worker when there is one.
     pub fn forward_controlled(
         &self,
         sample: &Tensor,
@@ -329,9 +333,70 @@ impl UNet2DConditionModel {
         context: &Tensor,
         control: Option<&dyn AttentionControl>,
     ) -> Result<Tensor, tch::TchError> {
+        let batch = sample.size()[0];
+        match (&self.branches, control) {
+            (Some(worker), None) if batch >= 2 && context.size()[0] == batch => {
+                worker.forward(self, sample, timestep, context, batch / 2)
+            }
+            _ => {
+                let _no_grad = tch::no_grad_guard();
+                let timesteps = Tensor::f_full([batch], timestep, (Kind::Float, sample.device()))?;
+                self.forward_inner(sample, &timesteps, context, control)
+            }
+        }
+    }
+
+    /// [`Self::forward`] on this thread alone, whatever the batch.
+    pub fn forward_unsplit(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+    ) -> Result<Tensor, tch::TchError> {
         let _no_grad = tch::no_grad_guard();
         let timesteps = Tensor::f_full([sample.size()[0]], timestep, (Kind::Float, sample.device()))?;
-        self.forward_inner(sample, &timesteps, context, control)
+        self.forward_inner(sample, &timesteps, context, None)
+    }
+
+    /// The number of weights.
+    pub fn weight_count(&self) -> i64 {
+        self.vs.variables().values().map(Tensor::numel).map(|n| n as i64).sum()
+    }
+
+    /// Starts a branch worker when it pays: float weights on the CPU, two or more intra-op
+    /// threads, and at most [`super::branch_parallel::MAX_WEIGHTS`] weights (see that module).
+    /// Returns whether batches are now split.
+    pub fn enable_branch_parallel(&mut self) -> bool {
+        if self.branches.is_some() {
+            return true;
+        }
+        let fits = self.vs.device() == tch::Device::Cpu
+            && self.vs.kind() == Kind::Float
+            && tch::get_num_threads() >= 2
+            && self.weight_count() <= super::branch_parallel::MAX_WEIGHTS;
+        if !fits {
+            return false;
+        }
+        self.branches = super::branch_parallel::BranchWorker::start(self.replica()).ok();
+        self.branches.is_some()
+    }
+
+    /// Stops splitting batches (the worker thread ends).
+    pub fn disable_branch_parallel(&mut self) {
+        self.branches = None;
+    }
+
+    /// Another model over the same weight storage (nothing copied): the branch worker's.
+    fn replica(&self) -> Self {
+        let _no_grad = tch::no_grad_guard();
+        let replica = Self::new(self.config.clone(), self.vs.device());
+        let weights = self.vs.variables();
+        for (name, mut variable) in replica.vs.variables() {
+            if let Some(weight) = weights.get(&name) {
+                variable.set_data(weight);
+            }
+        }
+        replica
     }
 
     /// Lets the weights learn (a model is built frozen, for inference).
