@@ -56,7 +56,9 @@ impl BranchWorker {
     /// Starts the worker on `replica` (a UNet sharing the weights of the one that will call it).
     pub fn start(replica: UNet2DConditionModel) -> std::io::Result<Self> {
         let (requests, incoming) = crossbeam_channel::bounded::<Request>(1);
-        let (outgoing, results) = crossbeam_channel::bounded(1);
+        // unbounded: the worker never waits to hand over a result (one a panicked pass left
+        // unread would otherwise block it, and the join when the model is dropped)
+        let (outgoing, results) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new().name("unet-branch".into()).spawn(move || {
             tch::set_num_threads(1);
             for Request { id, sample, timestep, context } in incoming {
