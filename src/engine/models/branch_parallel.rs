@@ -88,12 +88,9 @@ impl BranchWorker {
         let rest = batch - split;
         let id = self.next_id.get() + 1;
         self.next_id.set(id);
-        let request = Request {
-            id,
-            sample: sample.f_narrow(0, 0, split)?.f_contiguous()?,
-            timestep,
-            context: context.f_narrow(0, 0, split)?.f_contiguous()?,
-        };
+        let (head, head_context) = (sample.f_narrow(0, 0, split)?, context.f_narrow(0, 0, split)?);
+        let request =
+            Request { id, sample: head.f_contiguous()?, timestep, context: head_context.f_contiguous()? };
         let sent = self.requests.as_ref().is_some_and(|requests| requests.send(request).is_ok());
         let mine = {
             let _one = Threads::set(1);
@@ -118,11 +115,7 @@ impl BranchWorker {
         };
         let theirs = match theirs {
             Some(output) => output,
-            None => local.forward_unsplit(
-                &sample.f_narrow(0, 0, split)?,
-                timestep,
-                &context.f_narrow(0, 0, split)?,
-            )?,
+            None => local.forward_unsplit(&head, timestep, &head_context)?,
         };
         Tensor::f_cat(&[&theirs, &mine?], 0)
     }

@@ -338,11 +338,7 @@ impl UNet2DConditionModel {
             (Some(worker), None) if batch >= 2 && context.size()[0] == batch => {
                 worker.forward(self, sample, timestep, context, batch / 2)
             }
-            _ => {
-                let _no_grad = tch::no_grad_guard();
-                let timesteps = Tensor::f_full([batch], timestep, (Kind::Float, sample.device()))?;
-                self.forward_inner(sample, &timesteps, context, control)
-            }
+            _ => self.forward_here(sample, timestep, context, control),
         }
     }
 
@@ -353,9 +349,20 @@ impl UNet2DConditionModel {
         timestep: f64,
         context: &Tensor,
     ) -> Result<Tensor, tch::TchError> {
+        self.forward_here(sample, timestep, context, None)
+    }
+
+    /// Inference on this thread: no gradients, one timestep for the whole batch.
+    fn forward_here(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        control: Option<&dyn AttentionControl>,
+    ) -> Result<Tensor, tch::TchError> {
         let _no_grad = tch::no_grad_guard();
         let timesteps = Tensor::f_full([sample.size()[0]], timestep, (Kind::Float, sample.device()))?;
-        self.forward_inner(sample, &timesteps, context, None)
+        self.forward_inner(sample, &timesteps, context, control)
     }
 
     /// The number of weights.
