@@ -225,36 +225,7 @@ enum Command {
     Train(TrainArgs),
     /// Measure the bundled shapes model (or a model trained like it) on held-out captions and
     /// images: attribute accuracy, prompt-to-prompt, DiffEdit, inpainting, DDIM inversion.
-    Eval {
-        /// The model folder (default: the bundled shapes model).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Held-out captions to generate for attribute accuracy.
-        #[arg(long, default_value_t = 200)]
-        captions: usize,
-        /// Cases of each editing metric.
-        #[arg(long, default_value_t = 50)]
-        edits: usize,
-        /// Held-out images to DDIM-invert (at 10, 25 and 50 steps).
-        #[arg(long, default_value_t = 20)]
-        inversions: usize,
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
-        #[arg(long, default_value_t = 5.0)]
-        guidance: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Write contact sheets of what was generated here.
-        #[arg(long)]
-        samples: Option<PathBuf>,
-        /// Write the report (JSON) here.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Also write MODEL_CARD.md into the model folder: data, parts and sizes, the training
-        /// record (TRAINING.md) and these measurements.
-        #[arg(long)]
-        card: bool,
-    },
+    Eval(EvalArgs),
     /// Time engine parts for `make bench` (see bench/run.sh).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -305,6 +276,52 @@ struct TrainArgs {
 }
 
 /// `edit`'s options (each method reads its own; see `--help`).
+#[derive(clap::Args, Debug)]
+struct EvalArgs {
+    /// The model folder (default: the bundled shapes model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Held-out captions to generate for attribute accuracy.
+    #[arg(long, default_value_t = 200)]
+    captions: usize,
+    /// Cases of each editing metric.
+    #[arg(long, default_value_t = 50)]
+    edits: usize,
+    /// Held-out images to DDIM-invert (at 10, 25 and 50 steps).
+    #[arg(long, default_value_t = 20)]
+    inversions: usize,
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    #[arg(long, default_value_t = 5.0)]
+    guidance: f64,
+    /// The held-out images' stream (another seed draws other images: tune settings on seed
+    /// 1, report on seed 0).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// DiffEdit's mask settings under test (see `edit --method diffedit`).
+    #[arg(long, default_value_t = 10)]
+    mask_samples: usize,
+    #[arg(long, default_value_t = diffusion_studio::protocol::DIFFEDIT_MASK_EDGES)]
+    mask_edges: f64,
+    /// Write contact sheets of what was generated here.
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    #[command(flatten)]
+    report: ReportArgs,
+}
+
+/// Where an evaluation's numbers go (both `eval` and `audio eval`).
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// Write the report (JSON) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also write MODEL_CARD.md into the model folder: data, parts and sizes, the training
+    /// record (TRAINING.md) and these measurements.
+    #[arg(long)]
+    card: bool,
+}
+
 #[derive(clap::Args, Debug)]
 struct EditArgs {
     #[arg(long, value_enum)]
@@ -362,6 +379,10 @@ struct EditArgs {
     /// largest disagreement (0–1).
     #[arg(long, default_value_t = diffusion_studio::protocol::DIFFEDIT_MASK_THRESHOLD)]
     mask_threshold: f64,
+    /// diffedit: colour tolerance for snapping the estimated mask to the image's edges (joint
+    /// bilateral upsampling of the latent-grid estimate; 0 = bilinear, no snapping).
+    #[arg(long, default_value_t = diffusion_studio::protocol::DIFFEDIT_MASK_EDGES)]
+    mask_edges: f64,
     /// diffedit: use this mask (white = edit) instead of estimating one.
     #[arg(long)]
     mask: Option<PathBuf>,
@@ -552,12 +573,8 @@ enum AudioCommand {
         /// Write the generated clips (WAV, spectrogram) here.
         #[arg(long)]
         samples: Option<PathBuf>,
-        /// Write the report (JSON) here.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Also write MODEL_CARD.md into the model folder.
-        #[arg(long)]
-        card: bool,
+        #[command(flatten)]
+        report: ReportArgs,
     },
     /// Write clips of the bundled music model's procedural dataset: WAV, studio spectrogram PNG
     /// and caption (captions.txt), to listen to and look at what the model learns.
@@ -721,7 +738,8 @@ fn audio_command(device: DeviceChoice, command: AudioCommand) -> anyhow::Result<
             );
             Ok(())
         }
-        AudioCommand::Eval { model, clips, steps, guidance, seed, iterations, samples, out, card } => {
+        AudioCommand::Eval { model, clips, steps, guidance, seed, iterations, samples, report } => {
+            let ReportArgs { out, card } = report;
             use diffusion_studio::eval::music_metrics::{MusicEvalOptions, evaluate};
             let model = model.unwrap_or_else(catalog::bundled_music_model);
             anyhow::ensure!(
@@ -899,19 +917,21 @@ fn main() -> ExitCode {
         }
         Some(Command::Edit(args)) => edit(cli.device, args),
         Some(Command::Train(args)) => train(cli.device, args),
-        Some(Command::Eval { model, captions, edits, inversions, steps, guidance, seed, samples, out, card }) => {
+        Some(Command::Eval(args)) => {
             let options = diffusion_studio::eval::shapes_metrics::EvalOptions {
-                model: model.unwrap_or_else(catalog::bundled_shapes_model),
+                model: args.model.unwrap_or_else(catalog::bundled_shapes_model),
                 device: cli.device,
-                captions,
-                edits,
-                inversions,
-                steps,
-                guidance,
-                seed,
-                samples,
+                captions: args.captions,
+                edits: args.edits,
+                inversions: args.inversions,
+                steps: args.steps,
+                guidance: args.guidance,
+                seed: args.seed,
+                mask_samples: args.mask_samples,
+                mask_edges: args.mask_edges,
+                samples: args.samples,
             };
-            eval(&options, out.as_deref(), card)
+            eval(&options, args.report.out.as_deref(), args.report.card)
         }
         Some(Command::Bench(BenchCommand::Unet { preset, latent, passes, split_branches })) => {
             diffusion_studio::engine::bench::unet_passes(cli.device, &preset, latent, passes, split_branches).map(
@@ -1299,6 +1319,7 @@ fn edit(device: DeviceChoice, args: EditArgs) -> anyhow::Result<()> {
         mask_samples,
         mask_strength,
         mask_threshold,
+        mask_edges,
         mask,
         mask_out,
         width,
@@ -1369,7 +1390,9 @@ fn edit(device: DeviceChoice, args: EditArgs) -> anyhow::Result<()> {
             let mask_used = if mask.is_some() {
                 "given".to_string()
             } else {
-                format!("estimated at strength {mask_strength}, threshold {mask_threshold}")
+                format!(
+                    "estimated at strength {mask_strength}, threshold {mask_threshold}, edges {mask_edges}"
+                )
             };
             let infotext = format!(
                 "{}, DiffEdit from: {source_prompt}, encode ratio {encode_ratio}, mask {mask_used}",
@@ -1384,6 +1407,7 @@ fn edit(device: DeviceChoice, args: EditArgs) -> anyhow::Result<()> {
                 mask_samples,
                 mask_strength,
                 mask_threshold,
+                mask_edges,
                 mask,
             };
             let outputs = [("image", Some(out.as_path())), ("mask", mask_out.as_deref())];

@@ -405,6 +405,7 @@ fn diffedit_masks_where_the_prompts_disagree_and_keeps_the_rest_exactly() {
         mask_samples: 4,
         mask_strength: diffusion_studio::protocol::DIFFEDIT_MASK_STRENGTH,
         mask_threshold: diffusion_studio::protocol::DIFFEDIT_MASK_THRESHOLD,
+        mask_edges: diffusion_studio::protocol::DIFFEDIT_MASK_EDGES,
         mask,
     };
     let outputs =
@@ -461,11 +462,17 @@ fn diffedit_masks_where_the_prompts_disagree_and_keeps_the_rest_exactly() {
         }
     }
     assert!(changed_inside, "the pixels inside the given mask are repainted");
-    // the mask's noise level and threshold are checked, naming the field
-    for (strength, threshold, field) in [(0.0, 0.5, "mask strength"), (0.25, 1.0, "mask threshold")] {
+    // the mask's noise level, threshold and edge tolerance are checked, naming the field
+    for (strength, threshold, edges, field) in [
+        (0.0, 0.5, 0.3, "mask strength"),
+        (0.25, 1.0, 0.3, "mask threshold"),
+        (0.25, 0.5, f64::NAN, "mask edge tolerance"),
+        (0.25, 0.5, -1.0, "mask edge tolerance"),
+    ] {
         let params = DiffEditParams {
             mask_strength: strength,
             mask_threshold: threshold,
+            mask_edges: edges,
             ..edit("a green square on a blue background", None)
         };
         let message = common::run_output(&engine, Job::DiffEdit(params)).expect_err("refused");

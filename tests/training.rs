@@ -300,6 +300,8 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
         steps: 3,
         guidance: 5.0,
         seed: 0,
+        mask_samples: 10,
+        mask_edges: diffusion_studio::protocol::DIFFEDIT_MASK_EDGES,
         samples: None,
     };
     let report = evaluate(&options, &mut |_| {}).expect("evaluates");

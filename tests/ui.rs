@@ -445,12 +445,16 @@ impl JobRunner for RecordingRunner {
             return Err(JobError::Failed("the generation was not cancelled".into()));
         }
         if let Job::DiffEdit(params) = job {
-            // records the source prompt and the mask it was given (None: estimate), and answers
-            // with the image unchanged and the left half as the mask
+            // records the source prompt with the mask's edge tolerance and the mask it was given
+            // (None: estimate), and answers with the image unchanged and the left half as the mask
             let given =
                 params.mask.as_ref().map_or(0, |m| m.rgba.chunks_exact(4).filter(|p| p[0] > 0).count());
             if let Ok(mut seen) = self.0.lock() {
-                seen.push((params.source_prompt.clone(), given, params.strength));
+                seen.push((
+                    format!("{} | edges {}", params.source_prompt, params.mask_edges),
+                    given,
+                    params.strength,
+                ));
             }
             let (w, h) = (params.image.width, params.image.height);
             let mask: Vec<u8> = (0..w * h)
@@ -689,10 +693,22 @@ fn diffedit_puts_its_mask_on_the_canvas_and_runs_again_with_the_corrected_one() 
     press(&mut harness, "DiffEdit");
     harness.run_steps(2);
     settle(&mut harness, |app| app.jobs.is_empty() && app.history.len() == 2);
+    // an estimated mask again, now without snapping to the image's edges
+    harness.get_by_label("use my mask").click();
+    harness.run();
+    harness.get_by_label("mask follows edges").click();
+    press(&mut harness, "DiffEdit");
+    harness.run_steps(2);
+    settle(&mut harness, |app| app.jobs.is_empty() && app.history.len() == 3);
     let jobs = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let edges = diffusion_studio::protocol::DIFFEDIT_MASK_EDGES;
     assert_eq!(
         jobs,
-        vec![("a big red circle".to_string(), 0, 0.8), ("a big red circle".to_string(), corrected, 0.8)]
+        vec![
+            (format!("a big red circle | edges {edges}"), 0, 0.8),
+            (format!("a big red circle | edges {edges}"), corrected, 0.8),
+            ("a big red circle | edges 0".to_string(), 0, 0.8),
+        ]
     );
 }
 

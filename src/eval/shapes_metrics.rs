@@ -37,6 +37,10 @@ pub struct EvalOptions {
     pub guidance: f64,
     /// Seed of the eval stream (not the training seed's stream: another split anyway).
     pub seed: u64,
+    /// DiffEdit's noise samples for the mask and its edge tolerance (the studio's defaults: 10
+    /// and [`crate::protocol::DIFFEDIT_MASK_EDGES`]).
+    pub mask_samples: usize,
+    pub mask_edges: f64,
     /// Write generated images here (a contact sheet per metric).
     pub samples: Option<PathBuf>,
 }
@@ -414,9 +418,10 @@ pub fn evaluate(options: &EvalOptions, on_progress: &mut dyn FnMut(&str)) -> any
             source_prompt: sample.caption.clone(),
             image: image_of(&sample),
             strength: 0.8,
-            mask_samples: 10,
+            mask_samples: options.mask_samples,
             mask_strength: crate::protocol::DIFFEDIT_MASK_STRENGTH,
             mask_threshold: crate::protocol::DIFFEDIT_MASK_THRESHOLD,
+            mask_edges: options.mask_edges,
             mask: None,
         };
         let images = runner.images(Job::DiffEdit(params))?;

@@ -1111,6 +1111,11 @@ impl StudioApp {
             mask_samples: 10,
             mask_strength: crate::protocol::DIFFEDIT_MASK_STRENGTH,
             mask_threshold: crate::protocol::DIFFEDIT_MASK_THRESHOLD,
+            mask_edges: if self.params.diffedit_mask_edges {
+                crate::protocol::DIFFEDIT_MASK_EDGES
+            } else {
+                0.0
+            },
             mask,
         });
         self.submit_method(job, parameters);

@@ -126,6 +126,9 @@ pub struct MethodSettings {
     pub source_prompt: String,
     /// DiffEdit: use the painted mask instead of estimating one.
     pub diffedit_use_mask: bool,
+    /// DiffEdit: the estimated mask follows the image's edges (joint bilateral upsampling)
+    /// rather than the latent grid's bilinear blur.
+    pub diffedit_mask_edges: bool,
     /// Paint with words: the word whose place the painted mask is.
     pub region_word: String,
     /// Paint with words: how hard the region pulls (the paper's w).
@@ -154,6 +157,7 @@ impl Default for MethodSettings {
             strength: 1.0,
             source_prompt: "a big red circle".into(),
             diffedit_use_mask: false,
+            diffedit_mask_edges: true,
             region_word: "star".into(),
             region_strength: 0.4,
             image_guidance: 1.5,
@@ -248,6 +252,14 @@ impl MethodSettings {
                 ui.add(egui::TextEdit::singleline(&mut self.source_prompt)).labelled_by(label.id);
                 ui.checkbox(&mut self.diffedit_use_mask, "use my mask")
                     .on_hover_text("Repaint the painted mask instead of estimating one");
+                ui.add_enabled(
+                    !self.diffedit_use_mask,
+                    egui::Checkbox::new(&mut self.diffedit_mask_edges, "mask follows edges"),
+                )
+                .on_hover_text(
+                    "Snap the estimated mask to the image's edges (joint bilateral upsampling); off, it is \
+                     the latent grid's estimate blurred up to the image",
+                );
             }
             Method::PaintWithWords => {
                 let label = ui.label("the painted mask is the place of the word");

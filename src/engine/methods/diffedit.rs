@@ -10,17 +10,20 @@
 //! (BENCHMARKS.md): the image is noised to a quarter of the schedule rather than half, and the
 //! threshold is a share of the largest disagreement rather than of three times the mean; both
 //! are parameters. The mask is made at the image's resolution, not the latent grid's: the normalised difference
-//! is upsampled bilinearly before the threshold (at f = 8 a latent cell is 8 pixels, coarser than
-//! the small objects it should outline), and a given mask is used pixel for pixel. The latents are
+//! is upsampled before the threshold (at f = 8 a latent cell is 8 pixels, coarser than the small
+//! objects it should outline) by joint bilateral upsampling guided by the image, so the mask takes
+//! the outline of what it covers (`mask_edges`; 0 upsamples bilinearly), and a given mask is used
+//! pixel for pixel. The latents are
 //! edited in every cell the pixel mask touches, so the composite has generated pixels wherever
 //! the mask is white.
 
 use tch::{Kind, Tensor};
 
-use crate::engine::image_tensor::image_from_tensor;
+use crate::engine::image_tensor::{image_from_tensor, tensor_from_image};
 use crate::engine::methods::img2img::{check_size, start_index};
 use crate::engine::methods::inpaint::{composite, prepare_mask};
 use crate::engine::methods::inversion::cached_ddim_invert;
+use crate::engine::methods::mask_edges::joint_bilateral_upsample;
 use crate::engine::pipeline::StableDiffusion;
 use crate::engine::sampler::{Conditioning, Hooks};
 use crate::engine::schedulers::{Scheduler, SchedulerChoice, SchedulerKind};
@@ -71,7 +74,8 @@ pub fn estimate_soft_mask(
 }
 
 /// The estimated mask at the image's resolution: (1, 1, height, width), 0 or 1 — the soft mask
-/// upsampled bilinearly, then cut at the mask threshold.
+/// upsampled to the image (following its edges unless `mask_edges` is 0), then cut at the mask
+/// threshold.
 pub fn estimate_mask(
     model: &StableDiffusion,
     params: &DiffEditParams,
@@ -81,9 +85,15 @@ pub fn estimate_mask(
     if !(threshold > 0.0 && threshold < 1.0) {
         return Err(JobError::Failed(format!("the mask threshold must be in (0, 1), got {threshold}")));
     }
+    let edges = params.mask_edges;
+    if !(edges.is_finite() && edges >= 0.0) {
+        return Err(JobError::Failed(format!(
+            "the mask edge tolerance must be 0 (no snapping) or more, got {edges}"
+        )));
+    }
     let soft = estimate_soft_mask(model, params, latents)?;
-    let size = [i64::from(params.image.height), i64::from(params.image.width)];
-    Ok(soft.f_upsample_bilinear2d(size, false, None, None)?.f_gt(threshold)?.f_to_kind(Kind::Float)?)
+    let guide = tensor_from_image(&params.image, soft.device())?;
+    Ok(joint_bilateral_upsample(&soft, &guide, edges)?.f_gt(threshold)?.f_to_kind(Kind::Float)?)
 }
 
 /// Runs DiffEdit as an engine job: [image, mask].

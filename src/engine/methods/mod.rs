@@ -8,6 +8,7 @@ pub mod inpaint;
 pub mod instruct_pix2pix;
 pub mod inversion;
 pub mod magic_mix;
+pub mod mask_edges;
 pub mod null_text;
 pub mod paint_with_words;
 pub mod prompt_to_prompt;

@@ -1,0 +1,183 @@
+"""Is the shape word learnt in pixel space where the latent runs fail? A controlled side-by-side:
+the same small UNet (diffusers' UNet2DConditionModel, 32-64-64 from 16 × 16 down, cross-attention
+at 16 × 16 and 8 × 8, v-prediction, SD's scaled-linear schedule) and the same one-object scenes (drawn with PIL
+as `drawn_shapes.draw` draws them: four shapes, six colours, six backgrounds, small and big,
+anywhere), conditioned on a learnt embedding of the caption's words, trained either on the images
+at 32 × 32 pixels or on their 16 × 16 × C latents from a shapes autoencoder. Every few hundred
+steps it prints the loss change when the shape word (or the colour word) is swapped, on held-out
+scenes at t = 400/600/800, and at the end writes a sheet of samples (rows: circle, square, star,
+triangle; 20 DDIM steps, guidance 3).
+
+    python bench/diagnostics/pixel_vs_latent.py pixel STEPS OUT.png
+    python bench/diagnostics/pixel_vs_latent.py latent STEPS OUT.png AUTOENCODER_FOLDER
+    python bench/diagnostics/pixel_vs_latent.py clip STEPS OUT.png MODEL_FOLDER
+
+`clip` is `latent` with the model folder's own (frozen) CLIP text encoder reading the whole
+caption ("a big red star on a black background", padded to 77 tokens) in place of the learnt
+word embeddings: the way the shapes models are conditioned.
+"""
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from PIL import Image
+
+from drawn_shapes import draw
+
+torch.set_num_threads(1)
+mode, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+SHAPES = ["circle", "square", "star", "triangle"]
+COLOURS = {"red": (220, 30, 30), "green": (40, 180, 60), "blue": (30, 60, 220),
+           "yellow": (240, 220, 40), "purple": (140, 50, 170), "white": (245, 245, 245)}
+BACKGROUNDS = {"black": (15, 15, 15), "orange": (240, 140, 30), "pink": (240, 150, 190),
+               "brown": (120, 70, 30), "blue": (30, 60, 220), "green": (40, 180, 60)}
+WORDS = ["<pad>", "small", "big"] + SHAPES + sorted(set(COLOURS) | set(BACKGROUNDS))
+INDEX = {w: i for i, w in enumerate(WORDS)}
+
+
+def scene(rng):
+    shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+    background = rng.choice([b for b in BACKGROUNDS if b != colour])
+    big = rng.random() < 0.5
+    r = rng.uniform(24, 33) if big else rng.uniform(12, 17)
+    centre = (rng.uniform(r, 128 - r), rng.uniform(r, 128 - r))
+    image = draw(shape, r, centre, BACKGROUNDS[background], COLOURS[colour])
+    return image, ["big" if big else "small", colour, shape, background]
+
+
+def tokens(words):
+    return torch.tensor([INDEX[w] for w in words])
+
+
+if mode == "pixel":
+    encode = lambda images: torch.stack([
+        torch.tensor(np.array(im.resize((32, 32), Image.BOX))).permute(2, 0, 1).float() / 127.5 - 1
+        for im in images])
+    decode = lambda z: z.clamp(-1, 1)
+    channels, size = 3, 32
+else:
+    vae = AutoencoderKL.from_pretrained(sys.argv[4], subfolder="vae").eval()
+    if mode == "clip":
+        from transformers import CLIPTextModel, CLIPTokenizer
+        tokenizer = CLIPTokenizer.from_pretrained(sys.argv[4], subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(sys.argv[4], subfolder="text_encoder").eval()
+    scale = vae.config.scaling_factor
+
+    def encode(images):
+        x = torch.stack([torch.tensor(np.array(im)).permute(2, 0, 1).float() / 127.5 - 1 for im in images])
+        with torch.no_grad():
+            return vae.encode(x).latent_dist.mean * scale
+
+    decode = lambda z: vae.decode(z / scale).sample.clamp(-1, 1)
+    channels, size = vae.config.latent_channels, 16
+
+rng = random.Random(0)
+t0 = time.time()
+train = [scene(rng) for _ in range(6000)]
+data = torch.cat([encode([im for im, _ in train[i:i + 200]]) for i in range(0, len(train), 200)])
+captions = torch.stack([tokens(w) for _, w in train])
+held = [scene(random.Random(10_000 + i)) for i in range(32)]
+held_x = encode([im for im, _ in held])
+print(f"{mode}: {len(train)} scenes encoded in {time.time() - t0:.0f} s, std {data.std():.3f}", flush=True)
+
+torch.manual_seed(0)
+# the same levels from 16 × 16 down; pixels get one more level on top (32 channels, no attention:
+# self-attention over 1024 positions is 7 s a step on one CPU thread)
+top = (32,) if mode == "pixel" else ()
+unet = UNet2DConditionModel(
+    sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
+    block_out_channels=top + (32, 64, 64), norm_num_groups=8,
+    cross_attention_dim=128 if mode == "clip" else 64,
+    attention_head_dim=8,
+    down_block_types=("DownBlock2D",) * len(top) + ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D") + ("UpBlock2D",) * len(top))
+embed = torch.nn.Embedding(len(WORDS), 64)
+position = torch.nn.Parameter(torch.randn(4, 64) * 0.02)
+params = list(unet.parameters()) + list(embed.parameters()) + [position]
+optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                          prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False)
+abar = scheduler.alphas_cumprod
+
+
+encoded = {}
+
+
+def caption_encoding(row):
+    words = tuple(WORDS[i] for i in row.tolist())
+    if words not in encoded:
+        caption = "" if words[0] == "<pad>" else f"a {words[0]} {words[1]} {words[2]} on a {words[3]} background"
+        ids = tokenizer([caption], padding="max_length", max_length=tokenizer.model_max_length,
+                        return_tensors="pt").input_ids
+        with torch.no_grad():
+            encoded[words] = text_encoder(ids)[0][0]
+    return encoded[words]
+
+
+def context(ids):
+    if mode == "clip":
+        return torch.stack([caption_encoding(row) for row in ids])
+    return embed(ids) + position
+
+
+def v_loss(x, ids, t, noise):
+    a = abar[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x + (1 - a).sqrt() * noise
+    target = a.sqrt() * noise - (1 - a).sqrt() * x
+    return ((unet(xt, t, context(ids)).sample - target) ** 2).mean(dim=(1, 2, 3))
+
+
+def sensitivity():
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(held_x.shape, generator=g)
+    true = torch.stack([tokens(w) for _, w in held])
+    shape_swapped = torch.stack([tokens([w[0], w[1], SHAPES[(SHAPES.index(w[2]) + 1) % 4], w[3]]) for _, w in held])
+    colours = list(COLOURS)
+    colour_swapped = torch.stack([tokens([w[0], colours[(colours.index(w[1]) + 1) % 6], w[2], w[3]]) for _, w in held])
+    line = []
+    with torch.no_grad():
+        for t in (400, 600, 800):
+            tt = torch.full((len(held),), t)
+            base = v_loss(held_x, true, tt, noise).mean().item()
+            s = v_loss(held_x, shape_swapped, tt, noise).mean().item()
+            c = v_loss(held_x, colour_swapped, tt, noise).mean().item()
+            line.append(f"t={t}: shape {100 * (s / base - 1):+.1f}% colour {100 * (c / base - 1):+.1f}%")
+    return "; ".join(line)
+
+
+t0 = time.time()
+for step in range(1, steps + 1):
+    idx = torch.randint(0, len(data), (64,))
+    ids = captions[idx].clone()
+    drop = torch.rand(64) < 0.1
+    ids[drop] = 0
+    t = torch.randint(0, 1000, (64,))
+    loss = v_loss(data[idx], ids, t, torch.randn(data[idx].shape)).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    if step % 250 == 0 or step == steps:
+        print(f"{mode} step {step} loss {loss.item():.4f} {time.time() - t0:.0f} s | {sensitivity()}", flush=True)
+
+scheduler.set_timesteps(20)
+rows = []
+with torch.no_grad():
+    for shape in SHAPES:
+        ids = torch.stack([tokens(["big", "red", shape, "black"])] * 6)
+        empty = torch.zeros_like(ids)
+        g = torch.Generator().manual_seed(7)
+        z = torch.randn((6, channels, size, size), generator=g)
+        for t in scheduler.timesteps:
+            tt = torch.full((6,), int(t))
+            cond, uncond = unet(z, tt, context(ids)).sample, unet(z, tt, context(empty)).sample
+            z = scheduler.step(uncond + 3 * (cond - uncond), t, z).prev_sample
+        images = decode(z)
+        images = F.interpolate(images, size=(128, 128), mode="nearest") if mode == "pixel" else images
+        rows.append(torch.cat(list(images), dim=2))
+sheet = ((torch.cat(rows, dim=1).permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()
+Image.fromarray(sheet).save(out)
+print("wrote", out)
