@@ -15,7 +15,16 @@ triangle; 20 DDIM steps, guidance 3).
 `clip` is `latent` with the model folder's own (frozen) CLIP text encoder reading the whole
 caption ("a big red star on a black background", padded to 77 tokens) in place of the learnt
 word embeddings: the way the shapes models are conditioned.
+
+    python bench/diagnostics/pixel_vs_latent.py ours STEPS OUT.png MODEL_FOLDER RUN/latents.safetensors
+
+`ours` is `clip` trained on our dataset instead of the PIL scenes: the 128 × 128 latents and
+caption tokens our trainer cached in its run folder (its last 32 held out for the measure, in
+which every shape word, or every colour word, is swapped for the next in our vocabulary).
+With `UNET=FOLDER` and 0 steps, the same measure is taken of FOLDER's trained UNet (a
+v-prediction model of ours), on the same held-out scenes: our trainer and this one side by side.
 """
+import os
 import random
 import sys
 import time
@@ -61,7 +70,7 @@ if mode == "pixel":
     channels, size = 3, 32
 else:
     vae = AutoencoderKL.from_pretrained(sys.argv[4], subfolder="vae").eval()
-    if mode == "clip":
+    if mode in ("clip", "ours"):
         from transformers import CLIPTextModel, CLIPTokenizer
         tokenizer = CLIPTokenizer.from_pretrained(sys.argv[4], subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(sys.argv[4], subfolder="text_encoder").eval()
@@ -77,12 +86,28 @@ else:
 
 rng = random.Random(0)
 t0 = time.time()
-train = [scene(rng) for _ in range(6000)]
-data = torch.cat([encode([im for im, _ in train[i:i + 200]]) for i in range(0, len(train), 200)])
-captions = torch.stack([tokens(w) for _, w in train])
-held = [scene(random.Random(10_000 + i)) for i in range(32)]
-held_x = encode([im for im, _ in held])
-print(f"{mode}: {len(train)} scenes encoded in {time.time() - t0:.0f} s, std {data.std():.3f}", flush=True)
+if mode == "ours":
+    from safetensors import safe_open
+    cache = safe_open(sys.argv[5], "pt")
+    everything, all_ids = cache.get_tensor("128x128.mean") * scale, cache.get_tensor("128x128.ids")
+    data, captions, held_x, held_ids = everything[:-32], all_ids[:-32], everything[-32:], all_ids[-32:]
+    empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+    vocab = tokenizer.get_vocab()
+    OUR_SHAPES = ["circle", "square", "triangle", "star", "heart", "ring", "diamond", "cross"]
+    OUR_COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black", "brown"]
+
+    def swapped(ids, words):
+        out = ids.clone()
+        for i, w in enumerate(words):
+            out[ids == vocab[w]] = vocab[words[(i + 1) % len(words)]]
+        return out
+else:
+    train = [scene(rng) for _ in range(6000)]
+    data = torch.cat([encode([im for im, _ in train[i:i + 200]]) for i in range(0, len(train), 200)])
+    captions = torch.stack([tokens(w) for _, w in train])
+    held = [scene(random.Random(10_000 + i)) for i in range(32)]
+    held_x = encode([im for im, _ in held])
+print(f"{mode}: {len(data)} scenes encoded in {time.time() - t0:.0f} s, std {data.std():.3f}", flush=True)
 
 torch.manual_seed(0)
 # the same levels from 16 × 16 down; pixels get one more level on top (32 channels, no attention:
@@ -91,10 +116,12 @@ top = (32,) if mode == "pixel" else ()
 unet = UNet2DConditionModel(
     sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
     block_out_channels=top + (32, 64, 64), norm_num_groups=8,
-    cross_attention_dim=128 if mode == "clip" else 64,
+    cross_attention_dim=128 if mode in ("clip", "ours") else 64,
     attention_head_dim=8,
     down_block_types=("DownBlock2D",) * len(top) + ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D") + ("UpBlock2D",) * len(top))
+if os.environ.get("UNET"):  # measure a trained model folder's UNet instead (with STEPS 0)
+    unet = UNet2DConditionModel.from_pretrained(os.environ["UNET"], subfolder="unet").eval()
 embed = torch.nn.Embedding(len(WORDS), 64)
 position = torch.nn.Parameter(torch.randn(4, 64) * 0.02)
 params = list(unet.parameters()) + list(embed.parameters()) + [position]
@@ -119,7 +146,10 @@ def caption_encoding(row):
 
 
 def context(ids):
-    if mode == "clip":
+    if ids.shape[1] == 77:  # our cached caption tokens
+        with torch.no_grad():
+            return text_encoder(ids)[0]
+    if mode in ("clip", "ours"):
         return torch.stack([caption_encoding(row) for row in ids])
     return embed(ids) + position
 
@@ -134,10 +164,14 @@ def v_loss(x, ids, t, noise):
 def sensitivity():
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(held_x.shape, generator=g)
-    true = torch.stack([tokens(w) for _, w in held])
-    shape_swapped = torch.stack([tokens([w[0], w[1], SHAPES[(SHAPES.index(w[2]) + 1) % 4], w[3]]) for _, w in held])
-    colours = list(COLOURS)
-    colour_swapped = torch.stack([tokens([w[0], colours[(colours.index(w[1]) + 1) % 6], w[2], w[3]]) for _, w in held])
+    if mode == "ours":
+        true, shape_swapped = held_ids, swapped(held_ids, OUR_SHAPES)
+        colour_swapped = swapped(held_ids, OUR_COLOURS)
+    else:
+        true = torch.stack([tokens(w) for _, w in held])
+        shape_swapped = torch.stack([tokens([w[0], w[1], SHAPES[(SHAPES.index(w[2]) + 1) % 4], w[3]]) for _, w in held])
+        colours = list(COLOURS)
+        colour_swapped = torch.stack([tokens([w[0], colours[(colours.index(w[1]) + 1) % 6], w[2], w[3]]) for _, w in held])
     line = []
     with torch.no_grad():
         for t in (400, 600, 800):
@@ -150,11 +184,13 @@ def sensitivity():
 
 
 t0 = time.time()
+if steps == 0:
+    print(f"{mode} untrained or loaded | {sensitivity()}", flush=True)
 for step in range(1, steps + 1):
     idx = torch.randint(0, len(data), (64,))
     ids = captions[idx].clone()
     drop = torch.rand(64) < 0.1
-    ids[drop] = 0
+    ids[drop] = empty_ids if mode == "ours" else 0
     t = torch.randint(0, 1000, (64,))
     loss = v_loss(data[idx], ids, t, torch.randn(data[idx].shape)).mean()
     optimizer.zero_grad()
