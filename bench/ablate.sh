@@ -19,6 +19,7 @@ VARIANTS=$(cat <<'LIST'
 base||BASE's options
 v-prediction|--target v|v instead of ε prediction (Salimans & Ho 2022)
 no-min-snr|--min-snr 0|no Min-SNR-5 loss weighting (Hang et al. 2023)
+min-snr-5|--min-snr 5|Min-SNR-5 loss weighting (Hang et al. 2023), for a BASE trained without it
 edm-noise|--noise edm|EDM's log-normal noise levels instead of uniform timesteps (Karras et al. 2022)
 no-offset-noise|--offset-noise 0|no offset noise (Guttenberg 2023)
 no-caption-dropout|--caption-dropout 0|no empty captions: nothing for classifier-free guidance to contrast

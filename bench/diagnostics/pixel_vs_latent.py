@@ -92,15 +92,17 @@ if mode == "ours":
     everything, all_ids = cache.get_tensor("128x128.mean") * scale, cache.get_tensor("128x128.ids")
     data, captions, held_x, held_ids = everything[:-32], all_ids[:-32], everything[-32:], all_ids[-32:]
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
-    vocab = tokenizer.get_vocab()
+    token = lambda word: tokenizer(word, add_special_tokens=False).input_ids[0]
     OUR_SHAPES = ["circle", "square", "triangle", "star", "heart", "ring", "diamond", "cross"]
     OUR_COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black", "brown"]
 
     def swapped(ids, words):
         out = ids.clone()
         for i, w in enumerate(words):
-            out[ids == vocab[w]] = vocab[words[(i + 1) % len(words)]]
+            out[ids == token(w)] = token(words[(i + 1) % len(words)])
         return out
+
+    assert (swapped(held_ids, OUR_SHAPES) != held_ids).any(1).all(), "a held-out caption names no shape"
 else:
     train = [scene(rng) for _ in range(6000)]
     data = torch.cat([encode([im for im, _ in train[i:i + 200]]) for i in range(0, len(train), 200)])
@@ -175,7 +177,7 @@ def sensitivity():
     line = []
     with torch.no_grad():
         for t in (400, 600, 800):
-            tt = torch.full((len(held),), t)
+            tt = torch.full((len(held_x),), t)
             base = v_loss(held_x, true, tt, noise).mean().item()
             s = v_loss(held_x, shape_swapped, tt, noise).mean().item()
             c = v_loss(held_x, colour_swapped, tt, noise).mean().item()
