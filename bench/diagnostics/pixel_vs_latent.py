@@ -36,6 +36,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from PIL import Image
 
 from drawn_shapes import draw
+from our_vocab import COLOURS as OUR_COLOURS, SHAPES as OUR_SHAPES, swapped
 
 torch.set_num_threads(1)
 mode, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -92,17 +93,7 @@ if mode == "ours":
     everything, all_ids = cache.get_tensor("128x128.mean") * scale, cache.get_tensor("128x128.ids")
     data, captions, held_x, held_ids = everything[:-32], all_ids[:-32], everything[-32:], all_ids[-32:]
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
-    token = lambda word: tokenizer(word, add_special_tokens=False).input_ids[0]
-    OUR_SHAPES = ["circle", "square", "triangle", "star", "heart", "ring", "diamond", "cross"]
-    OUR_COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black", "brown"]
-
-    def swapped(ids, words):
-        out = ids.clone()
-        for i, w in enumerate(words):
-            out[ids == token(w)] = token(words[(i + 1) % len(words)])
-        return out
-
-    assert (swapped(held_ids, OUR_SHAPES) != held_ids).any(1).all(), "a held-out caption names no shape"
+    assert (swapped(tokenizer, held_ids, OUR_SHAPES) != held_ids).any(1).all(), "a held-out caption names no shape"
 else:
     train = [scene(rng) for _ in range(6000)]
     data = torch.cat([encode([im for im, _ in train[i:i + 200]]) for i in range(0, len(train), 200)])
@@ -167,8 +158,8 @@ def sensitivity():
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(held_x.shape, generator=g)
     if mode == "ours":
-        true, shape_swapped = held_ids, swapped(held_ids, OUR_SHAPES)
-        colour_swapped = swapped(held_ids, OUR_COLOURS)
+        true, shape_swapped = held_ids, swapped(tokenizer, held_ids, OUR_SHAPES)
+        colour_swapped = swapped(tokenizer, held_ids, OUR_COLOURS)
     else:
         true = torch.stack([tokens(w) for _, w in held])
         shape_swapped = torch.stack([tokens([w[0], w[1], SHAPES[(SHAPES.index(w[2]) + 1) % 4], w[3]]) for _, w in held])
