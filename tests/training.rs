@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use diffusion_studio::engine::EngineHandle;
 use diffusion_studio::engine::loading::read_safetensors;
+use diffusion_studio::engine::training::init::WeightInit;
 use diffusion_studio::engine::training::noise::{NoiseDistribution, Target};
 use diffusion_studio::engine::training::trainer::{
     Dataset, Interrupted, Quiet, Run, Stage, TrainOptions, TrainProgress,
@@ -33,6 +34,7 @@ fn tiny() -> TrainOptions {
         unet_attention: "0,1".into(),
         unet_norm_groups: 8,
         unet_text_time: true,
+        unet_init: WeightInit::Kaiming,
         vae_steps: 4,
         vae_batch: 2,
         vae_crop: 32,
@@ -152,6 +154,17 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     other.seed = 6;
     let error = Run::open(&dir.join("straight"), other, Device::Cpu).err().expect("refused").to_string();
     assert!(error.contains("seed") && error.contains("started with"), "{error}");
+    // a folder from before --unet-init started from tch's draw, and says so
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("straight/options.json")).expect("options"))
+            .expect("json");
+    saved.as_object_mut().expect("an object").remove("unet_init").expect("the option is saved");
+    std::fs::create_dir_all(dir.join("old")).expect("folder");
+    std::fs::write(dir.join("old/options.json"), saved.to_string()).expect("writes");
+    Run::open(&dir.join("old"), tiny(), Device::Cpu).expect("an old folder resumes with --unet-init kaiming");
+    let torch = TrainOptions { unet_init: WeightInit::Torch, ..tiny() };
+    let error = Run::open(&dir.join("old"), torch, Device::Cpu).err().expect("refused").to_string();
+    assert!(error.contains("unet_init (started with \"kaiming\", now \"torch\")"), "{error}");
     let mut bad = tiny();
     bad.unet_attention = "1".into();
     let error = Run::open(&dir.join("bad"), bad, Device::Cpu).err().expect("refused").to_string();
@@ -336,6 +349,7 @@ fn a_music_run_exports_an_audio_model() {
     let _ = std::fs::remove_dir_all(&dir);
     let options = TrainOptions {
         dataset: Dataset::Music,
+        unet_init: WeightInit::Torch,
         buckets: "64x128".into(),
         vae_edge_weight: 0.0,
         ground_weight: 0.0,

@@ -23,6 +23,11 @@ caption tokens our trainer cached in its run folder (its last 32 held out for th
 which every shape word, or every colour word, is swapped for the next in our vocabulary).
 With `UNET=FOLDER` and 0 steps, the same measure is taken of FOLDER's trained UNet (a
 v-prediction model of ours), on the same held-out scenes: our trainer and this one side by side.
+`KEEP_SHAPES=circle,square,star,triangle` keeps only the scenes that name one of those shapes
+(one-object runs), and swaps the shape word among them; `FULL_CAPTIONS=1` keeps only the scenes
+whose captions name the size and the background (as the PIL scenes' captions always do).
+`ARCH=FOLDER` trains a freshly initialised UNet of FOLDER's architecture (one of our model
+folders) in place of the diagnostic's own: our architecture under this trainer.
 """
 import os
 import random
@@ -91,6 +96,15 @@ if mode == "ours":
     from safetensors import safe_open
     cache = safe_open(sys.argv[5], "pt")
     everything, all_ids = cache.get_tensor("128x128.mean") * scale, cache.get_tensor("128x128.ids")
+    if os.environ.get("KEEP_SHAPES"):  # only the scenes whose captions name one of these shapes
+        OUR_SHAPES = os.environ["KEEP_SHAPES"].split(",")  # and swapped among themselves
+        kept = torch.stack([(all_ids == tokenizer(w, add_special_tokens=False).input_ids[0]).any(1)
+                            for w in OUR_SHAPES]).any(0)
+        everything, all_ids = everything[kept], all_ids[kept]
+    if os.environ.get("FULL_CAPTIONS"):  # only the captions that name the size and the background
+        has = lambda word: (all_ids == tokenizer(word, add_special_tokens=False).input_ids[0]).any(1)
+        kept = (has("small") | has("big")) & has("background")
+        everything, all_ids = everything[kept], all_ids[kept]
     data, captions, held_x, held_ids = everything[:-32], all_ids[:-32], everything[-32:], all_ids[-32:]
     empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
     assert (swapped(tokenizer, held_ids, OUR_SHAPES) != held_ids).any(1).all(), "a held-out caption names no shape"
@@ -113,6 +127,8 @@ unet = UNet2DConditionModel(
     attention_head_dim=8,
     down_block_types=("DownBlock2D",) * len(top) + ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D") + ("UpBlock2D",) * len(top))
+if os.environ.get("ARCH"):  # a fresh UNet of a model folder's architecture (its unet/config.json)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(os.environ["ARCH"], subfolder="unet"))
 if os.environ.get("UNET"):  # measure a trained model folder's UNet instead (with STEPS 0)
     unet = UNet2DConditionModel.from_pretrained(os.environ["UNET"], subfolder="unet").eval()
 embed = torch.nn.Embedding(len(WORDS), 64)

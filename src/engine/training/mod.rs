@@ -4,6 +4,7 @@
 pub mod contrast;
 pub mod data;
 pub mod grounding;
+pub mod init;
 pub mod noise;
 pub mod optim;
 pub mod outline;

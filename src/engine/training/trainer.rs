@@ -20,6 +20,7 @@ use tch::{Device, Kind, Tensor, nn};
 use super::contrast;
 use super::data::{self, Bucket, LatentSet};
 use super::grounding::{AttentionCollector, grounding_loss};
+use super::init::{self, WeightInit};
 use super::noise::{NoiseDistribution, Target, TrainingSchedule, training_noise};
 use super::optim::{AdamW, AdamWConfig, Ema};
 use super::outline::{outline_weights, weighted_mean};
@@ -79,6 +80,12 @@ pub struct TrainOptions {
     #[arg(long)]
     #[serde(default)]
     pub unet_text_time: bool,
+    /// How the UNet's weights start: PyTorch's layer defaults (what diffusers' models start
+    /// from), or tch's wider Kaiming draw, which runs before 2026-11-24 used. From the tch start
+    /// the shape word stayed unused for thousands of steps (BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = WeightInit::Torch)]
+    #[serde(default = "kaiming")]
+    pub unet_init: WeightInit,
     /// VAE batch (random crops).
     #[arg(long, default_value_t = 8)]
     pub vae_batch: i64,
@@ -211,6 +218,11 @@ fn four_levels() -> usize {
 /// What runs started before `--unet-norm-groups` existed were built with.
 fn sixteen() -> i64 {
     16
+}
+
+/// Runs whose options predate `--unet-init` started from tch's draw.
+fn kaiming() -> WeightInit {
+    WeightInit::Kaiming
 }
 
 fn three_objects() -> usize {
@@ -757,6 +769,9 @@ impl Run {
         tch::manual_seed(options.seed as i64 + 2);
         let text_encoder = ClipTextModel::new(text_config, self.device);
         let mut unet = UNet2DConditionModel::new(unet_config, self.device);
+        if options.unet_init == WeightInit::Torch {
+            init::torch_defaults(unet.var_store())?;
+        }
         unet.make_trainable();
         let scaling =
             self.require(Stage::Vae)?.metrics.get("scaling_factor").copied().context("no scaling factor")?;
