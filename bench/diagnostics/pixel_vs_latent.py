@@ -28,6 +28,8 @@ v-prediction model of ours), on the same held-out scenes: our trainer and this o
 whose captions name the size and the background (as the PIL scenes' captions always do).
 `ARCH=FOLDER` trains a freshly initialised UNet of FOLDER's architecture (one of our model
 folders) in place of the diagnostic's own: our architecture under this trainer.
+`SEED=N` draws the UNet's initial weights and the batches from seed N (default 0);
+`CLIP=1` clips the gradient's global norm at 1.0 before each step, as our trainer does.
 """
 import os
 import random
@@ -116,7 +118,7 @@ else:
     held_x = encode([im for im, _ in held])
 print(f"{mode}: {len(data)} scenes encoded in {time.time() - t0:.0f} s, std {data.std():.3f}", flush=True)
 
-torch.manual_seed(0)
+torch.manual_seed(int(os.environ.get("SEED", "0")))
 # the same levels from 16 × 16 down; pixels get one more level on top (32 channels, no attention:
 # self-attention over 1024 positions is 7 s a step on one CPU thread)
 top = (32,) if mode == "pixel" else ()
@@ -192,7 +194,7 @@ def sensitivity():
     return "; ".join(line)
 
 
-t0 = time.time()
+t0, norms = time.time(), []
 if steps == 0:
     print(f"{mode} untrained or loaded | {sensitivity()}", flush=True)
 for step in range(1, steps + 1):
@@ -204,9 +206,13 @@ for step in range(1, steps + 1):
     loss = v_loss(data[idx], ids, t, torch.randn(data[idx].shape)).mean()
     optimizer.zero_grad()
     loss.backward()
+    # the gradient's global norm (clipped at 1.0 with CLIP=1), its mean printed with the loss
+    norms.append(torch.nn.utils.clip_grad_norm_(params, 1.0 if os.environ.get("CLIP") else float("inf")).item())
     optimizer.step()
     if step % 250 == 0 or step == steps:
-        print(f"{mode} step {step} loss {loss.item():.4f} {time.time() - t0:.0f} s | {sensitivity()}", flush=True)
+        print(f"{mode} step {step} loss {loss.item():.4f} grad norm {np.mean(norms):.2f} {time.time() - t0:.0f} s | "
+              f"{sensitivity()}", flush=True)
+        norms = []
 
 scheduler.set_timesteps(20)
 rows = []
