@@ -271,6 +271,11 @@ struct TrainArgs {
     /// how UNet options are compared against each other.
     #[arg(long, value_name = "RUN")]
     autoencoder_from: Option<PathBuf>,
+    /// Start the UNet stage from the latest UNet and text-encoder weights of this other run
+    /// (same UNet shape, same autoencoder; taken from it when this run has none yet): train on
+    /// one kind of data, then go on with another (a curriculum), or fine-tune a finished run.
+    #[arg(long, value_name = "RUN")]
+    unet_from: Option<PathBuf>,
     #[command(flatten)]
     options: TrainOptions,
 }
@@ -1730,6 +1735,11 @@ fn train(device: DeviceChoice, args: TrainArgs) -> anyhow::Result<()> {
         && run.reuse_autoencoder(from)?
     {
         eprintln!("autoencoder stages and latents copied from {}", from.display());
+    }
+    if let Some(from) = &args.unet_from
+        && run.start_unet_from(from)?
+    {
+        eprintln!("the UNet stage starts from the weights of {}", from.display());
     }
     let deadline =
         args.time_limit.map(|minutes| std::time::Instant::now() + Duration::from_secs_f64(minutes * 60.0));

@@ -230,6 +230,40 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     let (text_3, unet_3) = frozen("frozen-3", 3);
     assert!(text_1.iter().all(|(key, tensor)| tensor.equal(&text_3[key])), "the text encoder moved");
     assert!(unet_1.iter().any(|(key, tensor)| !tensor.equal(&unet_3[key])), "the UNet did not learn");
+    // 3d. --unet-from: a run on other data (one object) starts from frozen-3's latest weights
+    let mut continued = tiny();
+    continued.text_lr_scale = 0.0;
+    continued.lr = 0.0; // no step moves a weight: what the stage ends with is where it started
+    continued.unet_steps = 1;
+    continued.max_objects = 1;
+    let run = Run::open(&dir.join("continued"), continued, Device::Cpu).expect("run");
+    assert!(run.start_unet_from(&dir.join("frozen-3")).expect("starts"));
+    assert!(!run.start_unet_from(&dir.join("frozen-3")).expect("the same start again is a no-op"));
+    let error = run.start_unet_from(&dir.join("frozen-1")).expect_err("another start").to_string();
+    assert!(error.contains("already started its UNet from"), "{error}");
+    assert!(dir.join("continued/vae/done.json").is_file(), "the autoencoder came with the UNet");
+    run.train(Stage::Unet, &mut Quiet).expect("trains");
+    let checkpoint = |name: &str| {
+        read_safetensors(&dir.join(name).join("unet/checkpoint.safetensors")).expect("checkpoint")
+    };
+    let (source, started) = (checkpoint("frozen-3"), checkpoint("continued"));
+    let weights: Vec<&String> = source.keys().filter(|k| k.contains(".weights.")).collect();
+    assert!(
+        weights.iter().any(|k| k.starts_with("unet."))
+            && weights.iter().any(|k| k.starts_with("text_encoder."))
+    );
+    for key in weights {
+        assert!(source[key].equal(&started[key]), "{key} did not start from frozen-3's");
+    }
+    let record = run.training_record().expect("record");
+    assert!(record.contains("frozen-3") && record.contains("--unet-from"), "{record}");
+    let mut other_shape = tiny();
+    other_shape.unet_channels = "32,64".into();
+    let refused = Run::open(&dir.join("other-shape"), other_shape, Device::Cpu).expect("run");
+    let error = refused.start_unet_from(&dir.join("frozen-3")).expect_err("refused").to_string();
+    assert!(error.contains("unet_channels"), "{error}");
+    let error = refused.start_unet_from(&dir.join("nowhere")).expect_err("no run").to_string();
+    assert!(error.contains("nowhere"), "{error}");
     let mut other_vae = tiny();
     other_vae.vae_kl = 1e-3;
     let refused = Run::open(&dir.join("other-vae"), other_vae, Device::Cpu).expect("run");

@@ -484,6 +484,110 @@ impl Run {
         Ok(true)
     }
 
+    /// The options that give the text encoder and the UNet their shapes: a run can start its
+    /// UNet stage from another's only when they agree.
+    pub const UNET_SHAPE_OPTIONS: [&'static str; 6] = [
+        "dataset",
+        "latent_channels",
+        "unet_channels",
+        "unet_attention",
+        "unet_norm_groups",
+        "unet_text_time",
+    ];
+
+    /// Starts this run's UNet stage from the latest weights of run `from`'s (its UNet and text
+    /// encoder as they stood at its last checkpoint, not their average): a curriculum, or
+    /// fine-tuning a finished run on other data. The optimiser, the learning-rate warm-up and
+    /// the step count start afresh; the average starts from these weights. This run's
+    /// autoencoder is taken from `from` when it has none yet, and must otherwise be the same
+    /// (byte for byte), or the UNet would meet latents of another space. Kept in
+    /// `unet/start/` (with `start.json` naming the run and step) for a resume; does nothing
+    /// when this run's UNet stage has already stepped from the same start, and refuses
+    /// another start.
+    pub fn start_unet_from(&self, from: &Path) -> anyhow::Result<bool> {
+        let start = self.folder.join(Stage::Unet.name()).join("start");
+        let record = start.join("start.json");
+        if record.is_file() {
+            let text = std::fs::read_to_string(&record)?;
+            let saved: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is damaged; delete the run's unet folder", record.display()))?;
+            let same = saved.get("run").and_then(|r| r.as_str()) == Some(&*from.to_string_lossy());
+            anyhow::ensure!(
+                same,
+                "run {} already started its UNet from {}; leave out --unet-from or use a new --run folder",
+                self.folder.display(),
+                saved.get("run").map(|r| r.to_string()).unwrap_or_default()
+            );
+            return Ok(false);
+        }
+        let unet_folder = self.folder.join(Stage::Unet.name());
+        anyhow::ensure!(
+            !unet_folder.join("checkpoint.safetensors").exists() && !unet_folder.join("done.json").exists(),
+            "run {} has trained its UNet already; --unet-from only starts a UNet stage",
+            self.folder.display()
+        );
+        let (theirs, ours) = (read_options(from)?, serde_json::to_value(&self.options)?);
+        let differing: Vec<String> = differing_options(&theirs, &ours, &Self::UNET_SHAPE_OPTIONS)
+            .map(|(key, there, here)| format!("{key} ({there} there, {here} here)"))
+            .collect();
+        anyhow::ensure!(
+            differing.is_empty(),
+            "the UNet of run {} has another shape: {}",
+            from.display(),
+            differing.join(", ")
+        );
+        let checkpoint = from.join(Stage::Unet.name()).join("checkpoint.safetensors");
+        anyhow::ensure!(
+            checkpoint.is_file(),
+            "run {} has no UNet checkpoint ({} is missing): train its UNet first",
+            from.display(),
+            checkpoint.display()
+        );
+        if !self.folder.join(Stage::Vae.name()).exists() {
+            self.reuse_autoencoder(from)?;
+        }
+        let vae = |run: &Path| std::fs::read(run.join(Stage::Vae.name()).join("final.safetensors"));
+        let same_vae = match (vae(from), vae(&self.folder)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        anyhow::ensure!(
+            same_vae,
+            "run {}'s UNet was trained on another autoencoder's latents than this run's (vae/final.safetensors differ or are missing); start this run with --autoencoder-from {} too",
+            from.display(),
+            from.display()
+        );
+        let tensors = crate::engine::loading::read_safetensors(&checkpoint)?;
+        let step = tensors.get("step").map(i64::try_from).transpose()?.unwrap_or(0);
+        std::fs::create_dir_all(&start)?;
+        for part in ["unet", "text_encoder"] {
+            let prefix = format!("{part}.weights.");
+            let weights: Vec<(String, Tensor)> = tensors
+                .iter()
+                .filter_map(|(key, t)| {
+                    key.strip_prefix(&prefix).map(|name| (name.to_string(), t.shallow_clone()))
+                })
+                .collect();
+            anyhow::ensure!(!weights.is_empty(), "{} holds no {part} weights", checkpoint.display());
+            write_tensors(&start.join(format!("{part}.safetensors")), &weights)?;
+        }
+        // written last: a start without it is redone
+        let run = from.to_string_lossy().into_owned();
+        write_json(&record, &serde_json::json!({ "run": run, "step": step }))?;
+        Ok(true)
+    }
+
+    /// The run and step this run's UNet stage started from (`start_unet_from`), if any.
+    pub fn unet_start(&self) -> anyhow::Result<Option<(String, i64)>> {
+        let record = self.folder.join(Stage::Unet.name()).join("start").join("start.json");
+        if !record.is_file() {
+            return Ok(None);
+        }
+        let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&record)?)?;
+        let run = saved.get("run").and_then(|r| r.as_str()).unwrap_or_default().to_string();
+        Ok(Some((run, saved.get("step").and_then(|s| s.as_i64()).unwrap_or(0))))
+    }
+
     /// The autoencoder stages' images: the shapes' square, or the music's first bucket.
     fn autoencoder_bucket(&self) -> anyhow::Result<Bucket> {
         Ok(match self.options.dataset {
@@ -771,6 +875,12 @@ impl Run {
         let mut unet = UNet2DConditionModel::new(unet_config, self.device);
         if options.unet_init == WeightInit::Torch {
             init::torch_defaults(unet.var_store())?;
+        }
+        let start = folder.join("start");
+        if start.join("start.json").is_file() {
+            // started from another run's UNet (`start_unet_from`); a checkpoint still wins below
+            load_final_from(unet.var_store(), &start.join("unet.safetensors"))?;
+            load_final_from(text_encoder.var_store(), &start.join("text_encoder.safetensors"))?;
         }
         unet.make_trainable();
         let scaling =
@@ -1070,6 +1180,14 @@ impl Run {
              Reproduce (same seed, same data, same weights on the same CPU build of libtorch):\n\n\
              ```sh\n{command}\n```\n\n| stage | steps | seconds | final loss (mean of the last 100 steps) | numbers |\n|---|---|---|---|---|\n"
         );
+        if let Some((run, step)) = self.unet_start()? {
+            text.insert_str(
+                text.find("| stage |").unwrap_or(text.len()),
+                &format!(
+                    "The UNet stage started from the weights of run `{run}` at its step {step} (`--unet-from`); reproduce that run first.\n\n"
+                ),
+            );
+        }
         let mut total = 0.0;
         for stage in Stage::ALL {
             if let Some(report) = self.report(stage)? {
@@ -1319,9 +1437,12 @@ fn read_final(folder: &Path) -> anyhow::Result<BTreeMap<String, Tensor>> {
 }
 
 fn load_final(vs: &nn::VarStore, folder: &Path) -> anyhow::Result<()> {
-    let path = folder.join("final.safetensors");
-    let weights = crate::engine::loading::read_safetensors(&path)?;
-    crate::engine::loading::load_into(vs, weights, &path, "", &[])?;
+    load_final_from(vs, &folder.join("final.safetensors"))
+}
+
+fn load_final_from(vs: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
+    let weights = crate::engine::loading::read_safetensors(path)?;
+    crate::engine::loading::load_into(vs, weights, path, "", &[])?;
     Ok(())
 }
 
