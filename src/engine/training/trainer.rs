@@ -448,14 +448,11 @@ impl Run {
             return Ok(false);
         }
         let (theirs, ours) = (read_options(from)?, serde_json::to_value(&self.options)?);
-        let differing: Vec<String> = differing_options(&theirs, &ours, &Self::AUTOENCODER_OPTIONS)
-            .map(|(key, there, here)| format!("{key} ({there} there, {here} here)"))
-            .collect();
+        let differing = options_there_and_here(&theirs, &ours, &Self::AUTOENCODER_OPTIONS);
         anyhow::ensure!(
             differing.is_empty(),
-            "the autoencoder of run {} was trained with other options: {}",
-            from.display(),
-            differing.join(", ")
+            "the autoencoder of run {} was trained with other options: {differing}",
+            from.display()
         );
         for stage in [Stage::Vae, Stage::Taesd] {
             anyhow::ensure!(
@@ -527,14 +524,11 @@ impl Run {
             self.folder.display()
         );
         let (theirs, ours) = (read_options(from)?, serde_json::to_value(&self.options)?);
-        let differing: Vec<String> = differing_options(&theirs, &ours, &Self::UNET_SHAPE_OPTIONS)
-            .map(|(key, there, here)| format!("{key} ({there} there, {here} here)"))
-            .collect();
+        let differing = options_there_and_here(&theirs, &ours, &Self::UNET_SHAPE_OPTIONS);
         anyhow::ensure!(
             differing.is_empty(),
-            "the UNet of run {} has another shape: {}",
-            from.display(),
-            differing.join(", ")
+            "the UNet of run {} has another shape: {differing}",
+            from.display()
         );
         let checkpoint = from.join(Stage::Unet.name()).join("checkpoint.safetensors");
         anyhow::ensure!(
@@ -1248,6 +1242,15 @@ fn read_options(folder: &Path) -> anyhow::Result<serde_json::Value> {
     let saved: TrainOptions = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a training options file", path.display()))?;
     Ok(serde_json::to_value(&saved)?)
+}
+
+/// The options of `keys` on which another run (`there`) and this one (`here`) differ, as
+/// "key (value there, value here), …"; empty when they agree.
+fn options_there_and_here(there: &serde_json::Value, here: &serde_json::Value, keys: &[&str]) -> String {
+    differing_options(there, here, keys)
+        .map(|(key, a, b)| format!("{key} ({a} there, {b} here)"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Those of `keys` on which the options `a` and `b` differ, with both values.
