@@ -239,6 +239,8 @@ fn an_interrupted_run_resumes_to_the_same_weights_and_exports_a_loadable_model()
     let run = Run::open(&dir.join("continued"), continued, Device::Cpu).expect("run");
     assert!(run.start_unet_from(&dir.join("frozen-3")).expect("starts"));
     assert!(!run.start_unet_from(&dir.join("frozen-3")).expect("the same start again is a no-op"));
+    let same_run = dir.join("frozen-1").join("..").join("frozen-3");
+    assert!(!run.start_unet_from(&same_run).expect("the same run named another way is the same start"));
     let error = run.start_unet_from(&dir.join("frozen-1")).expect_err("another start").to_string();
     assert!(error.contains("already started its UNet from"), "{error}");
     assert!(dir.join("continued/vae/done.json").is_file(), "the autoencoder came with the UNet");

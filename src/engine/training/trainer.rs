@@ -504,11 +504,14 @@ impl Run {
     pub fn start_unet_from(&self, from: &Path) -> anyhow::Result<bool> {
         let start = self.folder.join(Stage::Unet.name()).join("start");
         let record = start.join("start.json");
+        // named by its full path, so that the same run given another way is the same start
+        let name =
+            std::fs::canonicalize(from).unwrap_or_else(|_| from.to_path_buf()).to_string_lossy().into_owned();
         if record.is_file() {
             let text = std::fs::read_to_string(&record)?;
             let saved: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is damaged; delete the run's unet folder", record.display()))?;
-            let same = saved.get("run").and_then(|r| r.as_str()) == Some(&*from.to_string_lossy());
+            let same = saved.get("run").and_then(|r| r.as_str()) == Some(name.as_str());
             anyhow::ensure!(
                 same,
                 "run {} already started its UNet from {}; leave out --unet-from or use a new --run folder",
@@ -566,8 +569,7 @@ impl Run {
             write_tensors(&start.join(format!("{part}.safetensors")), &weights)?;
         }
         // written last: a start without it is redone
-        let run = from.to_string_lossy().into_owned();
-        write_json(&record, &serde_json::json!({ "run": run, "step": step }))?;
+        write_json(&record, &serde_json::json!({ "run": name, "step": step }))?;
         Ok(true)
     }
 
